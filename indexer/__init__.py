@@ -1,0 +1,1 @@
+"""Corpus reading and the persistent vector store (FAISS + SQLite)."""

@@ -1,0 +1,150 @@
+"""Incremental indexing: encode only what is new or changed, remove what is gone.
+
+Documents are matched by (source, doc id) and compared by content hash. New
+vectors are committed in checkpoints, so a killed run keeps what it finished and
+the next run picks up the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.encoder import Encoder
+from indexer.documents import Document
+from indexer.store import Writer, index_settings
+
+CHECKPOINT_DOCUMENTS = 512
+CHECKPOINT_SECONDS = 30.0
+
+
+@dataclass
+class IndexReport:
+    """What one indexing run did."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    encoded_tokens: int = 0
+    seconds: float = 0.0
+    total: int = 0
+    kept_sources: list[str] = field(default_factory=list)
+
+    @property
+    def encoded(self) -> int:
+        return self.added + self.updated
+
+    def to_dict(self) -> dict:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "encoded": self.encoded,
+            "encoded_tokens": self.encoded_tokens,
+            "documents": self.total,
+            "seconds": round(self.seconds, 3),
+            "docs_per_second": round(self.encoded / self.seconds, 2) if self.seconds else None,
+        }
+
+
+def update_index(
+    index_dir: str | Path,
+    encoder: Encoder,
+    documents: Iterable[Document],
+    *,
+    rebuild: bool = False,
+    default_instruction: str | None = None,
+    keep_sources: Collection[str] = (),
+    progress: bool = True,
+) -> IndexReport:
+    """Bring the index in ``index_dir`` in line with ``documents``.
+
+    ``keep_sources`` names sources that could not be read this time: their
+    previously indexed documents are kept rather than deleted.
+    """
+    started = time.perf_counter()
+    report = IndexReport()
+    settings = index_settings(encoder.describe(), default_instruction)
+    with Writer(index_dir, settings, rebuild=rebuild) as store:
+        if default_instruction is not None:
+            store.write_settings({"default_instruction": default_instruction})
+        store.load_faiss()
+        existing = store.existing()
+        seen: set[tuple[str, str]] = set()
+        pending: list[tuple[Document, int | None]] = []
+        for doc in documents:
+            key = (doc.source, doc.doc_id)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            stored = existing.get(key)
+            if stored is not None and stored.content_hash == doc.content_hash:
+                report.unchanged += 1
+            else:
+                pending.append((doc, stored.id if stored else None))
+        kept = set(keep_sources)
+        removed = [s.id for key, s in existing.items() if key not in seen and key[0] not in kept]
+        report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
+        store.commit(remove=removed)
+        report.removed = len(removed)
+        report.encoded_tokens = _encode_and_commit(store, encoder, pending, progress, report)
+        report.total = store.count()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _encode_and_commit(
+    store, encoder: Encoder, pending, progress: bool, report: IndexReport
+) -> int:
+    """Encode pending documents and commit them in checkpoints; returns tokens encoded."""
+    if not pending:
+        return 0
+    texts = [encoder.format_document(doc.title, doc.text) for doc, _ in pending]
+    ids = encoder.tokenize(texts)
+    rows, vectors = [], []
+    last_commit = time.perf_counter()
+    tokens = 0
+
+    def flush() -> None:
+        nonlocal rows, vectors, last_commit
+        if rows:
+            store.commit(upsert=rows, vectors=np.vstack(vectors))
+        rows, vectors = [], []
+        last_commit = time.perf_counter()
+
+    for positions, batch in encoder.iter_encode(ids, progress=progress, desc="indexing"):
+        for position, vector in zip(positions, batch, strict=True):
+            doc, stored_id = pending[position]
+            rows.append(
+                {
+                    "id": stored_id,
+                    "doc_id": doc.doc_id,
+                    "source": doc.source,
+                    "title": doc.title,
+                    "text": doc.text,
+                    "content_hash": doc.content_hash,
+                    "token_count": len(ids[position]),
+                }
+            )
+            vectors.append(vector)
+            tokens += len(ids[position])
+            if stored_id is None:
+                report.added += 1
+            else:
+                report.updated += 1
+        if (
+            len(rows) >= CHECKPOINT_DOCUMENTS
+            or time.perf_counter() - last_commit > CHECKPOINT_SECONDS
+        ):
+            flush()
+    flush()
+    return tokens

@@ -1,0 +1,78 @@
+"""Tiny random transformer models with real tokenizers, built on the spot (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "the a of and to in is it that was for on are with as be by at this from or an plants make "
+    "sugar light water energy sun grass green sky blue pass key query document answer question "
+    "retrieve given passage what how why where when who which scientific claim support refute"
+).split()
+
+
+def build_tiny_mistral(folder: Path, *, seed: int = 0) -> Path:
+    """A 2-layer Mistral whose tokenizer adds BOS (like Llama's) and pads with EOS."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import MistralConfig, MistralModel, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(WORDS)) + list("0123456789"))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        model_max_length=256,
+    )
+    torch.manual_seed(seed)
+    config = MistralConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    model = MistralModel(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_bert(folder: Path, *, seed: int = 0) -> Path:
+    """A 2-layer BERT with a WordPiece tokenizer."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(specials + sorted(set(WORDS)) + list("0123456789")) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(vocab_file), model_max_length=128)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(specials) + len(set(WORDS)) + 10,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

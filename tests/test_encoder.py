@@ -1,0 +1,191 @@
+"""The one encoder: profiles, prompts, special tokens, pooling, batching."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.encoder import Encoder, locate_model, pool, token_budget_batches
+from engine.errors import EngineError
+from engine.profiles import (
+    E5_MISTRAL,
+    MINILM,
+    QWEN3_EMBEDDING,
+    ModelProfile,
+    known_profile,
+    resolve_profile,
+)
+
+TEXTS = [
+    "Photosynthesis turns light, water and carbon dioxide into sugar.",
+    "short",
+    "The TCP three-way handshake is SYN, SYN-ACK, ACK. " * 30,
+    "Sourdough starters are wild yeast and lactic acid bacteria living in flour paste.",
+]
+
+
+def test_default_model_matches_sentence_transformers(default_encoder):
+    from sentence_transformers import SentenceTransformer
+
+    from engine.encoder import default_model_path
+
+    reference = SentenceTransformer(str(default_model_path()), device="cpu")
+    reference.max_seq_length = 256
+    ours = default_encoder.encode_texts(TEXTS, max_length=256)
+    theirs = reference.encode(TEXTS, normalize_embeddings=True)
+    cosines = (ours * theirs).sum(axis=1)
+    assert cosines.min() > 0.999, cosines
+    assert default_encoder.dim == 384
+    assert default_encoder.profile.pooling == "mean"
+
+
+def test_e5_mistral_prompt_is_exact(tiny_mistral_path):
+    encoder = Encoder.load(str(tiny_mistral_path))
+    assert encoder.profile.name == E5_MISTRAL.name
+    task = "Given a web search query, retrieve relevant passages that answer the query"
+    assert (
+        encoder.format_query("how much protein should a female eat", task)
+        == "Instruct: Given a web search query, retrieve relevant passages that answer the query"
+        "\nQuery: how much protein should a female eat"
+    )
+    # Documents never get an instruction: "title text".
+    assert (
+        encoder.format_document("Protein", "Adults need 46 grams.")
+        == "Protein Adults need 46 grams."
+    )
+    assert encoder.format_document("", "  untitled text ") == "untitled text"
+
+
+def test_every_sequence_starts_with_bos_and_ends_with_eos(tiny_mistral_path):
+    encoder = Encoder.load(str(tiny_mistral_path))
+    long_text = "the grass is green " * 200
+    ids = encoder.tokenize(["plants make sugar", long_text, ""], max_length=64)
+    for seq in ids:
+        assert seq[0] == encoder.bos_id == encoder.tokenizer.bos_token_id
+        assert seq[-1] == encoder.eos_id == encoder.tokenizer.eos_token_id
+        assert len(seq) <= 64
+    assert len(ids[1]) == 64
+    # The pad id is the EOS id, so only the attention mask can tell where a sequence ends.
+    assert encoder.pad_id == encoder.eos_id
+
+
+def test_missing_eos_is_caught(tiny_mistral_path):
+    encoder = Encoder.load(str(tiny_mistral_path))
+    batch = encoder.pad([[encoder.bos_id, 5, 6]])
+    with pytest.raises(EngineError, match="EOS"):
+        encoder.embed(batch)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_last_token_pooling_ignores_padding_and_batch(tiny_mistral_path, padding_side):
+    base = Encoder.load(str(tiny_mistral_path))
+    profile = dataclasses.replace(base.profile, padding_side=padding_side)
+    encoder = Encoder(
+        base.model, base.tokenizer, profile, name=base.name, fingerprint=base.fingerprint
+    )
+    texts = ["plants make sugar", "what is the pass key " * 8, "sky"]
+    alone = np.vstack([encoder.encode_texts([t]) for t in texts])
+    together = encoder.encode_texts(texts)
+    reordered = encoder.encode_texts(texts[::-1])[::-1]
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    np.testing.assert_allclose(reordered, alone, atol=1e-5)
+
+
+def test_left_and_right_padding_agree(tiny_mistral_path):
+    base = Encoder.load(str(tiny_mistral_path))
+    vectors = {}
+    for side in ("left", "right"):
+        profile = dataclasses.replace(base.profile, padding_side=side)
+        encoder = Encoder(base.model, base.tokenizer, profile, name="x", fingerprint="x")
+        vectors[side] = encoder.encode_texts(["sky", "plants make sugar and energy from light"])
+    np.testing.assert_allclose(vectors["left"], vectors["right"], atol=1e-5)
+
+
+def test_pool_reads_last_real_token_under_both_paddings():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool(hidden, right, "last").flatten().tolist() == [1.0, 7.0]
+    assert pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, left, "cls").flatten().tolist() == [2.0, 4.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+def test_token_budget_batches_cover_everything_within_budget():
+    lengths = [5, 300, 17, 17, 256, 1, 90, 90, 90, 512]
+    batches = token_budget_batches(lengths, budget=600)
+    flat = sorted(i for batch in batches for i in batch)
+    assert flat == list(range(len(lengths)))
+    for batch in batches:
+        assert max(lengths[i] for i in batch) * len(batch) <= 600 or len(batch) == 1
+    assert batches[0] == [9]  # longest first: an out-of-memory error shows at once
+
+
+def test_batching_does_not_change_vectors(default_encoder):
+    small = Encoder(
+        default_encoder.model,
+        default_encoder.tokenizer,
+        default_encoder.profile,
+        name="x",
+        fingerprint="x",
+        batch_tokens=64,
+    )
+    np.testing.assert_allclose(
+        small.encode_texts(TEXTS), default_encoder.encode_texts(TEXTS), atol=1e-5
+    )
+
+
+def test_known_profiles():
+    assert known_profile("intfloat/e5-mistral-7b-instruct") is E5_MISTRAL
+    assert known_profile("Qwen/Qwen3-Embedding-0.6B") is QWEN3_EMBEDDING
+    assert QWEN3_EMBEDDING.padding_side == "left"
+    assert QWEN3_EMBEDDING.query_template.format(task="T", query="q") == "Instruct: T\nQuery:q"
+    assert known_profile("intfloat/e5-base-v2").document_template == "passage: {text}"
+    assert known_profile("BAAI/bge-base-en-v1.5").pooling == "cls"
+    assert known_profile("sentence-transformers/all-MiniLM-L6-v2") is MINILM
+    assert known_profile("someone/unknown-model") is None
+
+
+def test_unknown_model_reads_sentence_transformers_pooling(tmp_path):
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling", "type": "x.models.Pooling"}])
+    )
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True})
+    )
+    (tmp_path / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "document": "passage: "}})
+    )
+    profile = resolve_profile("custom", tmp_path, "bert")
+    assert profile.pooling == "cls"
+    assert profile.bare_query_template.format(query="x") == "query: x"
+    assert profile.document_template.format(text="y") == "passage: y"
+    decoder = resolve_profile("custom-llm", None, "mistral")
+    assert (decoder.pooling, decoder.require_eos) == ("last", True)
+
+
+def test_saved_profile_wins(tmp_path):
+    ModelProfile(name="mine", pooling="cls", max_length=77).save(tmp_path)
+    profile = resolve_profile("intfloat/e5-mistral-7b-instruct", tmp_path, "mistral")
+    assert (profile.name, profile.pooling, profile.max_length) == ("mine", "cls", 77)
+
+
+def test_bad_models_fail_clearly(tmp_path):
+    with pytest.raises(EngineError, match="not found"):
+        locate_model(str(tmp_path / "nope"))
+    with pytest.raises(EngineError, match="not a model folder"):
+        locate_model(str(tmp_path))
+    with pytest.raises(EngineError, match="cannot load model"):
+        Encoder.load("nobody/no-such-model-anywhere")
+
+
+def test_max_length_is_bounded_by_the_model(default_encoder, tiny_mistral_path):
+    encoder = Encoder.load(str(tiny_mistral_path))
+    with pytest.raises(EngineError, match="exceeds"):
+        encoder.set_max_length(10_000)
+    assert default_encoder.model_max_positions == 512

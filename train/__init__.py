@@ -1,0 +1,1 @@
+"""Contrastive LoRA fine-tuning of embedding models (the E5-mistral recipe)."""
