@@ -7,6 +7,7 @@ the next run picks up the rest.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from engine.encoder import Encoder
 from indexer.documents import Document
 from indexer.store import Writer, index_settings
 
-CHECKPOINT_DOCUMENTS = 512
+# A killed run loses at most this much work.
+CHECKPOINT_DOCUMENTS = int(os.environ.get("ENGINE_CHECKPOINT_DOCUMENTS", "512"))
 CHECKPOINT_SECONDS = 30.0
 
 

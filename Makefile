@@ -1,0 +1,41 @@
+# Set-up and checks for a fresh machine: `make demo`, `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; on a GPU machine use e.g. TORCH_SPEC="torch" (CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+BIN = $(VENV)/bin
+DEMO_INDEX = .engine-demo
+
+.PHONY: install demo test lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/engine index examples/corpus --index $(DEMO_INDEX)
+	$(BIN)/engine info --index $(DEMO_INDEX)
+	@echo; echo '--- search without an instruction'
+	$(BIN)/engine search "how do plants make sugar" --index $(DEMO_INDEX) -k 3
+	@echo; echo '--- search with an instruction'
+	$(BIN)/engine search "how do plants make sugar" --index $(DEMO_INDEX) -k 3 \
+		--instruct "Given a question, retrieve passages that answer it"
+
+test: install lint
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) $(DEMO_INDEX) .pytest_cache .ruff_cache
