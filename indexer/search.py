@@ -36,9 +36,11 @@ def load_encoder_for(store: Store, model: str | None = None, device: str | None 
     """The encoder an index was built with; a different ``model`` is refused."""
     settings = store.settings
     encoder = Encoder.load(model or settings["model"], device=device)
-    if encoder.max_length != settings["max_length"]:
-        encoder.set_max_length(settings["max_length"])
-    check_compatible(settings, encoder.describe(), store.folder)
+    # The model first: a length error would hide that the model is the wrong one.
+    check_compatible(
+        settings, {**encoder.describe(), "max_length": settings["max_length"]}, store.folder
+    )
+    encoder.set_max_length(settings["max_length"])
     return encoder
 
 
