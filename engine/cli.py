@@ -132,9 +132,8 @@ def index(
       engine index ./corpus --model intfloat/e5-mistral-7b-instruct --rebuild
       engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
     """
-    from indexer.documents import read_corpus
-
     from engine.encoder import Encoder
+    from indexer.documents import read_corpus
     from indexer.indexing import update_index
     from indexer.store import POINTER, Store
 
