@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # Offline, the hub client logs every failed HTTP attempt; our own error says what to do.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def document_tokens(encoder, max_length: int | None) -> int:
@@ -246,8 +249,9 @@ def search(
     if not hits:
         click.echo("No documents in the index.")
     for hit in hits:
+        where = hit.doc_id if hit.doc_id == hit.source else f"{hit.doc_id}  [{hit.source}]"
         title = f"  {hit.title}" if hit.title else ""
-        click.echo(f"{hit.rank:>3}. {hit.score:.4f}  {hit.doc_id}  [{hit.source}]{title}")
+        click.echo(f"{hit.rank:>3}. {hit.score:.4f}  {where}{title}")
         click.echo(f"     {hit.snippet}")
 
 
@@ -284,7 +288,10 @@ def info(index_dir: Path, as_json: bool) -> None:
         return
     width = max(len(key) for key in data)
     for key, value in data.items():
-        click.echo(f"{key.replace('_', ' '):<{width}}  {value}")
+        shown = "(none)" if value is None else value
+        if key == "bytes":
+            key, shown = "size", f"{value / 2**20:.1f} MiB"
+        click.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
 
 
 def _attach_subcommands() -> None:

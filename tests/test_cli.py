@@ -1,0 +1,123 @@
+"""The `engine` command line end to end, with the real default model, FAISS and SQLite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "corpus"
+
+
+@pytest.fixture(scope="module")
+def sample_index(tmp_path_factory):
+    """The shipped sample corpus, indexed once through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = shutil.copytree(SAMPLE, root / "corpus")
+    index_dir = root / "index"
+    result = CliRunner().invoke(cli, ["index", str(corpus), "--index", str(index_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    return corpus, index_dir, json.loads(result.stdout)
+
+
+def test_index_summary(sample_index):
+    _, _, summary = sample_index
+    assert summary["model"] == "all-MiniLM-L6-v2" and summary["max_length"] == 512
+    assert summary["added"] == summary["documents"] == 11 and summary["skipped"] == 0
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("how do plants make sugar", "science/photosynthesis.md"),
+        ("what happens before a TCP connection carries data", "computing/tcp-handshake.md"),
+        ("why does toast turn brown", "maillard"),
+    ],
+)
+def test_query_finds_its_document_first(sample_index, query, expected):
+    _, index_dir, _ = sample_index
+    result = CliRunner().invoke(cli, ["search", query, "--index", str(index_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert hits[0]["doc_id"] == expected and hits[0]["rank"] == 1
+    assert len(hits) == 10 and hits[0]["score"] >= hits[1]["score"]
+    assert set(hits[0]) >= {"rank", "score", "doc_id", "source", "title", "snippet"}
+
+
+def test_human_output_and_k(sample_index):
+    _, index_dir, _ = sample_index
+    result = CliRunner().invoke(
+        cli,
+        [
+            "search",
+            "how do plants make sugar",
+            "--index",
+            str(index_dir),
+            "-k",
+            "2",
+            "--instruct",
+            "Given a question, retrieve passages that answer it",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Instruction: Given a question, retrieve passages that answer it"
+    assert lines[1].lstrip().startswith("1. ") and "science/photosynthesis.md" in lines[1]
+    assert sum(1 for line in lines if line.lstrip()[:3] in ("1. ", "2. ")) == 2
+
+
+def test_default_instruction_is_stored_and_overridable(sample_index, tmp_path):
+    corpus, _, _ = sample_index
+    index_dir = tmp_path / "index"
+    runner = CliRunner()
+    instruction = "Given a cooking question, retrieve recipes"
+    runner.invoke(cli, ["index", str(corpus), "--index", str(index_dir), "--instruct", instruction])
+    info = json.loads(runner.invoke(cli, ["info", "--index", str(index_dir), "--json"]).stdout)
+    assert info["default_instruction"] == instruction and info["documents"] == 11
+    stored = runner.invoke(cli, ["search", "rice", "--index", str(index_dir)])
+    assert stored.stdout.startswith(f"Instruction: {instruction}")
+    bare = runner.invoke(cli, ["search", "rice", "--index", str(index_dir), "--no-instruct"])
+    assert "Instruction:" not in bare.stdout
+    both = runner.invoke(
+        cli, ["search", "rice", "--index", str(index_dir), "--no-instruct", "--instruct", "x"]
+    )
+    assert both.exit_code == 1 and "exclude each other" in both.stderr
+
+
+def test_info(sample_index):
+    _, index_dir, _ = sample_index
+    info = json.loads(CliRunner().invoke(cli, ["info", "--index", str(index_dir), "--json"]).stdout)
+    assert (info["model"], info["dim"], info["documents"], info["pooling"]) == (
+        "all-MiniLM-L6-v2",
+        384,
+        11,
+        "mean",
+    )
+    assert info["bytes"] > 0 and len(info["fingerprint"]) == 64
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["index"], ["search"], ["info"], ["bench"], ["train"], ["train", "data"]]
+)
+def test_help_has_examples(command):
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0 and "Examples:" in result.output
+
+
+def test_bad_input_is_one_line(tmp_path):
+    runner = CliRunner()
+    for args, message in [
+        (["index", str(tmp_path / "missing")], "corpus not found"),
+        (["index", str(tmp_path), "--model", str(tmp_path / "nope")], "model folder not found"),
+        (["search", "x", "--index", str(tmp_path)], "no index at"),
+        (["info", "--index", str(tmp_path)], "no index at"),
+    ]:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, args
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.output

@@ -1,0 +1,130 @@
+"""Reading a corpus: every supported format, and bad input that must never stop a run."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from engine.cli import cli
+from indexer.documents import Document, read_corpus
+from indexer.store import Store
+
+
+def test_every_format_becomes_documents(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("Plain text body.\n")
+    (tmp_path / "b.md").write_text("# Heading Title\n\nMarkdown body.")
+    (tmp_path / "c.rst").write_text("Restructured\n============\n\nBody.")
+    (tmp_path / "d.html").write_text(
+        "<html><head><title>Page</title><script>var hidden = 1;</script>"
+        "<style>p {color: red}</style></head><body><p>Visible <b>words</b>.</p></body></html>"
+    )
+    (tmp_path / "e.jsonl").write_text(
+        json.dumps({"_id": "r1", "title": "T1", "text": "first"})
+        + "\n\n"
+        + json.dumps({"_id": 7, "text": "second"})
+        + "\n"
+    )
+    (tmp_path / "f.json").write_text(json.dumps([{"_id": "x", "title": "", "text": "list item"}]))
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "secret.txt").write_text("never read")
+
+    scan = read_corpus(tmp_path)
+    docs = {d.doc_id: d for d in scan.documents}
+    assert set(docs) == {"notes/a.txt", "b.md", "c.rst", "d.html", "r1", "7", "x"}
+    assert docs["b.md"].title == "Heading Title" and docs["b.md"].text == "Markdown body."
+    assert docs["d.html"].title == "Page" and docs["d.html"].text == "Visible words ."
+    assert "hidden" not in docs["d.html"].text and "color" not in docs["d.html"].text
+    assert (docs["r1"].source, docs["r1"].title, docs["r1"].text) == ("e.jsonl", "T1", "first")
+    assert scan.ignored == 1 and scan.skipped == []
+
+
+def test_content_hash_follows_title_and_text():
+    a = Document("id", "src", "title", "text")
+    assert a.content_hash == Document("other", "elsewhere", "title", "text").content_hash
+    assert a.content_hash != Document("id", "src", "title", "text!").content_hash
+    assert a.content_hash != Document("id", "src", "", "title text").content_hash
+
+
+def test_bad_files_are_skipped_with_reasons(tmp_path, monkeypatch):
+    monkeypatch.setattr("indexer.documents.MAX_FILE_BYTES", 10_000)
+    (tmp_path / "good.txt").write_text("Photosynthesis makes sugar in leaves.")
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02 binary \x00 bytes")
+    (tmp_path / "empty.md").write_text("   \n\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (tmp_path / "huge.txt").write_text("word " * 5000)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    (tmp_path / "gone.txt").symlink_to(tmp_path / "does-not-exist.txt")
+    (tmp_path / "corpus.jsonl").write_text(
+        '{"_id": "ok1", "text": "a fine record"}\n'
+        '{"_id": "bad", "text": \n'
+        '["not", "an", "object"]\n'
+        '{"_id": "notext", "title": "no text field"}\n'
+        '{"_id": "ok1", "text": "duplicate id"}\n'
+        '{"_id": "ok2", "title": "Second", "text": "another fine record"}\n'
+    )
+    scan = read_corpus(tmp_path)
+    assert sorted(d.doc_id for d in scan.documents) == ["good.txt", "ok1", "ok2"]
+    reasons = {s.source: s.reason for s in scan.skipped}
+    assert reasons["binary.txt"] == "binary file"
+    assert reasons["empty.md"] == "empty"
+    assert reasons["latin1.txt"].startswith("not UTF-8")
+    assert reasons["huge.txt"].startswith("too large")
+    assert reasons["broken.pdf"].startswith("unreadable PDF")
+    assert reasons["gone.txt"].startswith("cannot read")
+    assert reasons["corpus.jsonl:line 2"].startswith("invalid JSON")
+    assert reasons["corpus.jsonl:line 3"] == "not a JSON object"
+    assert reasons["corpus.jsonl:line 4"] == "no 'text' string"
+    assert reasons["corpus.jsonl:line 5"] == "duplicate _id 'ok1'"
+    assert scan.failed_sources == {"gone.txt"}
+
+
+def test_cli_indexes_good_files_and_reports_the_rest(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "plants.txt").write_text("Photosynthesis lets plants make sugar from light.")
+    (corpus / "tcp.md").write_text("# TCP\nThe handshake is SYN, SYN-ACK, ACK.")
+    (corpus / "binary.txt").write_bytes(b"\x00\xff\x00")
+    (corpus / "bad.jsonl").write_text('{"_id": "1", "text": "ok record about volcanoes"}\n{oops\n')
+    index_dir = tmp_path / "index"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["index", str(corpus), "--index", str(index_dir), "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert "Skipped 2 unreadable files or records" in result.stdout
+    assert "binary.txt: binary file" in result.stdout
+    assert "bad.jsonl:line 2: invalid JSON" in result.stdout
+
+    report = runner.invoke(cli, ["index", str(corpus), "--index", str(index_dir), "--json"])
+    summary = json.loads(report.stdout)
+    assert (summary["documents"], summary["encoded"], summary["skipped"]) == (3, 0, 2)
+    assert {d["source"] for d in summary["skipped_detail"]} == {"binary.txt", "bad.jsonl:line 2"}
+    store = Store.open(index_dir)
+    assert store.load_faiss().ntotal == store.count() == 3
+
+
+def test_unreadable_file_keeps_its_indexed_documents(tmp_path, default_encoder):
+    """A file that cannot be opened this time is not taken as deleted."""
+    from indexer.indexing import update_index
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "keep.txt").write_text("Tides follow the moon.")
+    target = corpus / "flaky.txt"
+    target.write_text("Basalt lava builds shield volcanoes.")
+    index_dir = tmp_path / "index"
+    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+
+    target.unlink()
+    target.symlink_to(corpus / "missing-target.txt")  # now fails to open, like a permission error
+    scan = read_corpus(corpus)
+    report = update_index(
+        index_dir,
+        default_encoder,
+        scan.documents,
+        keep_sources=scan.failed_sources,
+        progress=False,
+    )
+    assert report.removed == 0 and report.kept_sources == ["flaky.txt"]
+    assert sorted(Store.open(index_dir).doc_ids().values()) == ["flaky.txt", "keep.txt"]
