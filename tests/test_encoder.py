@@ -189,3 +189,28 @@ def test_max_length_is_bounded_by_the_model(default_encoder, tiny_mistral_path):
     with pytest.raises(EngineError, match="exceeds"):
         encoder.set_max_length(10_000)
     assert default_encoder.model_max_positions == 512
+
+
+def test_out_of_memory_batches_are_retried_in_halves(tiny_mistral_path, monkeypatch):
+    """The halving retry is device-independent: provoke the error a GPU would raise."""
+    encoder = Encoder.load(str(tiny_mistral_path))
+    texts = ["plants make sugar", "what is the pass key " * 8, "sky", "blue sky", "sun"]
+    expected = encoder.encode_texts(texts)
+    real_embed = encoder.embed
+    batch_sizes = []
+
+    def embed_at_most_two(batch):
+        batch_sizes.append(batch["input_ids"].shape[0])
+        if batch["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: batch too large")
+        return real_embed(batch)
+
+    monkeypatch.setattr(encoder, "embed", embed_at_most_two)
+    np.testing.assert_allclose(encoder.encode_texts(texts), expected, atol=1e-5)
+    assert batch_sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
+
+    monkeypatch.setattr(
+        encoder, "embed", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError())
+    )
+    with pytest.raises(EngineError, match="lower --max-length"):
+        encoder.encode_texts(["sky"])
