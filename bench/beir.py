@@ -1,11 +1,454 @@
-"""`engine bench beir` (being written)."""
+"""`engine bench beir`: BEIR retrieval with the paper's evaluation protocol.
+
+Protocol (E5-mistral, section 4 / appendix): queries get the dataset's task
+instruction through the model profile's template, documents are ``title text``
+with no instruction, cut to their first 512 tokens; the ``test`` split (MS MARCO:
+``dev``); the top 1000 documents per query, scored with pytrec_eval as BEIR does.
+
+The corpus goes through the engine's own indexer into a cached index (one per
+dataset, model and length), so a second run encodes nothing, and queries are
+searched through the Store, the same path ``engine search`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import click
 
+from bench.datasets import (
+    BeirDataset,
+    UnknownDataset,
+    expand_group,
+    ignores_identical_ids,
+    instruction_for,
+    is_beir_folder,
+    known_name,
+    load_beir,
+    locate_dataset,
+)
+from bench.metrics import DEFAULT_TOP_K, METRICS, average, evaluate_run
+from engine import __version__
+from engine.encoder import Encoder
 from engine.errors import EngineError
+
+DEFAULT_OUT = Path("results")
+DEFAULT_MAX_LENGTH = 512
+
+
+class _Choice:
+    """A named sentinel for how the query instruction is chosen."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# The model profile decides: the dataset's paper instruction if instruction-tuned, else none.
+PROFILE_DEFAULT: Any = _Choice("PROFILE_DEFAULT")
+# The dataset's paper instruction, whatever the model.
+PAPER_INSTRUCTION: Any = _Choice("PAPER_INSTRUCTION")
+
+
+def default_cache_dir() -> Path:
+    """``$ENGINE_CACHE_DIR``, else ``$XDG_CACHE_HOME/engine`` (``~/.cache/engine``)."""
+    if os.environ.get("ENGINE_CACHE_DIR"):
+        return Path(os.environ["ENGINE_CACHE_DIR"]).expanduser()
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "engine"
+
+
+def index_dir_for(cache_dir: Path, name: str, encoder: Encoder) -> Path:
+    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>``: one index per model and length."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+    return cache_dir / "beir" / f"{slug}-{encoder.fingerprint[:12]}-{encoder.max_length}"
+
+
+def resolve_instruction(encoder: Encoder, name: str, instruction: Any) -> str | None:
+    """The query instruction actually used on dataset ``name``."""
+    if instruction is PROFILE_DEFAULT and not encoder.profile.instruction_tuned:
+        return None
+    if instruction is PROFILE_DEFAULT or instruction is PAPER_INSTRUCTION:
+        try:
+            return instruction_for(name)
+        except UnknownDataset:
+            raise EngineError(
+                f"no task instruction is known for dataset {name!r}; "
+                "pass --instruction TEXT or --no-instruct"
+            ) from None
+    return instruction or None
+
+
+def retrieve(
+    encoder: Encoder,
+    index_dir: Path,
+    queries: dict[str, str],
+    *,
+    instruction: str | None,
+    k: int,
+    exclude_own_id: bool = False,
+    progress: bool = False,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Top-``k`` document ids and scores per query, through the Store; also the timings."""
+    from indexer.store import Store
+
+    store = Store.open(index_dir)
+    try:
+        query_ids = list(queries)
+        started = time.perf_counter()
+        vectors = encoder.encode_queries(
+            [queries[q] for q in query_ids], instruction, progress=progress
+        )
+        encoded = time.perf_counter()
+        # One extra hit, so dropping a query's own id still leaves k.
+        scores, ids = store.search(vectors, k + int(exclude_own_id))
+        searched = time.perf_counter()
+        doc_ids = store.doc_ids()
+    finally:
+        store.close()
+    run: dict[str, dict[str, float]] = {}
+    for query_id, row_scores, row_ids in zip(query_ids, scores, ids, strict=True):
+        hits: dict[str, float] = {}
+        for score, faiss_id in zip(row_scores, row_ids, strict=True):
+            doc_id = doc_ids.get(int(faiss_id)) if faiss_id >= 0 else None
+            if doc_id is None or (exclude_own_id and doc_id == query_id):
+                continue
+            if len(hits) < k:
+                hits[doc_id] = float(score)
+        run[query_id] = hits
+    timing = {
+        "query_encode_seconds": round(encoded - started, 3),
+        "search_seconds": round(searched - encoded, 3),
+        "queries_per_second": round(len(query_ids) / max(searched - started, 1e-9), 2),
+    }
+    return run, timing
+
+
+def evaluate_dataset(
+    encoder: Encoder,
+    folder: str | Path,
+    *,
+    split: str | None = None,
+    instruction: Any = PROFILE_DEFAULT,
+    cache_dir: str | Path | None = None,
+    k: int = DEFAULT_TOP_K,
+    progress: bool = False,
+    dataset: BeirDataset | None = None,
+) -> dict[str, Any]:
+    """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
+
+    ``instruction``: ``PROFILE_DEFAULT`` (the dataset's paper instruction when the
+    model is instruction-tuned, else none), ``PAPER_INSTRUCTION``, ``None`` for
+    none, or a string.
+    Documents are encoded at ``encoder.max_length`` tokens.
+    """
+    from indexer.indexing import update_index
+
+    started = time.perf_counter()
+    data = dataset or load_beir(Path(folder), split)
+    used_instruction = resolve_instruction(encoder, data.name, instruction)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    index_dir = index_dir_for(cache_dir, data.name, encoder)
+    report = update_index(index_dir, encoder, data.corpus, progress=progress)
+    exclude_own_id = ignores_identical_ids(data.name)
+    run, query_timing = retrieve(
+        encoder,
+        index_dir,
+        data.queries,
+        instruction=used_instruction,
+        k=k,
+        exclude_own_id=exclude_own_id,
+        progress=progress,
+    )
+    metrics = evaluate_run(data.qrels, run)
+    return {
+        "dataset": data.name,
+        "canonical_name": known_name(data.folder),
+        "folder": str(data.folder),
+        "split": data.split,
+        "instruction": used_instruction,
+        "query_example": encoder.format_query(next(iter(data.queries.values())), used_instruction),
+        "max_length": encoder.max_length,
+        "k": k,
+        "ignore_identical_ids": exclude_own_id,
+        "documents": len(data.corpus),
+        "skipped_records": len(data.skipped),
+        "queries": len(data.queries),
+        "judgements": sum(len(judged) for judged in data.qrels.values()),
+        "metrics": metrics,
+        "index": {"folder": str(index_dir), **report.to_dict()},
+        "timing": {
+            "index_seconds": round(report.seconds, 3),
+            "encoded_documents": report.encoded,
+            # None when every vector came from the cache (nothing was encoded).
+            "docs_per_second": (
+                round(report.encoded / report.seconds, 2) if report.encoded else None
+            ),
+            **query_timing,
+            "total_seconds": round(time.perf_counter() - started, 3),
+        },
+    }
+
+
+# ----------------------------------------------------------------------- CLI
+def resolve_folders(data_dir: Path | None, names: list[str], download_dir: Path) -> list[Path]:
+    """Dataset folders from ``--data-dir`` and ``--datasets`` (downloading what is missing)."""
+    if data_dir is not None and not data_dir.exists():
+        raise EngineError(f"--data-dir not found: {data_dir}")
+    if data_dir is not None and is_beir_folder(data_dir):
+        if names and names != [data_dir.name]:
+            raise EngineError(
+                f"--data-dir {data_dir} is one dataset ({data_dir.name}); "
+                "drop --datasets or point --data-dir at the folder holding the datasets"
+            )
+        return [data_dir]
+    if not names:
+        if data_dir is None:
+            raise EngineError("name the datasets: --datasets scifact,nfcorpus (and --data-dir)")
+        found = sorted(p for p in data_dir.iterdir() if p.is_dir() and expand_group(p))
+        if not found:
+            raise EngineError(f"no BEIR dataset folders in {data_dir} (corpus.jsonl, qrels/)")
+        names = [p.name for p in found]
+    folders: list[Path] = []
+    for name in names:
+        folders.extend(expand_group(locate_dataset(name, data_dir, download_dir)))
+    return folders
+
+
+def result_filename(model: str, datasets: list[str], max_length: int) -> str:
+    model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
+    names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
+    if len(names) > 80:
+        names = f"{len(datasets)}-datasets"
+    return f"beir-{model_slug}-{names}-{max_length}.json"
+
+
+def command_line(params: dict[str, Any]) -> str:
+    """The ``engine bench beir`` command that reproduces a run (recorded in the JSON)."""
+    words = ["engine", "bench", "beir"]
+    options = [
+        ("--data-dir", params.get("data_dir")),
+        ("--datasets", params.get("datasets")),
+        ("--split", params.get("split")),
+        ("--model", params.get("model")),
+        ("--max-length", params.get("max_length")),
+        ("--instruction", params.get("instruction")),
+        ("-k", params.get("k")),
+    ]
+    for flag, value in options:
+        if value is not None:
+            words += [flag, str(value)]
+    if params.get("instruct") is not None:
+        words.append("--instruct" if params["instruct"] else "--no-instruct")
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    """One line per dataset (and the average), one column per metric."""
+    headers = {
+        m: m.replace("ndcg", "nDCG")
+        .replace("map", "MAP")
+        .replace("recall", "R")
+        .replace("mrr", "MRR")
+        for m in METRICS
+    }
+    width = max(len("dataset"), *(len(name) for name, _ in rows))
+    lines = [f"{'dataset':<{width}}  " + "  ".join(f"{headers[m]:>9}" for m in METRICS)]
+    for name, metrics in rows:
+        cells = "  ".join(f"{metrics[m]:>9.4f}" if m in metrics else f"{'':>9}" for m in METRICS)
+        lines.append(f"{name:<{width}}  {cells}")
+    return "\n".join(lines)
 
 
 @click.command()
-def beir() -> None:
-    """Not written yet."""
-    raise EngineError("engine bench beir is not written yet")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    envvar="ENGINE_BEIR_DIR",
+    show_envvar=True,
+    help="A folder of BEIR datasets (--datasets picks sub-folders), or one dataset folder.",
+)
+@click.option(
+    "--datasets",
+    help="Comma-separated dataset folder names, e.g. scifact,nfcorpus (default: all in --data-dir). "
+    "Missing ones are downloaded from the official BEIR site when online.",
+)
+@click.option("--split", help="qrels split (default: test; dev for msmarco).")
+@click.option(
+    "--model",
+    envvar="ENGINE_MODEL",
+    show_envvar=True,
+    help="Model folder, PEFT adapter folder or cached hub id (default: embedded all-MiniLM-L6-v2).",
+)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=8),
+    default=DEFAULT_MAX_LENGTH,
+    show_default=True,
+    help="Tokens per document (and query), special tokens included; capped at the model's maximum.",
+)
+@click.option(
+    "--instruct/--no-instruct",
+    default=None,
+    help="Task instructions on queries (default: on for instruction-tuned models, from the profile).",
+)
+@click.option(
+    "--instruction", help="One custom query instruction for every dataset (implies --instruct)."
+)
+@click.option(
+    "-k",
+    "k",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TOP_K,
+    show_default=True,
+    help="Documents retrieved per query.",
+)
+@click.option(
+    "--batch-tokens", type=int, help="Padded tokens per forward pass (default: 8192 on CPU)."
+)
+@click.option("--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ENGINE_CACHE_DIR",
+    show_envvar=True,
+    help="Cache root: indexes in <cache>/beir/<dataset>-<fingerprint>-<length>, downloads in "
+    "<cache>/beir/datasets (default: ~/.cache/engine).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Folder for the results JSON.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results JSON to stdout.")
+def beir(
+    data_dir: Path | None,
+    datasets: str | None,
+    split: str | None,
+    model: str | None,
+    max_length: int,
+    instruct: bool | None,
+    instruction: str | None,
+    k: int,
+    batch_tokens: int | None,
+    device: str | None,
+    cache_dir: Path | None,
+    out: Path,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Evaluate retrieval on BEIR datasets with the paper's protocol.
+
+    Queries get the dataset's task instruction (through the model's template),
+    documents are "title text" without one, first --max-length tokens; the test
+    split (msmarco: dev); top 1000 per query; nDCG/MAP/recall with pytrec_eval
+    and MRR@10 as BEIR computes them. Each corpus is indexed once per model and
+    length into the cache; later runs reuse it.
+
+    \b
+    Examples:
+      engine bench beir --data-dir ../shared/data/beir --datasets scifact,nfcorpus
+      engine bench beir --data-dir ../shared/data/beir/scifact --max-length 256
+      engine bench beir --data-dir data --datasets scifact --model ./my-model --no-instruct
+      engine bench beir --data-dir data --datasets fiqa --instruction "Given a question, retrieve answers" --json
+    """
+    if instruction is not None and instruct is False:
+        raise EngineError("--instruction and --no-instruct exclude each other")
+    if instruction is not None and not instruction.strip():
+        raise EngineError("--instruction is empty")
+    cache_dir = cache_dir or default_cache_dir()
+    names = [n.strip() for n in (datasets or "").split(",") if n.strip()]
+    folders = resolve_folders(data_dir, names, cache_dir / "beir" / "datasets")
+    loaded = [load_beir(folder, split) for folder in folders]
+
+    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
+    encoder.set_max_length(min(max_length, encoder.model_max_positions))
+    if instruction is not None:
+        chosen: Any = instruction.strip()
+    elif instruct is None:
+        chosen = PROFILE_DEFAULT
+    elif instruct:
+        chosen = PAPER_INSTRUCTION
+    else:
+        chosen = None
+    progress = not quiet and not as_json
+
+    results = []
+    for data in loaded:
+        if progress:
+            click.echo(
+                f"{data.name} ({data.split}): {len(data.corpus)} documents, "
+                f"{len(data.queries)} queries",
+                err=True,
+            )
+        results.append(
+            evaluate_dataset(
+                encoder,
+                data.folder,
+                instruction=chosen,
+                cache_dir=cache_dir,
+                k=k,
+                progress=progress,
+                dataset=data,
+            )
+        )
+
+    params = click.get_current_context().params
+    summary = {
+        "benchmark": "beir",
+        "engine_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(params),
+        "model": encoder.name,
+        "fingerprint": encoder.fingerprint,
+        "dim": encoder.dim,
+        "pooling": encoder.profile.pooling,
+        "instruction_tuned": encoder.profile.instruction_tuned,
+        "query_template": encoder.profile.query_template,
+        "max_length": encoder.max_length,
+        "device": str(encoder.device),
+        "batch_tokens": encoder.batch_tokens,
+        "k": k,
+        "metrics_order": list(METRICS),
+        "datasets": results,
+        "average": average([r["metrics"] for r in results]),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / result_filename(encoder.name, [r["dataset"] for r in results], encoder.max_length)
+    path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    click.echo(
+        f"Model {encoder.name} ({encoder.fingerprint[:12]}), max {encoder.max_length} tokens, "
+        f"top {k}, on {encoder.device}"
+    )
+    for result in results:
+        timing = result["timing"]
+        encoded = (
+            f"encoded {timing['encoded_documents']} documents, {timing['docs_per_second']} docs/s"
+            if timing["encoded_documents"]
+            else "all documents from the cached index"
+        )
+        click.echo(
+            f"{result['dataset']} ({result['split']}): {result['documents']} documents, "
+            f"{result['queries']} queries; {encoded}; {timing['queries_per_second']} queries/s"
+        )
+        click.echo(f"  instruction: {result['instruction'] or 'none'}")
+    rows = [(r["dataset"], r["metrics"]) for r in results]
+    if len(results) > 1:
+        rows.append(("average", summary["average"]))
+    click.echo(format_table(rows))
+    click.echo(f"Wrote {path}")
