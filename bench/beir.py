@@ -202,7 +202,7 @@ def evaluate_dataset(
 # ----------------------------------------------------------------------- CLI
 def resolve_folders(data_dir: Path | None, names: list[str], download_dir: Path) -> list[Path]:
     """Dataset folders from ``--data-dir`` and ``--datasets`` (downloading what is missing)."""
-    if data_dir is not None and not data_dir.exists():
+    if data_dir is not None and not data_dir.exists() and not names:
         raise EngineError(f"--data-dir not found: {data_dir}")
     if data_dir is not None and is_beir_folder(data_dir):
         if names and names != [data_dir.name]:
@@ -222,6 +222,21 @@ def resolve_folders(data_dir: Path | None, names: list[str], download_dir: Path)
     for name in names:
         folders.extend(expand_group(locate_dataset(name, data_dir, download_dir)))
     return folders
+
+
+def group_averages(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Sub-datasets (``cqadupstack/android``, ...) averaged into their group, as BEIR reports them."""
+    members: dict[str, list[dict[str, float]]] = {}
+    for result in results:
+        if "/" in result["dataset"]:
+            members.setdefault(result["dataset"].split("/")[0], []).append(result["metrics"])
+    return {group: average(metrics) for group, metrics in members.items()}
+
+
+def overall_average(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over datasets, a group (CQADupStack) counting once."""
+    units = [r["metrics"] for r in results if "/" not in r["dataset"]]
+    return average(units + list(group_averages(results).values()))
 
 
 def result_filename(model: str, datasets: list[str], max_length: int) -> str:
@@ -423,10 +438,12 @@ def beir(
         "k": k,
         "metrics_order": list(METRICS),
         "datasets": results,
-        "average": average([r["metrics"] for r in results]),
+        "groups": group_averages(results),
+        "average": overall_average(results),
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / result_filename(encoder.name, [r["dataset"] for r in results], encoder.max_length)
+    units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
+    path = out / result_filename(encoder.name, units, encoder.max_length)
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
@@ -448,6 +465,7 @@ def beir(
         )
         click.echo(f"  instruction: {result['instruction'] or 'none'}")
     rows = [(r["dataset"], r["metrics"]) for r in results]
+    rows += list(summary["groups"].items())
     if len(results) > 1:
         rows.append(("average", summary["average"]))
     click.echo(format_table(rows))

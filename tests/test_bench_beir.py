@@ -364,3 +364,26 @@ def test_cli_errors_are_one_line(tmp_path):
     assert clash.exit_code == 1 and "exclude each other" in clash.output
     help_text = runner.invoke(cli, ["bench", "beir", "--help"]).output
     assert "Examples:" in help_text and "--no-instruct" in help_text
+
+
+def test_cqadupstack_subforums_are_averaged_into_one_group(tmp_path, tiny_bert_path):
+    from engine.cli import cli
+
+    for forum in ("android", "gaming"):
+        write_beir(tmp_path / "data" / "cqadupstack" / forum)
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "beir", "--data-dir", str(tmp_path / "data"), "--datasets", "cqadupstack",
+         "--model", str(tiny_bert_path), "--cache-dir", str(tmp_path / "cache"),
+         "--out", str(tmp_path / "out"), "--instruct", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    names = [d["dataset"] for d in summary["datasets"]]
+    assert names == ["cqadupstack/android", "cqadupstack/gaming"]
+    assert summary["datasets"][0]["instruction"] == INSTRUCTIONS["CQADupStack"]
+    group = summary["groups"]["cqadupstack"]
+    assert summary["average"] == group
+    first, second = (d["metrics"]["ndcg@10"] for d in summary["datasets"])
+    assert group["ndcg@10"] == pytest.approx((first + second) / 2, abs=1e-5)
+    assert (tmp_path / "out" / "beir-tiny-bert-cqadupstack-128.json").is_file()
