@@ -1,11 +1,460 @@
-"""`engine bench passkey` (being written)."""
+"""`engine bench passkey`: the paper's personalized passkey retrieval test (its Figures 4 and 5).
+
+For each context length, 100 documents of filler text, each exactly that many
+tokens long (as :meth:`Encoder.tokenize` counts them, special tokens included),
+hide one person's name and passkey at a random position. A query asks for one
+person's passkey; it is answered when that person's document ranks first.
+A model that cannot take the whole document sees only its first
+``model_max_positions`` tokens, so it can find the person only when the passkey
+sentence landed inside that window: the table counts those cases to check the
+curve against.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import click
+import numpy as np
 
+from bench.common import file_slug
 from engine.errors import EngineError
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PASSKEY_INSTRUCTION = (
+    "Given a person's name, retrieve the document that contains that person's passkey"
+)
+CONTEXT_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+DEFAULT_DOCUMENTS = 100
+DEFAULT_QUERIES = 50
+
+FIRST_NAMES = (
+    "Alice Bob Carmen David Elena Farid Grace Hiroshi Ingrid Jamal Kavya Liam Mei Nikolai Olivia "
+    "Pedro Quinn Rosa Samir Tanya Umar Vera Walter Ximena Yusuf Zoe Anders Beatriz Chidi Dmitri"
+).split()
+LAST_NAMES = (
+    "Anderson Bianchi Chen Dubois Eriksson Fernandez Garcia Hoffmann Ivanova Jensen Kowalski Lopez "
+    "Murphy Nakamura Okafor Petrov Quintero Rossi Schmidt Tanaka Umarov Varga Wagner Xu Yilmaz "
+    "Zhang Abara Brennan Costa Dalton"
+).split()
+
+
+def passkey_sentence(name: str, passkey: str) -> str:
+    return f"{name}'s passkey is {passkey}. Remember it. {passkey} is the passkey of {name}."
+
+
+def passkey_query(name: str) -> str:
+    return f"What is the passkey of {name}?"
+
+
+@dataclass
+class PasskeyTask:
+    """The documents and queries for one context length."""
+
+    length: int
+    documents: list[str]
+    names: list[str]
+    passkeys: list[str]
+    # Token span [start, end) of the inserted passkey sentence in each document.
+    spans: list[tuple[int, int]]
+    queries: list[str]
+    targets: list[int]  # index of the right document for each query
+
+
+class _Filler:
+    """The filler in token ids, so a stretch of exactly ``n`` filler tokens is easy to cut."""
+
+    def __init__(self, tokenizer, tokens_needed: int) -> None:
+        self.tokenizer = tokenizer
+        piece = tokenizer(FILLER, add_special_tokens=False)["input_ids"]
+        repeats = tokens_needed // max(len(piece), 1) + 2
+        self.ids = tokenizer(" ".join([FILLER] * repeats), add_special_tokens=False)["input_ids"]
+
+    def text(self, start: int, count: int) -> str:
+        if count <= 0:
+            return ""
+        return self.tokenizer.decode(self.ids[start : start + count]).strip()
+
+
+class _Counter:
+    """Token counts exactly as the encoder will feed a text (special tokens included)."""
+
+    def __init__(self, encoder, ceiling: int) -> None:
+        self.encoder = encoder
+        self.ceiling = ceiling
+        probe_plain = encoder.tokenizer("passkey", add_special_tokens=False)["input_ids"]
+        probe_full = encoder.tokenize(["passkey"], max_length=64)[0]
+        self.special = len(probe_full) - len(probe_plain)
+        # Special tokens before the text (BOS, [CLS]) and after it (EOS, [SEP]).
+        self.leading = probe_full.index(probe_plain[0])
+        self.trailing = self.special - self.leading
+
+    def full(self, text: str) -> int:
+        return len(self.encoder.tokenize([text], max_length=self.ceiling)[0])
+
+    def plain(self, text: str) -> int:
+        if not text:
+            return 0
+        return len(self.encoder.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _join(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+def _exact_document(
+    counter: _Counter, filler: _Filler, sentence: str, target: int, before: int
+) -> tuple[str, int]:
+    """A document of exactly ``target`` tokens with ``sentence`` after ``before`` filler tokens.
+
+    Tokenisation is not quite additive (pieces merge at the joins), so the filler
+    after the sentence is corrected until the count is exact.
+    """
+    content = target - counter.special
+    after = max(content - counter.plain(sentence) - before, 0)
+    prefix = filler.text(0, before)
+    tried: set[int] = set()
+    for _ in range(12):
+        text = _join(prefix, sentence, filler.text(before, after))
+        difference = target - counter.full(text)
+        if difference == 0:
+            return text, after
+        tried.add(after)
+        step = max(after + difference, 0)
+        if step in tried:
+            break
+        after = step
+    for candidate in sorted(range(max(after - 4, 0), after + 5), key=lambda n: abs(n - after)):
+        text = _join(prefix, sentence, filler.text(before, candidate))
+        if counter.full(text) == target:
+            return text, candidate
+    raise EngineError(f"cannot build a passkey document of exactly {target} tokens")
+
+
+def unique_names(rng: random.Random, count: int) -> list[str]:
+    pool = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
+    if count > len(pool):
+        raise EngineError(f"at most {len(pool)} documents (one unique name each), not {count}")
+    return rng.sample(pool, count)
+
+
+def build_passkey_task(
+    encoder,
+    length: int,
+    *,
+    documents: int = DEFAULT_DOCUMENTS,
+    queries: int = DEFAULT_QUERIES,
+    seed: int = 0,
+) -> PasskeyTask:
+    """Documents of exactly ``length`` tokens, one name and passkey each at a random place."""
+    if queries > documents:
+        raise EngineError(f"--queries ({queries}) cannot exceed --documents ({documents})")
+    rng = random.Random(f"passkey-{seed}-{length}")
+    counter = _Counter(encoder, ceiling=2 * length + 64)
+    names = unique_names(rng, documents)
+    passkeys = [str(key) for key in rng.sample(range(10000, 100000), documents)]
+    filler = _Filler(encoder.tokenizer, length)
+    texts, spans = [], []
+    for name, passkey in zip(names, passkeys, strict=True):
+        sentence = passkey_sentence(name, passkey)
+        sentence_tokens = counter.plain(sentence)
+        room = length - counter.special - sentence_tokens
+        if room < 0:
+            raise EngineError(f"{length} tokens is too short for a passkey sentence")
+        before = rng.randint(0, room)
+        text, _ = _exact_document(counter, filler, sentence, length, before)
+        start = counter.leading + counter.plain(filler.text(0, before))
+        texts.append(text)
+        spans.append((start, start + sentence_tokens))
+    targets = rng.sample(range(documents), queries)
+    return PasskeyTask(
+        length=length,
+        documents=texts,
+        names=names,
+        passkeys=passkeys,
+        spans=spans,
+        queries=[passkey_query(names[t]) for t in targets],
+        targets=targets,
+    )
+
+
+def top1(scores: np.ndarray, rng: np.random.Generator, tolerance: float = 1e-6) -> np.ndarray:
+    """Best document per query; exact ties (identical truncated documents) are broken at random."""
+    best = []
+    for row in scores:
+        candidates = np.flatnonzero(row >= row.max() - tolerance)
+        best.append(int(rng.choice(candidates)))
+    return np.asarray(best)
+
+
+@dataclass
+class LengthResult:
+    length: int
+    encoded_tokens: int
+    truncated: bool
+    accuracy: float
+    correct: int
+    queries: int
+    # Queries whose passkey sentence lies wholly inside the encoded tokens.
+    in_window: int
+    # in_window share + chance (1/documents) for the rest: what a model that reads
+    # its window perfectly and nothing beyond it would score.
+    expected_accuracy: float
+    seconds: float
+    misses: list[dict] = field(default_factory=list)
+
+
+def run_length(
+    encoder,
+    task: PasskeyTask,
+    *,
+    instruction: str | None,
+    seed: int,
+    progress: bool = False,
+) -> LengthResult:
+    started = time.perf_counter()
+    encoded_tokens = min(task.length, encoder.model_max_positions)
+    documents = encoder.encode_texts(
+        task.documents, max_length=encoded_tokens, progress=progress, desc=f"{task.length} tokens"
+    )
+    queries = encoder.encode_queries(task.queries, instruction)
+    scores = queries @ documents.T
+    best = top1(scores, np.random.default_rng(seed + task.length))
+    targets = np.asarray(task.targets)
+    hits = best == targets
+    # Truncation keeps the trailing special tokens, so the text ends before them.
+    window_end = encoded_tokens - _Counter(encoder, ceiling=64).trailing
+    in_window = sum(task.spans[t][1] <= window_end for t in task.targets)
+    chance = 1 / len(task.documents)
+    n = len(task.targets)
+    misses = [
+        {"query": task.queries[i], "target": int(targets[i]), "ranked_first": int(best[i])}
+        for i in np.flatnonzero(~hits)[:5]
+    ]
+    return LengthResult(
+        length=task.length,
+        encoded_tokens=encoded_tokens,
+        truncated=task.length > encoded_tokens,
+        accuracy=float(hits.mean()),
+        correct=int(hits.sum()),
+        queries=n,
+        in_window=int(in_window),
+        expected_accuracy=(in_window + (n - in_window) * chance) / n,
+        seconds=time.perf_counter() - started,
+        misses=misses,
+    )
+
+
+def run_passkey(
+    encoder,
+    lengths: Sequence[int],
+    *,
+    documents: int = DEFAULT_DOCUMENTS,
+    queries: int = DEFAULT_QUERIES,
+    seed: int = 0,
+    instruction: str | None = None,
+    progress: bool = False,
+) -> list[LengthResult]:
+    results = []
+    for length in lengths:
+        task = build_passkey_task(encoder, length, documents=documents, queries=queries, seed=seed)
+        results.append(
+            run_length(encoder, task, instruction=instruction, seed=seed, progress=progress)
+        )
+    return results
+
+
+def parse_lengths(value: str) -> list[int]:
+    try:
+        lengths = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise EngineError(f"--lengths must be comma-separated integers, not {value!r}") from None
+    if not lengths or lengths[0] < 16:
+        raise EngineError("--lengths needs at least one length of 16 tokens or more")
+    return lengths
+
+
+def write_plot(path: Path, results: Sequence[LengthResult], model: str, max_positions: int) -> None:
+    """Accuracy against context length, like the paper's Figure 5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [r.length for r in results]
+    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    axes.plot(lengths, [r.accuracy for r in results], "o-", label="top-1 accuracy")
+    axes.plot(
+        lengths,
+        [r.expected_accuracy for r in results],
+        "--",
+        color="gray",
+        label="passkey inside the window (+ chance)",
+    )
+    if max_positions < lengths[-1]:
+        axes.axvline(
+            max_positions, color="tab:red", linestyle=":", label=f"model max {max_positions}"
+        )
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(lengths, [_short(n) for n in lengths])
+    axes.minorticks_off()
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("context length (tokens)")
+    axes.set_ylabel("top-1 accuracy")
+    axes.set_title(f"Personalized passkey retrieval: {model}", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _short(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def format_table(results: Sequence[LengthResult]) -> str:
+    header = (
+        f"{'length':>7}  {'encoded':>7}  {'truncated':>9}  {'in window':>9}  "
+        f"{'expected':>8}  {'top-1 acc':>9}"
+    )
+    rows = [header]
+    for r in results:
+        rows.append(
+            f"{r.length:>7}  {r.encoded_tokens:>7}  {'yes' if r.truncated else 'no':>9}  "
+            f"{f'{r.in_window}/{r.queries}':>9}  {r.expected_accuracy:>8.2f}  {r.accuracy:>9.2f}"
+        )
+    return "\n".join(rows)
 
 
 @click.command()
-def passkey() -> None:
-    """Not written yet."""
-    raise EngineError("engine bench passkey is not written yet")
+@click.option(
+    "--model",
+    envvar="ENGINE_MODEL",
+    help="Model folder, PEFT adapter folder or cached hub id (default: all-MiniLM-L6-v2).",
+)
+@click.option(
+    "--lengths",
+    default=",".join(str(n) for n in CONTEXT_LENGTHS),
+    show_default=True,
+    help="Context lengths in tokens, comma-separated. Lengths beyond the model's maximum are "
+    "truncated to it (and marked so).",
+)
+@click.option(
+    "--documents",
+    type=click.IntRange(min=2),
+    default=DEFAULT_DOCUMENTS,
+    show_default=True,
+    help="Candidate documents per length.",
+)
+@click.option(
+    "--queries",
+    type=click.IntRange(min=1),
+    default=DEFAULT_QUERIES,
+    show_default=True,
+    help="Queries per length.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--instruct/--no-instruct",
+    "instruct",
+    default=None,
+    help="Query with the task instruction (default: only if the model is instruction-tuned).",
+)
+@click.option("--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available).")
+@click.option("--batch-tokens", type=int, help="Padded tokens per forward pass.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="results",
+    show_default=True,
+    help="Folder for the JSON and PNG.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def passkey(
+    model: str | None,
+    lengths: str,
+    documents: int,
+    queries: int,
+    seed: int,
+    instruct: bool | None,
+    device: str | None,
+    batch_tokens: int | None,
+    out: Path,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Personalized passkey retrieval: find a person's passkey in long filler documents.
+
+    Per context length: DOCUMENTS documents of exactly that many tokens of filler,
+    each with one person's name and passkey at a random position; QUERIES queries
+    ask for a person's passkey; top-1 accuracy is reported. A model with fewer
+    positions sees only the start of each document, so the table also counts the
+    queries whose passkey lies inside what the model reads.
+
+    \b
+    Examples:
+      engine bench passkey --lengths 256,512,1024,2048
+      engine bench passkey --model ./e5-mistral-7b-instruct --device cuda
+      engine bench passkey --lengths 64,128 --documents 10 --queries 5 --json
+    """
+    from engine.encoder import Encoder
+
+    ctx = click.get_current_context()
+    length_list = parse_lengths(lengths)
+    if queries > documents:
+        raise EngineError(f"--queries ({queries}) cannot exceed --documents ({documents})")
+    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
+    use_instruction = encoder.profile.instruction_tuned if instruct is None else instruct
+    instruction = PASSKEY_INSTRUCTION if use_instruction else None
+    results = run_passkey(
+        encoder,
+        length_list,
+        documents=documents,
+        queries=queries,
+        seed=seed,
+        instruction=instruction,
+        progress=not (quiet or as_json),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"passkey-{file_slug(encoder.name)}"
+    json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
+    report = {
+        "benchmark": "passkey",
+        "model": encoder.name,
+        "fingerprint": encoder.fingerprint,
+        "model_max_positions": encoder.model_max_positions,
+        "device": str(encoder.device),
+        "instruction": instruction,
+        "documents": documents,
+        "queries": queries,
+        "seed": seed,
+        "filler": FILLER,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()},
+        "results": [asdict(r) for r in results],
+        "json": str(json_path),
+        "plot": str(png_path),
+    }
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_plot(png_path, results, encoder.name, encoder.model_max_positions)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"Personalized passkey retrieval: {encoder.name}, {documents} documents and "
+        f"{queries} queries per length, seed {seed}"
+    )
+    click.echo(f"Query instruction: {instruction!r}" if instruction else "Query instruction: none")
+    if any(r.truncated for r in results):
+        click.echo(
+            f"Documents longer than {encoder.model_max_positions} tokens are truncated to the "
+            "model's maximum (truncated = yes): the passkey is findable only inside that window."
+        )
+    click.echo(format_table(results))
+    click.echo(f"Wrote {json_path} and {png_path}")
