@@ -21,7 +21,7 @@ def test_one_bf16_step_on_gpu(tiny_mistral_path, tmp_path):
     assert trainer.encoder.device.type == "cuda"
     assert trainer.bf16
     assert next(trainer.encoder.model.get_base_model().parameters()).dtype == torch.bfloat16
-    assert trainer.encoder.model.get_base_model().is_gradient_checkpointing
+    assert trainer.encoder.model.get_base_model().is_activation_checkpointing
     assert math.isfinite(trainer.log[0]["loss"])
     record = json.loads((tmp_path / "gpu" / "training_args.json").read_text())
     assert record["precision"] == "bf16" and record["lora_tensors_changed"] != "0/56"

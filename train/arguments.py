@@ -122,7 +122,8 @@ class TrainingArguments:
     merge: bool = False
     save_steps: int | None = None
     log_steps: int = 1
-    eval_data: Path | None = None
+    # BEIR dataset folders benchmarked before and after training (``--eval-data``, repeatable).
+    eval_data: tuple[Path, ...] = ()
     eval_max_length: int | None = None
     progress: bool = True
 

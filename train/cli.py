@@ -146,13 +146,15 @@ def _positive_float(ctx, param, value):
 )
 @click.option(
     "--eval-data",
+    multiple=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="A BEIR dataset folder: run the benchmark before and after training.",
+    help="A BEIR dataset folder (repeatable): `engine bench beir` on its test split before and "
+    "after training, both printed and recorded.",
 )
 @click.option(
     "--eval-max-length",
     type=click.IntRange(min=8),
-    help="Document tokens for --eval-data (default: --max-length).",
+    help="Document tokens for --eval-data (default: --max-length, else 512).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (log lines instead).")
 @click.option("--local_rank", "--local-rank", "local_rank", type=int, hidden=True)
@@ -171,7 +173,8 @@ def train(ctx: click.Context, **options) -> None:
     Examples:
       engine train data from-beir --data-dir ../shared/data/beir/scifact --split train \\
           --mine-negatives --out scifact-train.jsonl
-      engine train --data scifact-train.jsonl --out ./my-model
+      engine train --data scifact-train.jsonl --out ./my-model --max-length 256 \\
+          --eval-data ../shared/data/beir/scifact --eval-data ../shared/data/beir/nfcorpus
       engine train --base ./Mistral-7B-v0.1 --data scifact-train.jsonl:0.3 --data synth.jsonl:0.7 \\
           --out ./my-model --max-length 512
       deepspeed --num_gpus 8 $(which engine) train --base ./Mistral-7B-v0.1 \\
@@ -237,14 +240,21 @@ def run_training(options: dict) -> None:
         device=options["device"],
         merge=options["merge"],
         save_steps=options["save_steps"],
-        eval_data=options["eval_data"],
+        eval_data=tuple(options["eval_data"]),
         eval_max_length=options["eval_max_length"] or options["max_length"] or 512,
         progress=not options["quiet"],
     )
-    from train.evaluate import beir_evaluator
+    from train.evaluate import beir_evaluator, format_comparison
     from train.trainer import Trainer
 
-    evaluate = beir_evaluator(training_args.eval_max_length) if options["eval_data"] else None
+    evaluate = None
+    if training_args.eval_data:
+        evaluate = beir_evaluator(
+            training_args.eval_data,
+            training_args.eval_max_length,
+            trains_instruction=model_args.use_instruction,
+            progress=training_args.progress,
+        )
     trainer = Trainer(model_args, data_args, training_args, argv=sys.argv, evaluate=evaluate)
     result = trainer.run()
     if trainer.rank != 0:
@@ -256,16 +266,7 @@ def run_training(options: dict) -> None:
     )
     click.echo(f"Model saved to {result.out} (use --model {result.out}).")
     if result.eval_before is not None:
-        click.echo(f"{options['eval_data']} before: {_format_eval(result.eval_before)}")
-        click.echo(f"{options['eval_data']} after:  {_format_eval(result.eval_after)}")
-
-
-def _format_eval(metrics: dict | None) -> str:
-    if not metrics:
-        return "-"
-    return ", ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-    )
+        click.echo(format_comparison(result.eval_before, result.eval_after))
 
 
 @train.group()
@@ -322,7 +323,8 @@ def data() -> None:
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the mining index is kept between runs (default: ~/.cache/engine/mining).",
+    help="Cache root shared with `engine bench beir`: the mining index is its index "
+    "<cache>/beir/<dataset>-<fingerprint>-<length> (default: ~/.cache/engine).",
 )
 @click.option("--device", help="torch device for mining.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")

@@ -1,102 +1,27 @@
 """`engine train data from-beir`: training pairs from a BEIR split, hard negatives mined by the engine.
 
-The corpus is indexed with the engine's own indexer (cached and incremental,
-so a second run costs nothing), queries are encoded with the same encoder and
-searched in the store. Negatives are the top-ranked documents that are not
+The dataset is read by the benchmark's BEIR reader (``bench.datasets.load_beir``)
+and its corpus indexed by the engine's own indexer into the benchmark's index
+cache (``bench.beir.index_dir_for``: one index per dataset, model fingerprint and
+length), so mining and ``engine bench beir`` share one index and a second run
+encodes nothing. Queries are encoded with the same encoder and searched in the
+store. Negatives are the top-ranked documents that are not
 relevant, below the first ``skip_top`` ranks: the very top of a ranking is
 where unlabelled positives hide (paper section 4.1 / common practice).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from bench.datasets import BeirDataset, UnknownDataset, instruction_for, load_beir
 from engine.errors import EngineError
 from train.data import TrainDocument, TrainExample, write_examples
 
 
-@dataclass
-class BeirSplit:
-    """One BEIR dataset split: corpus, the split's queries and their graded judgements."""
-
-    name: str
-    corpus: dict[str, TrainDocument]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise EngineError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-    return rows
-
-
-def load_beir_split(data_dir: Path, split: str) -> BeirSplit:
-    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``."""
-    data_dir = Path(data_dir)
-    for required in ("corpus.jsonl", "queries.jsonl"):
-        if not (data_dir / required).is_file():
-            raise EngineError(f"{data_dir} is not a BEIR dataset folder: no {required}")
-    qrels_path = data_dir / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        available = sorted(p.stem for p in (data_dir / "qrels").glob("*.tsv"))
-        raise EngineError(
-            f"{data_dir} has no {split} split (available: {', '.join(available) or 'none'})"
-        )
-    qrels: dict[str, dict[str, int]] = {}
-    with qrels_path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.rstrip("\r\n").split("\t")
-            if number == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) != 3:
-                raise EngineError(f"{qrels_path}:{number}: expected query-id, corpus-id, score")
-            try:
-                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-            except ValueError:
-                raise EngineError(f"{qrels_path}:{number}: score is not an integer") from None
-    corpus = {
-        str(row["_id"]): TrainDocument(
-            (row.get("title") or "").strip(), (row.get("text") or "").strip()
-        )
-        for row in _read_jsonl(data_dir / "corpus.jsonl")
-    }
-    queries = {
-        str(row["_id"]): row["text"]
-        for row in _read_jsonl(data_dir / "queries.jsonl")
-        if str(row["_id"]) in qrels
-    }
-    return BeirSplit(data_dir.resolve().name, corpus, queries, qrels)
-
-
-def dataset_instruction(name: str) -> str | None:
-    """The benchmark's instruction for a BEIR dataset (bench/datasets.py), if it knows one."""
-    try:
-        from bench.datasets import instruction_for
-    except ImportError:
-        return None
-    try:
-        return instruction_for(name)
-    except (KeyError, LookupError, EngineError):
-        return None
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "engine" / "mining"
-
-
 def mine_hard_negatives(
-    split: BeirSplit,
+    dataset: BeirDataset,
     *,
     model: str | None,
     instruction: str | None,
@@ -104,43 +29,40 @@ def mine_hard_negatives(
     negatives: int,
     skip_top: int,
     max_length: int,
-    cache_dir: Path,
+    cache_dir: Path | None,
     device: str | None,
     progress: bool,
 ) -> tuple[dict[str, list[str]], dict]:
     """Hard negative document ids per query, and a description of how they were mined."""
+    from bench.beir import default_cache_dir, index_dir_for
     from engine.encoder import Encoder
-    from indexer.documents import Document
     from indexer.indexing import update_index
     from indexer.store import Store
 
     encoder = Encoder.load(model, device=device, max_length=max_length)
-    index_dir = cache_dir / f"{split.name}-{encoder.fingerprint[:12]}-{encoder.max_length}"
-    documents = [
-        Document(doc_id=doc_id, source="corpus.jsonl", title=doc.title, text=doc.text)
-        for doc_id, doc in split.corpus.items()
-    ]
-    update_index(index_dir, encoder, documents, progress=progress)
+    index_dir = index_dir_for(cache_dir or default_cache_dir(), dataset.name, encoder)
+    update_index(index_dir, encoder, dataset.corpus, progress=progress)
     if mine_instruction is None:
         mine_instruction = encoder.profile.instruction_tuned
-    query_ids = list(split.queries)
+    query_ids = list(dataset.queries)
     vectors = encoder.encode_queries(
-        [split.queries[q] for q in query_ids],
+        [dataset.queries[q] for q in query_ids],
         instruction if mine_instruction else None,
         progress=progress,
     )
     store = Store.open(index_dir)
     try:
         doc_ids = store.doc_ids()
-        widest = max(sum(1 for s in split.qrels[q].values() if s > 0) for q in query_ids)
+        widest = max(sum(1 for s in dataset.qrels[q].values() if s > 0) for q in query_ids)
         depth = min(len(doc_ids), skip_top + negatives + widest + 20)
         _, rows = store.search(vectors, depth)
     finally:
         store.close()
     mined: dict[str, list[str]] = {}
     for query_id, row in zip(query_ids, rows, strict=True):
-        judged = split.qrels[query_id]
+        judged = dataset.qrels[query_id]
         ranking = [doc_ids[int(i)] for i in row if int(i) >= 0]
+        # A document judged 0 is a checked non-relevant one: a fine negative.
         mined[query_id] = [
             doc_id
             for doc_id in ranking[skip_top:]
@@ -174,26 +96,28 @@ def from_beir(
     quiet: bool = False,
 ) -> str:
     """Write one training line per relevant (query, document) pair; returns a summary line."""
-    beir = load_beir_split(data_dir, split)
+    dataset = load_beir(data_dir, split)
     if instruction is None:
-        instruction = dataset_instruction(beir.name)
-        if instruction is None:
+        try:
+            instruction = instruction_for(dataset.name)
+        except UnknownDataset:
             raise EngineError(
-                f"no instruction known for dataset {beir.name!r}; pass --instruction TEXT "
+                f"no instruction known for dataset {dataset.name!r}; pass --instruction TEXT "
                 "(or --instruction '' for none)"
-            )
+            ) from None
     instruction = instruction.strip() or None
+    corpus = {d.doc_id: TrainDocument(d.title, d.text) for d in dataset.corpus}
     pairs = [
         (query_id, doc_id)
-        for query_id in beir.queries
-        for doc_id, score in sorted(beir.qrels[query_id].items())
-        if score > 0 and doc_id in beir.corpus
+        for query_id in dataset.queries
+        for doc_id, score in sorted(dataset.qrels[query_id].items())
+        if score > 0 and doc_id in corpus
     ]
     missing_docs = sum(
         1
-        for query_id in beir.queries
-        for doc_id, score in beir.qrels[query_id].items()
-        if score > 0 and doc_id not in beir.corpus
+        for query_id in dataset.queries
+        for doc_id, score in dataset.qrels[query_id].items()
+        if score > 0 and doc_id not in corpus
     )
     if not pairs:
         raise EngineError(f"{data_dir}: no relevant (query, document) pairs in the {split} split")
@@ -201,14 +125,14 @@ def from_beir(
     how = None
     if mine_negatives:
         mined, how = mine_hard_negatives(
-            beir,
+            dataset,
             model=model,
             instruction=instruction,
             mine_instruction=mine_instruction,
             negatives=negatives,
             skip_top=skip_top,
             max_length=max_length,
-            cache_dir=cache_dir or default_cache_dir(),
+            cache_dir=cache_dir,
             device=device,
             progress=not quiet and not os.environ.get("ENGINE_NO_PROGRESS"),
         )
@@ -217,12 +141,12 @@ def from_beir(
         negative_ids = mined.get(query_id, [])
         examples.append(
             TrainExample(
-                query=beir.queries[query_id],
-                positive=beir.corpus[doc_id],
-                negatives=tuple(beir.corpus[n] for n in negative_ids),
+                query=dataset.queries[query_id],
+                positive=corpus[doc_id],
+                negatives=tuple(corpus[n] for n in negative_ids),
                 instruction=instruction,
                 meta={
-                    "dataset": beir.name,
+                    "dataset": dataset.name,
                     "split": split,
                     "query_id": query_id,
                     "positive_id": doc_id,
@@ -231,8 +155,9 @@ def from_beir(
             )
         )
     write_examples(out, examples)
+    queries_with_pairs = len({query_id for query_id, _ in pairs})
     summary = (
-        f"Wrote {len(examples)} examples ({len(beir.queries)} queries) from {beir.name} "
+        f"Wrote {len(examples)} examples ({queries_with_pairs} queries) from {dataset.name} "
         f"{split} to {out}"
     )
     if how:

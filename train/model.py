@@ -128,18 +128,44 @@ def distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All ranks' rows concatenated; gradients flow into this rank's own part.
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own rows.
 
-    Returns the gathered tensor and the row offset of the local part, so every
-    query sees every document on every GPU as a negative (paper section 4.1).
+    Written on the stable ``dist.all_gather``/``dist.all_reduce``: torch's own
+    differentiable gathers are deprecated or private.
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        rank, world = distributed()
+        ctx.rank, ctx.rows = rank, local.shape[0]
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss reaches every rank's documents
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows concatenated, and the row offset of this rank's own part.
+
+    Every query then sees every document on every GPU as a negative (paper
+    section 4.1). The gather is differentiable: each rank's loss sends gradients
+    to the documents of all ranks, so once DDP/DeepSpeed average the gradients
+    the update is exactly that of one big batch (``test_train_distributed``).
+    Tensors without gradients (document keys) are gathered plainly.
     """
     rank, world = distributed()
     if world == 1:
         return local, 0
+    if local.requires_grad:
+        return _AllGather.apply(local), rank * local.shape[0]
     parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local.detach().contiguous())
-    parts[rank] = local
+    dist.all_gather(parts, local.contiguous())
     return torch.cat(parts), rank * local.shape[0]
 
 

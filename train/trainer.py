@@ -40,6 +40,7 @@ from train.arguments import (
 )
 from train.collator import Collator
 from train.data import MixedDataset, load_sources
+from train.evaluate import headline
 from train.model import EmbeddingModel, add_lora, distributed, lora_parameters
 
 ZERO3_CONFIG = Path(__file__).with_name("zero3.json")
@@ -216,7 +217,7 @@ class Trainer:
         training_args: TrainingArguments,
         *,
         argv: Sequence[str] | None = None,
-        evaluate: Callable[[Encoder, Path], dict] | None = None,
+        evaluate: Callable[[Encoder], dict] | None = None,
     ) -> None:
         model_args.validate()
         data_args.validate()
@@ -606,16 +607,17 @@ class Trainer:
     # ----------------------------------------------------------- evaluation
     def _evaluate(self, encoder: Encoder, when: str) -> dict | None:
         """Run the evaluation hook on rank 0 only (other ranks never call it)."""
-        if self.evaluate is None or self.args.eval_data is None:
+        if self.evaluate is None:
             return None
-        self._print(f"Evaluating on {self.args.eval_data} {when} ...")
-        result = self.evaluate(encoder, self.args.eval_data)
-        self._print(f"{when}: {json.dumps(result)}")
+        names = ", ".join(str(p) for p in self.args.eval_data) or "the evaluation data"
+        self._print(f"Evaluating on {names} {when} ...")
+        result = self.evaluate(encoder)
+        self._print(f"{when}: {json.dumps(headline(result))}")
         return result
 
     def _evaluate_saved(self, out: Path) -> dict | None:
         """Score the folder as written, the way ``--model`` will load it."""
-        if self.evaluate is None or self.args.eval_data is None:
+        if self.evaluate is None:
             return None
         encoder = Encoder.load(str(out), device=str(self.encoder.device))
         if hasattr(encoder.model, "merge_and_unload"):
