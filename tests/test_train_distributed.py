@@ -1,6 +1,9 @@
-"""Negatives shared across ranks: two CPU processes (gloo) match one process with the whole batch."""
+"""Data parallel training on two CPU processes (gloo): shared negatives, DDP through the Trainer."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -69,3 +72,68 @@ def test_two_ranks_equal_one_big_batch(tmp_path):
         # Each rank's documents also get the gradient from the other rank's queries.
         torch.testing.assert_close(q_grad, queries.grad[q_rows], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(d_grad, documents.grad[own_docs], atol=1e-6, rtol=1e-5)
+
+
+def _train_rank(rank: int, port: int, base: str, data: str, out: str, results) -> None:
+    """One rank of a 2-process CPU run, as ``torchrun --nproc_per_node 2 -m train`` starts it."""
+    import os
+
+    from train.arguments import DataArguments, DataSource, ModelArguments, TrainingArguments
+    from train.model import lora_parameters
+    from train.trainer import Trainer
+
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    trainer = Trainer(
+        ModelArguments(base=base, temperature=0.1),
+        DataArguments(
+            sources=[DataSource(Path(data))],
+            negatives_per_query=1,
+            max_query_length=16,
+            max_document_length=32,
+        ),
+        TrainingArguments(
+            out=Path(out), epochs=2, batch_size=2, learning_rate=5e-3, progress=False
+        ),
+        argv=["torchrun", "-m", "train"],
+    )
+    try:
+        trainer.run()
+        lora = {n: p.detach().clone() for n, p in lora_parameters(trainer.encoder.model).items()}
+        results[rank] = (trainer.world, [e["loss"] for e in trainer.log], lora)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_training_on_two_cpu_ranks(tmp_path, tiny_bert_path):
+    from engine.encoder import Encoder
+    from tests.test_train_trainer import PROBES, make_data
+    from train.trainer import _free_port
+
+    data = make_data(tmp_path / "train.jsonl", n=8)
+    out = tmp_path / "model"
+    results = mp.Manager().dict()
+    mp.spawn(
+        _train_rank,
+        args=(_free_port(), str(tiny_bert_path), str(data), str(out), results),
+        nprocs=WORLD,
+        join=True,
+    )
+    (world0, losses0, lora0), (world1, losses1, lora1) = results[0], results[1]
+    assert world0 == world1 == WORLD
+    # 8 examples / (2 per rank x 2 ranks) x 2 epochs; the logged loss is the mean over ranks.
+    assert len(losses0) == 4 and losses0 == losses1
+    # DDP kept the replicas identical, and the adapter moved.
+    assert lora0.keys() == lora1.keys() and lora0
+    for name in lora0:
+        assert torch.equal(lora0[name], lora1[name]), name
+    record = json.loads((out / "training_args.json").read_text())
+    assert record["world_size"] == WORLD and record["steps"] == 4
+    assert record["lora_tensors_changed"].split("/")[0] != "0"
+    assert Encoder.load(str(out)).encode_texts(PROBES).shape == (len(PROBES), 32)
