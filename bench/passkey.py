@@ -200,8 +200,11 @@ class LengthResult:
     accuracy: float
     correct: int
     queries: int
-    # Queries whose passkey sentence lies wholly inside the encoded tokens.
+    # Queries whose passkey sentence lies wholly inside the encoded tokens, and how
+    # many of those / of the others were answered.
     in_window: int
+    correct_in_window: int
+    correct_outside: int
     # in_window share + chance (1/documents) for the rest: what a model that reads
     # its window perfectly and nothing beyond it would score.
     expected_accuracy: float
@@ -229,7 +232,8 @@ def run_length(
     hits = best == targets
     # Truncation keeps the trailing special tokens, so the text ends before them.
     window_end = encoded_tokens - _Counter(encoder, ceiling=64).trailing
-    in_window = sum(task.spans[t][1] <= window_end for t in task.targets)
+    inside = np.asarray([task.spans[t][1] <= window_end for t in task.targets])
+    in_window = int(inside.sum())
     chance = 1 / len(task.documents)
     n = len(task.targets)
     misses = [
@@ -243,7 +247,9 @@ def run_length(
         accuracy=float(hits.mean()),
         correct=int(hits.sum()),
         queries=n,
-        in_window=int(in_window),
+        in_window=in_window,
+        correct_in_window=int(hits[inside].sum()),
+        correct_outside=int(hits[~inside].sum()),
         expected_accuracy=(in_window + (n - in_window) * chance) / n,
         seconds=time.perf_counter() - started,
         misses=misses,
@@ -321,13 +327,15 @@ def _short(n: int) -> str:
 def format_table(results: Sequence[LengthResult]) -> str:
     header = (
         f"{'length':>7}  {'encoded':>7}  {'truncated':>9}  {'in window':>9}  "
-        f"{'expected':>8}  {'top-1 acc':>9}"
+        f"{'expected':>8}  {'top-1 acc':>9}  {'hits in window':>14}  {'hits outside':>12}"
     )
     rows = [header]
     for r in results:
         rows.append(
             f"{r.length:>7}  {r.encoded_tokens:>7}  {'yes' if r.truncated else 'no':>9}  "
-            f"{f'{r.in_window}/{r.queries}':>9}  {r.expected_accuracy:>8.2f}  {r.accuracy:>9.2f}"
+            f"{f'{r.in_window}/{r.queries}':>9}  {r.expected_accuracy:>8.2f}  {r.accuracy:>9.2f}  "
+            f"{f'{r.correct_in_window}/{r.in_window}':>14}  "
+            f"{f'{r.correct_outside}/{r.queries - r.in_window}':>12}"
         )
     return "\n".join(rows)
 

@@ -93,7 +93,7 @@ def test_cli_table_json_and_plot(tmp_path, tiny_mistral_path):
     ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "top-1 acc" in result.output
+    assert "top-1 acc" in result.output and "hits in window" in result.output
     assert "truncated to the model's maximum" in result.output
     assert "Given a person's name" in result.output  # e5-mistral profile: instruction-tuned
     json_file = out / "passkey-tiny-e5-mistral-7b-instruct.json"
@@ -110,6 +110,8 @@ def test_cli_table_json_and_plot(tmp_path, tiny_mistral_path):
         assert 0 <= row["accuracy"] <= 1
         assert row["correct"] == round(row["accuracy"] * 4)
         assert 0 <= row["in_window"] <= 4
+        assert row["correct_in_window"] + row["correct_outside"] == row["correct"]
+        assert row["correct_in_window"] <= row["in_window"]
     assert rows[64]["in_window"] == 4
 
     as_json = runner.invoke(cli, [*args, "--lengths", "64", "--json", "--no-instruct"])

@@ -151,3 +151,15 @@ def test_bad_input_is_one_line(tmp_path):
     missing = runner.invoke(cli, ["bench", "speed", "--data-dir", str(tmp_path / "none")])
     assert missing.exit_code == 1 and "not found" in missing.output
     assert "Traceback" not in neither.output + index_random.output + missing.output
+
+
+@pytest.mark.gpu
+def test_random_model_on_gpu_reports_mfu(tmp_path):
+    report = run_speed(
+        ["--random-model", "tiny", "--synthetic", "16", "--device", "cuda"]
+        + ["--peak-tflops", "100", "--out", str(tmp_path)]
+    )
+    assert report["dtype"] == "bfloat16"
+    assert report["engine"]["memory_kind"] == "cuda allocated"
+    assert report["peak_tflops"] == 100
+    assert report["engine"]["mfu"] > 0
