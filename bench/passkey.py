@@ -208,6 +208,8 @@ class LengthResult:
     # in_window share + chance (1/documents) for the rest: what a model that reads
     # its window perfectly and nothing beyond it would score.
     expected_accuracy: float
+    # The analytic version: a share encoded/length of the passkeys is seen, the rest is chance.
+    window_share_accuracy: float
     seconds: float
     misses: list[dict] = field(default_factory=list)
 
@@ -251,6 +253,8 @@ def run_length(
         correct_in_window=int(hits[inside].sum()),
         correct_outside=int(hits[~inside].sum()),
         expected_accuracy=(in_window + (n - in_window) * chance) / n,
+        window_share_accuracy=encoded_tokens / task.length
+        + (1 - encoded_tokens / task.length) * chance,
         seconds=time.perf_counter() - started,
         misses=misses,
     )
@@ -300,7 +304,14 @@ def write_plot(path: Path, results: Sequence[LengthResult], model: str, max_posi
         [r.expected_accuracy for r in results],
         "--",
         color="gray",
-        label="passkey inside the window (+ chance)",
+        label="share of queries with the passkey in the window (+ chance)",
+    )
+    axes.plot(
+        lengths,
+        [r.window_share_accuracy for r in results],
+        ":",
+        color="tab:green",
+        label="window / length (+ chance)",
     )
     if max_positions < lengths[-1]:
         axes.axvline(
