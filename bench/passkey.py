@@ -109,7 +109,7 @@ def _join(*parts: str) -> str:
 
 def _exact_document(
     counter: _Counter, filler: _Filler, sentence: str, target: int, before: int
-) -> tuple[str, int]:
+) -> str:
     """A document of exactly ``target`` tokens with ``sentence`` after ``before`` filler tokens.
 
     Tokenisation is not quite additive (pieces merge at the joins), so the filler
@@ -123,7 +123,7 @@ def _exact_document(
         text = _join(prefix, sentence, filler.text(before, after))
         difference = target - counter.full(text)
         if difference == 0:
-            return text, after
+            return text
         tried.add(after)
         step = max(after + difference, 0)
         if step in tried:
@@ -132,7 +132,7 @@ def _exact_document(
     for candidate in sorted(range(max(after - 4, 0), after + 5), key=lambda n: abs(n - after)):
         text = _join(prefix, sentence, filler.text(before, candidate))
         if counter.full(text) == target:
-            return text, candidate
+            return text
     raise EngineError(f"cannot build a passkey document of exactly {target} tokens")
 
 
@@ -167,7 +167,7 @@ def build_passkey_task(
         if room < 0:
             raise EngineError(f"{length} tokens is too short for a passkey sentence")
         before = rng.randint(0, room)
-        text, _ = _exact_document(counter, filler, sentence, length, before)
+        text = _exact_document(counter, filler, sentence, length, before)
         start = counter.leading + counter.plain(filler.text(0, before))
         texts.append(text)
         spans.append((start, start + sentence_tokens))
