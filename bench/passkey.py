@@ -325,7 +325,7 @@ def write_plot(path: Path, results: Sequence[LengthResult], model: str, max_posi
     axes.set_ylabel("top-1 accuracy")
     axes.set_title(f"Personalized passkey retrieval: {model}", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower left", fontsize=8)
+    axes.legend(loc="upper right", fontsize=7.5)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
