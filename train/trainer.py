@@ -18,6 +18,7 @@ import shlex
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -477,11 +478,6 @@ class Trainer:
         out = args.out
         adapter_dir = out / ADAPTER_SUBFOLDER if args.merge else out
         self.save_adapter(adapter_dir)
-        eval_after = None
-        if self.rank == 0:
-            if args.merge:
-                self.merge(adapter_dir, out)
-            eval_after = self._evaluate_saved(out)
         result = TrainResult(
             out=out,
             steps=len(self.log),
@@ -489,10 +485,17 @@ class Trainer:
             log=self.log,
             lora_changed=changed,
             eval_before=eval_before,
-            eval_after=eval_after,
         )
         if self.rank == 0:
-            self._write_records(result, dataset, targets, n_trainable, n_total, device)
+            if args.merge:
+                self.merge(adapter_dir, out)
+            # The folder is complete before it is benchmarked; the scores are added after.
+            records = (dataset, targets, n_trainable, n_total, device)
+            self._write_records(result, *records)
+            result.eval_after = self._evaluate_saved(out)
+            if result.eval_after is not None:
+                result.seconds = time.perf_counter() - started
+                self._write_records(result, *records)
         if self.world > 1:
             dist.barrier()
         encoder.model.eval()
@@ -619,7 +622,9 @@ class Trainer:
         """Score the folder as written, the way ``--model`` will load it."""
         if self.evaluate is None:
             return None
-        encoder = Encoder.load(str(out), device=str(self.encoder.device))
+        with warnings.catch_warnings():  # peft still calls transformers' deprecated names
+            warnings.simplefilter("ignore", FutureWarning)
+            encoder = Encoder.load(str(out), device=str(self.encoder.device))
         if hasattr(encoder.model, "merge_and_unload"):
             # Same vectors, ~2x faster encoding than running the adapter unmerged.
             encoder.model = encoder.model.merge_and_unload()
@@ -652,7 +657,8 @@ class Trainer:
             "device": str(device),
             "precision": "bf16" if self.bf16 else "fp32",
             "deepspeed_config": getattr(self, "ds_config", None),
-            "seconds": round(result.seconds, 1),
+            "seconds": round(result.seconds, 1),  # all of it, evaluations included
+            "training_loop_seconds": self.log[-1]["elapsed_seconds"] if self.log else None,
             "first_loss": result.first_loss if result.log else None,
             "final_loss": result.last_loss if result.log else None,
             "lora_tensors_changed": f"{result.lora_changed[0]}/{result.lora_changed[1]}",
