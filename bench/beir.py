@@ -398,7 +398,7 @@ def beir(
         chosen = PAPER_INSTRUCTION
     else:
         chosen = None
-    progress = not quiet and not as_json
+    progress = not quiet and not as_json and not os.environ.get("ENGINE_NO_PROGRESS")
 
     results = []
     for data in loaded:
