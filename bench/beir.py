@@ -328,7 +328,9 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     help="Documents retrieved per query.",
 )
 @click.option(
-    "--batch-tokens", type=int, help="Padded tokens per forward pass (default: 8192 on CPU)."
+    "--batch-tokens",
+    type=int,
+    help="Padded tokens per forward pass (default: the encoder's budget for the device).",
 )
 @click.option("--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available).")
 @click.option(
