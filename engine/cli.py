@@ -11,21 +11,10 @@ from pathlib import Path
 import click
 
 from engine import __version__
-from engine.errors import EngineError
+from engine.errors import EngineError, ErrorReportingGroup
 
 DEFAULT_INDEX = ".engine"
 DEFAULT_DOCUMENT_TOKENS = 512
-
-
-class EngineGroup(click.Group):
-    """Prints an :class:`EngineError` as one line (no traceback) and exits 1."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EngineError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
 
 
 def quiet_libraries() -> None:
@@ -69,7 +58,7 @@ device_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 
 
-@click.group(cls=EngineGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="engine")
 def cli() -> None:
     """Search your documents with LLM text embeddings.
@@ -103,7 +92,9 @@ def cli() -> None:
     "--rebuild", is_flag=True, help="Start over: re-encode everything into a fresh index."
 )
 @click.option(
-    "--batch-tokens", type=int, help="Padded tokens per forward pass (default: 8192 on CPU)."
+    "--batch-tokens",
+    type=int,
+    help="Padded tokens per forward pass (default: 4096 on CPU, 131072 on CUDA).",
 )
 @device_option
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")

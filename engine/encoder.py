@@ -109,7 +109,12 @@ def fingerprint_files(folders: Sequence[Path]) -> str:
     file) so a 7B model fingerprints in well under a second.
     """
     files = sorted(
-        (f for folder in folders for f in folder.rglob("*") if f.is_file() and not _is_noise(f)),
+        (
+            f
+            for folder in folders
+            for f in folder.rglob("*")
+            if f.is_file() and not _is_noise(f.relative_to(folder))
+        ),
         key=lambda f: str(f),
     )
     total = sum(f.stat().st_size for f in files)
@@ -129,9 +134,17 @@ def fingerprint_files(folders: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
+# Records `engine train` writes next to a model: they describe the run, not the weights.
+TRAINING_RECORDS = {"training_args.json", "training_log.json", "README.md"}
+
+
 def _is_noise(path: Path) -> bool:
+    """Files (paths relative to the model folder) that do not change what the model computes."""
     relevant = path.suffix in WEIGHT_SUFFIXES or path.suffix in (".json", ".txt", ".model")
-    return not relevant or path.name.startswith(".") or path.name == "README.md"
+    in_checkpoint = any(part.startswith("checkpoint-") for part in path.parts[:-1])
+    return (
+        not relevant or path.name.startswith(".") or path.name in TRAINING_RECORDS or in_checkpoint
+    )
 
 
 def token_budget_batches(

@@ -214,3 +214,18 @@ def test_out_of_memory_batches_are_retried_in_halves(tiny_mistral_path, monkeypa
     )
     with pytest.raises(EngineError, match="lower --max-length"):
         encoder.encode_texts(["sky"])
+
+
+def test_fingerprint_ignores_training_records(tiny_bert_path, tmp_path):
+    import shutil
+
+    from engine.encoder import fingerprint_files
+
+    folder = shutil.copytree(tiny_bert_path, tmp_path / "model")
+    before = fingerprint_files([folder])
+    (folder / "training_log.json").write_text("[]")
+    (folder / "checkpoint-10").mkdir()
+    (folder / "checkpoint-10" / "adapter_model.safetensors").write_bytes(b"x")
+    assert fingerprint_files([folder]) == before
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    assert fingerprint_files([folder]) != before

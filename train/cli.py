@@ -7,18 +7,7 @@ from pathlib import Path
 
 import click
 
-from engine.errors import EngineError
-
-
-class TrainGroup(click.Group):
-    """Prints an :class:`EngineError` as one line and exits 1 (also under ``python -m train``)."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except EngineError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(1)
+from engine.errors import EngineError, ErrorReportingGroup
 
 
 def _positive_float(ctx, param, value):
@@ -28,7 +17,7 @@ def _positive_float(ctx, param, value):
 
 
 @click.group(
-    cls=TrainGroup,
+    cls=ErrorReportingGroup,
     invoke_without_command=True,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
