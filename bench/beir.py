@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,9 @@ from bench.datasets import (
 )
 from bench.metrics import DEFAULT_TOP_K, METRICS, average, evaluate_run
 from engine import __version__
-from engine.encoder import Encoder
+from engine.encoder import Encoder, progress_enabled
 from engine.errors import EngineError
+from indexer.store import utc_now
 
 DEFAULT_OUT = Path("results")
 DEFAULT_MAX_LENGTH = 512
@@ -400,7 +400,7 @@ def beir(
         chosen = PAPER_INSTRUCTION
     else:
         chosen = None
-    progress = not quiet and not as_json and not os.environ.get("ENGINE_NO_PROGRESS")
+    progress = progress_enabled(not quiet and not as_json)
 
     results = []
     for data in loaded:
@@ -426,7 +426,7 @@ def beir(
     summary = {
         "benchmark": "beir",
         "engine_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
         "command": command_line(params),
         "model": encoder.name,
         "fingerprint": encoder.fingerprint,

@@ -18,7 +18,6 @@ CUDA) and, on a GPU, model FLOP utilisation.
 from __future__ import annotations
 
 import json
-import os
 import random
 import tempfile
 import time
@@ -30,6 +29,7 @@ import click
 import numpy as np
 
 from bench.common import file_slug
+from engine.encoder import progress_enabled
 from engine.errors import EngineError
 
 BASELINE_BATCH_SIZE = 32
@@ -393,23 +393,36 @@ def baseline_encode(baseline, texts: Sequence[str], *, progress: bool = False) -
     )
 
 
-def measure_baseline(baseline, workload: Workload, device, *, progress: bool) -> dict:
-    texts = workload.texts
+def measure_baseline(
+    baseline,
+    texts: Sequence[str],
+    lengths: Sequence[int],
+    device,
+    *,
+    progress: bool,
+    build_index: bool = False,
+) -> dict:
+    """Time sentence-transformers encoding (and, with ``build_index``, a faiss.IndexFlatIP add)."""
+    import faiss
+
     baseline_encode(baseline, texts[:WARMUP_DOCUMENTS])
+    index = None
     with PeakMemory(device) as memory:
         started = time.perf_counter()
         vectors = baseline_encode(baseline, texts, progress=progress)
+        if build_index:
+            index = faiss.IndexFlatIP(vectors.shape[1])
+            index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         seconds = time.perf_counter() - started
-    lengths = workload.lengths
     result = throughput(
-        len(lengths),
+        len(texts),
         sum(lengths),
         seconds,
         memory,
         baseline_padding(texts, lengths, BASELINE_BATCH_SIZE),
     )
     result["batch_size"] = BASELINE_BATCH_SIZE
-    return result | {"_vectors": vectors}
+    return result | {"_vectors": vectors, "_index": index}
 
 
 def vector_agreement(engine_vectors: np.ndarray, baseline_vectors: np.ndarray) -> dict:
@@ -510,23 +523,10 @@ def baseline_index_run(
     baseline, texts, lengths, documents, queries, query_texts, device, progress
 ) -> dict:
     """sentence-transformers encode + faiss.IndexFlatIP add, then encode + search per query."""
-    import faiss
 
-    baseline_encode(baseline, texts[:WARMUP_DOCUMENTS])
-    with PeakMemory(device) as memory:
-        started = time.perf_counter()
-        vectors = baseline_encode(baseline, texts, progress=progress)
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        seconds = time.perf_counter() - started
-    result = throughput(
-        len(texts),
-        sum(lengths),
-        seconds,
-        memory,
-        baseline_padding(texts, lengths, BASELINE_BATCH_SIZE),
-    )
-    result["batch_size"] = BASELINE_BATCH_SIZE
+    result = measure_baseline(baseline, texts, lengths, device, progress=progress, build_index=True)
+    result.pop("_vectors")
+    index = result.pop("_index")
     doc_ids = [doc.doc_id for doc in documents]
     baseline_encode(baseline, query_texts[:1])
     latencies, hits = [], {}
@@ -731,7 +731,7 @@ def speed(
         raise EngineError("--index needs --data-dir (a BEIR folder) and a real model")
     if batch_tokens is not None and batch_tokens < 1:
         raise EngineError("--batch-tokens must be positive")
-    progress = not (quiet or as_json or os.environ.get("ENGINE_NO_PROGRESS"))
+    progress = progress_enabled(not (quiet or as_json))
     dataset = None
     if index_mode:
         from bench.datasets import load_beir
@@ -793,8 +793,13 @@ def speed(
         report["engine"] = engine
         if sentence_transformer is not None:
             measured = measure_baseline(
-                sentence_transformer, workload, encoder.device, progress=progress
+                sentence_transformer,
+                workload.texts,
+                workload.lengths,
+                encoder.device,
+                progress=progress,
             )
+            measured.pop("_index")
             report["baseline"] = measured
             report["vector_agreement"] = vector_agreement(engine_vectors, measured.pop("_vectors"))
     if sentence_transformer is None:

@@ -441,7 +441,7 @@ class Encoder:
         """Yield ``(positions, vectors)`` batch by batch, for callers that commit as they go."""
         lengths = [len(x) for x in ids]
         batches = token_budget_batches(lengths, self.batch_tokens)
-        bar = _progress_bar(len(ids), desc, enabled=progress)
+        bar = progress_bar(len(ids), desc, enabled=progress)
         started = time.perf_counter()
         tokens = 0
         try:
@@ -507,9 +507,15 @@ def _hub_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _progress_bar(total: int, desc: str, *, enabled: bool):
-    if not enabled or os.environ.get("ENGINE_NO_PROGRESS"):
+def progress_enabled(requested: bool = True) -> bool:
+    """Progress output when asked for, unless ``ENGINE_NO_PROGRESS`` is set (CI, tests, logs)."""
+    return requested and not os.environ.get("ENGINE_NO_PROGRESS")
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool, unit: str = "doc"):
+    """A tqdm bar, or None when progress output is off."""
+    if not progress_enabled(enabled):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)

@@ -12,10 +12,10 @@ where unlabelled positives hide (paper section 4.1 / common practice).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from bench.datasets import BeirDataset, UnknownDataset, instruction_for, load_beir
+from engine.encoder import progress_enabled
 from engine.errors import EngineError
 from train.data import TrainDocument, TrainExample, write_examples
 
@@ -134,7 +134,7 @@ def from_beir(
             max_length=max_length,
             cache_dir=cache_dir,
             device=device,
-            progress=not quiet and not os.environ.get("ENGINE_NO_PROGRESS"),
+            progress=progress_enabled(not quiet),
         )
     examples = []
     for query_id, doc_id in pairs:

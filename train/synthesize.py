@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from engine.encoder import progress_bar
 from engine.errors import EngineError
 from train.data import TrainDocument, TrainExample, parse_example, write_examples
 
@@ -540,11 +541,7 @@ def synthesize(
     summary = SynthesisSummary(out=out, generator=backend.name)
     summary.tasks = list(tasks) if tasks else synthesizer.brainstorm(num_tasks, summary)
     jobs = [task for task in summary.tasks for _ in range(per_task)]
-    bar = None
-    if not quiet and jobs and not os.environ.get("ENGINE_NO_PROGRESS"):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), desc="synthesizing", unit="example", dynamic_ncols=True)
+    bar = progress_bar(len(jobs), "synthesizing", enabled=not quiet and bool(jobs), unit="example")
     examples = []
     try:
         for task in jobs:
