@@ -24,6 +24,14 @@ import numpy as np
 
 from bench.common import file_slug
 from engine.errors import EngineError
+from engine.options import (
+    batch_tokens_option,
+    device_option,
+    json_option,
+    model_option,
+    quiet_option,
+    results_dir_option,
+)
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 PASSKEY_INSTRUCTION = (
@@ -352,11 +360,7 @@ def format_table(results: Sequence[LengthResult]) -> str:
 
 
 @click.command()
-@click.option(
-    "--model",
-    envvar="ENGINE_MODEL",
-    help="Model folder, PEFT adapter folder or cached hub id (default: all-MiniLM-L6-v2).",
-)
+@model_option()
 @click.option(
     "--lengths",
     default=",".join(str(n) for n in CONTEXT_LENGTHS),
@@ -385,17 +389,11 @@ def format_table(results: Sequence[LengthResult]) -> str:
     default=None,
     help="Query with the task instruction (default: only if the model is instruction-tuned).",
 )
-@click.option("--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available).")
-@click.option("--batch-tokens", type=int, help="Padded tokens per forward pass.")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="results",
-    show_default=True,
-    help="Folder for the JSON and PNG.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@device_option()
+@batch_tokens_option()
+@results_dir_option("JSON and PNG")
+@json_option()
+@quiet_option()
 def passkey(
     model: str | None,
     lengths: str,

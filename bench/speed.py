@@ -31,6 +31,14 @@ import numpy as np
 from bench.common import file_slug
 from engine.encoder import progress_enabled
 from engine.errors import EngineError
+from engine.options import (
+    batch_tokens_option,
+    device_option,
+    json_option,
+    model_option,
+    quiet_option,
+    results_dir_option,
+)
 
 BASELINE_BATCH_SIZE = 32
 DEFAULT_SYNTHETIC_SEED = 0
@@ -633,11 +641,7 @@ def format_report(report: dict) -> str:
     type=click.IntRange(min=1),
     help="N synthetic documents with lognormal token lengths like BEIR abstracts.",
 )
-@click.option(
-    "--model",
-    envvar="ENGINE_MODEL",
-    help="Model folder or cached hub id (default: the embedded all-MiniLM-L6-v2).",
-)
+@model_option()
 @click.option(
     "--random-model",
     type=click.Choice(sorted(RANDOM_SHAPES)),
@@ -645,11 +649,9 @@ def format_report(report: dict) -> str:
     "ids (no download; bf16 on a GPU). No baseline.",
 )
 @click.option("--max-length", type=int, help="Tokens per document (default: 512 or the model's).")
-@click.option(
-    "--batch-tokens", type=int, help="Padded tokens per forward pass (default: the encoder's)."
-)
+@batch_tokens_option()
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N documents.")
-@click.option("--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available).")
+@device_option()
 @click.option(
     "--baseline/--no-baseline",
     default=True,
@@ -676,15 +678,9 @@ def format_report(report: dict) -> str:
     help="The GPU's dense bf16 peak for MFU (default: known for H100/H200/A100/L4/L40S/A10).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data.")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="results",
-    show_default=True,
-    help="Folder for the JSON report.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@results_dir_option("JSON report")
+@json_option()
+@quiet_option()
 def speed(
     data_dir: Path | None,
     synthetic: int | None,

@@ -12,6 +12,14 @@ import click
 
 from engine import __version__
 from engine.errors import EngineError, ErrorReportingGroup
+from engine.options import (
+    DEFAULT_MODEL_NOTE,
+    batch_tokens_option,
+    device_option,
+    json_option,
+    model_option,
+    quiet_option,
+)
 
 DEFAULT_INDEX = ".engine"
 DEFAULT_DOCUMENT_TOKENS = 512
@@ -44,18 +52,7 @@ index_option = click.option(
     show_envvar=True,
     help="Index folder.",
 )
-model_option = click.option(
-    "--model",
-    envvar="ENGINE_MODEL",
-    show_envvar=True,
-    help="Model: a local folder (Hugging Face or sentence-transformers), a PEFT LoRA adapter "
-    "folder, or a hub id you have cached. Default: the embedded all-MiniLM-L6-v2, or the "
-    "model an existing index was built with.",
-)
-device_option = click.option(
-    "--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available, else cpu)."
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+INDEX_MODEL = f"the model an existing index was built with, else {DEFAULT_MODEL_NOTE}"
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,7 +74,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("corpus", type=click.Path(path_type=Path))
 @index_option
-@model_option
+@model_option(INDEX_MODEL)
 @click.option(
     "--max-length",
     type=int,
@@ -91,15 +88,11 @@ def cli() -> None:
 @click.option(
     "--rebuild", is_flag=True, help="Start over: re-encode everything into a fresh index."
 )
-@click.option(
-    "--batch-tokens",
-    type=int,
-    help="Padded tokens per forward pass (default: 4096 on CPU, 131072 on CUDA).",
-)
-@device_option
+@batch_tokens_option()
+@device_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@json_option
+@quiet_option()
+@json_option()
 def index(
     corpus: Path,
     index_dir: Path,
@@ -191,9 +184,9 @@ def index(
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
-@model_option
-@device_option
-@json_option
+@model_option(INDEX_MODEL)
+@device_option()
+@json_option()
 def search(
     query: str,
     index_dir: Path,
@@ -248,7 +241,7 @@ def search(
 
 @cli.command()
 @index_option
-@json_option
+@json_option()
 def info(index_dir: Path, as_json: bool) -> None:
     """What is in an index: model, dimension, documents, size, dates.
 

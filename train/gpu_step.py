@@ -23,6 +23,7 @@ import click
 import torch
 
 from engine.errors import EngineError
+from engine.options import json_option
 
 MISTRAL_7B = {
     "hidden_size": 4096,
@@ -180,7 +181,7 @@ def measure(
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--no-checkpointing", is_flag=True, help="Keep activations (faster, more memory).")
 @click.option("--fit", is_flag=True, help="Halve --layers until a step fits in GPU memory.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 def main(layers, batch_size, negatives, max_length, steps, no_checkpointing, fit, as_json) -> None:
     """Measure peak GPU memory and step time of LoRA training on a 7B-shaped random Mistral.
 

@@ -1,0 +1,73 @@
+"""Command-line options that several commands share, declared once.
+
+``engine index/search``, ``engine bench ...`` and ``engine train ...`` take the
+same model, device, batching, output and cache options; declaring them here
+keeps their names, environment variables and help identical everywhere. Each
+is a function so a command can word its help for its own case. No torch
+import here: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+DEFAULT_MODEL_NOTE = "the embedded all-MiniLM-L6-v2"
+
+
+def model_option(default: str = DEFAULT_MODEL_NOTE) -> Decorator:
+    return click.option(
+        "--model",
+        envvar="ENGINE_MODEL",
+        show_envvar=True,
+        help="Model: a local folder (Hugging Face or sentence-transformers), a PEFT LoRA "
+        f"adapter folder, or a hub id you have cached (default: {default}).",
+    )
+
+
+def device_option(help: str = "torch device (default: cuda if available, else cpu).") -> Decorator:
+    return click.option("--device", envvar="ENGINE_DEVICE", show_envvar=True, help=help)
+
+
+def batch_tokens_option() -> Decorator:
+    return click.option(
+        "--batch-tokens",
+        type=click.IntRange(min=1),
+        help="Padded tokens per forward pass (default: 4096 on CPU, 131072 on CUDA).",
+    )
+
+
+def quiet_option(help: str = "No progress bars.") -> Decorator:
+    return click.option("-q", "--quiet", is_flag=True, help=help)
+
+
+def json_option(help: str = "Print the results as JSON (machine-readable).") -> Decorator:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def results_dir_option(what: str) -> Decorator:
+    """``--out``: where a benchmark writes its records."""
+    return click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default="results",
+        show_default=True,
+        help=f"Folder for the {what}.",
+    )
+
+
+def cache_dir_option() -> Decorator:
+    """The BEIR index cache that ``engine bench beir`` and ``engine train data from-beir`` share."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="ENGINE_CACHE_DIR",
+        show_envvar=True,
+        help="Cache root: BEIR indexes in <cache>/beir/<dataset>-<fingerprint>-<length>, "
+        "downloads in <cache>/beir/datasets (default: ~/.cache/engine).",
+    )
