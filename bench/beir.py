@@ -37,9 +37,17 @@ from bench.metrics import DEFAULT_TOP_K, METRICS, average, evaluate_run
 from engine import __version__
 from engine.encoder import Encoder, progress_enabled
 from engine.errors import EngineError
+from engine.options import (
+    batch_tokens_option,
+    cache_dir_option,
+    device_option,
+    json_option,
+    model_option,
+    quiet_option,
+    results_dir_option,
+)
 from indexer.store import utc_now
 
-DEFAULT_OUT = Path("results")
 DEFAULT_MAX_LENGTH = 512
 
 
@@ -298,12 +306,7 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     "Missing ones are downloaded from the official BEIR site when online.",
 )
 @click.option("--split", help="qrels split (default: test; dev for msmarco).")
-@click.option(
-    "--model",
-    envvar="ENGINE_MODEL",
-    show_envvar=True,
-    help="Model folder, PEFT adapter folder or cached hub id (default: embedded all-MiniLM-L6-v2).",
-)
+@model_option()
 @click.option(
     "--max-length",
     type=click.IntRange(min=8),
@@ -327,29 +330,12 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     show_default=True,
     help="Documents retrieved per query.",
 )
-@click.option(
-    "--batch-tokens",
-    type=int,
-    help="Padded tokens per forward pass (default: the encoder's budget for the device).",
-)
-@click.option("--device", envvar="ENGINE_DEVICE", help="torch device (default: cuda if available).")
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="ENGINE_CACHE_DIR",
-    show_envvar=True,
-    help="Cache root: indexes in <cache>/beir/<dataset>-<fingerprint>-<length>, downloads in "
-    "<cache>/beir/datasets (default: ~/.cache/engine).",
-)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Folder for the results JSON.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results JSON to stdout.")
+@batch_tokens_option()
+@device_option()
+@cache_dir_option()
+@results_dir_option("results JSON")
+@quiet_option()
+@json_option()
 def beir(
     data_dir: Path | None,
     datasets: str | None,
@@ -432,6 +418,7 @@ def beir(
         "fingerprint": encoder.fingerprint,
         "dim": encoder.dim,
         "pooling": encoder.profile.pooling,
+        "pool_instruction": encoder.profile.pool_instruction,
         "instruction_tuned": encoder.profile.instruction_tuned,
         "query_template": encoder.profile.query_template,
         "max_length": encoder.max_length,

@@ -320,9 +320,17 @@ class Encoder:
     # --------------------------------------------------------------- prompts
     def format_query(self, query: str, instruction: str | None = None) -> str:
         """The query as the model expects it: with the task instruction, or bare."""
+        return self._query_prompt(query, instruction)[0]
+
+    def _query_prompt(self, query: str, instruction: str | None) -> tuple[str, int]:
+        """The formatted query and how many of its leading characters are prompt, not query."""
         if instruction:
-            return self.profile.query_template.format(task=instruction.strip(), query=query)
-        return self.profile.bare_query_template.format(query=query)
+            template, values = self.profile.query_template, {"task": instruction.strip()}
+        else:
+            template, values = self.profile.bare_query_template, {}
+        head, tail = template.split("{query}", 1)
+        prompt = head.format(**values)
+        return prompt + query + tail.format(**values), len(prompt.rstrip())
 
     def format_document(self, title: str, text: str) -> str:
         """``title text`` as the paper and BEIR join them; documents never get an instruction."""
@@ -332,9 +340,47 @@ class Encoder:
     # ------------------------------------------------------------ tokenising
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
         """Token ids with the special tokens the profile requires, truncated to ``max_length``."""
+        return self._tokenize(texts, max_length, offsets=False)[0]
+
+    def tokenize_queries(
+        self,
+        queries: Sequence[str],
+        instruction: str | None | Sequence[str | None] = None,
+        max_length: int | None = None,
+    ) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
+        """Formatted query token ids, and each one's instruction tokens to leave out of pooling.
+
+        The spans are None when the profile pools the whole prompt; otherwise
+        ``(start, stop)`` positions of the prompt's own tokens (special tokens
+        excluded), so the instruction shapes the query's tokens through attention
+        but is not averaged into the vector.
+        """
+        if instruction is None or isinstance(instruction, str):
+            instructions: Sequence[str | None] = [instruction] * len(queries)
+        else:
+            instructions = instruction
+        prompts = [self._query_prompt(q, i) for q, i in zip(queries, instructions, strict=True)]
+        texts = [text for text, _ in prompts]
+        if self.profile.pool_instruction:
+            return self.tokenize(texts, max_length), None
+        ids, offsets = self._tokenize(texts, max_length, offsets=True)
+        spans = [
+            _prompt_token_span(token_spans, prompt_chars)
+            for token_spans, (_, prompt_chars) in zip(offsets, prompts, strict=True)
+        ]
+        return ids, spans
+
+    def _tokenize(
+        self, texts: Sequence[str], max_length: int | None, *, offsets: bool
+    ) -> tuple[list[list[int]], list[list[tuple[int, int]]] | None]:
         max_length = max_length or self.max_length
         # Room for an EOS we may append; the tokenizer counts its own special tokens.
         limit = max(max_length - int(self.profile.require_eos), 2)
+        if offsets and not getattr(self.tokenizer, "is_fast", False):
+            raise EngineError(
+                f"{self.name}: pooling without the instruction needs a fast tokenizer "
+                "(character offsets)"
+            )
         encoded = self.tokenizer(
             list(texts),
             add_special_tokens=True,
@@ -343,35 +389,51 @@ class Encoder:
             padding=False,
             return_attention_mask=False,
             return_token_type_ids=False,
-        )["input_ids"]
+            return_offsets_mapping=offsets,
+        )
+        all_ids = encoded["input_ids"]
+        all_spans = [list(map(tuple, x)) for x in encoded["offset_mapping"]] if offsets else None
         if not (self.profile.require_bos or self.profile.require_eos):
-            return encoded
+            return all_ids, all_spans
         fixed = []
-        for ids in encoded:
+        for row, ids in enumerate(all_ids):
+            spans = all_spans[row] if all_spans is not None else None
             if self.profile.require_bos and (not ids or ids[0] != self.bos_id):
                 ids = [self.bos_id] + ids[: limit - 1]
+                spans = [(0, 0)] + spans[: limit - 1] if spans is not None else None
             if self.profile.require_eos and ids[-1] != self.eos_id:
                 ids = ids + [self.eos_id]
+                spans = spans + [(0, 0)] if spans is not None else None
             fixed.append(ids)
-        return fixed
+            if all_spans is not None:
+                all_spans[row] = spans
+        return fixed, all_spans
 
-    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-        """Pad to the longest sequence on the profile's side; tensors on the encoder's device."""
+    def pad(
+        self,
+        ids: Sequence[Sequence[int]],
+        instruction_spans: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Pad to the longest sequence on the profile's side; tensors on the encoder's device.
+
+        With ``instruction_spans`` the batch also carries a ``pool_mask``: the
+        attention mask without each sequence's instruction tokens.
+        """
         longest = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
         for row, seq in enumerate(ids):
-            span = (
-                slice(longest - len(seq), longest)
-                if self.profile.padding_side == "left"
-                else slice(0, len(seq))
-            )
-            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, span] = 1
-        return {
-            "input_ids": input_ids.to(self.device),
-            "attention_mask": attention_mask.to(self.device),
-        }
+            start = longest - len(seq) if self.profile.padding_side == "left" else 0
+            input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, start : start + len(seq)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if instruction_spans is not None:
+            pool_mask = attention_mask.clone()
+            for row, (first, stop) in enumerate(instruction_spans):
+                offset = longest - len(ids[row]) if self.profile.padding_side == "left" else 0
+                pool_mask[row, offset + first : offset + stop] = 0
+            batch["pool_mask"] = pool_mask
+        return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
     def check_special_tokens(self, batch: dict[str, torch.Tensor]) -> None:
         """Fail loudly if a sequence lost its BOS/EOS: pooling would silently read the wrong token."""
@@ -395,15 +457,16 @@ class Encoder:
         self.check_special_tokens(batch)
         output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-        pooled = pool(hidden, batch["attention_mask"], self.profile.pooling).float()
+        pool_mask = batch.get("pool_mask", batch["attention_mask"])
+        pooled = pool(hidden, pool_mask, self.profile.pooling).float()
         return F.normalize(pooled, p=2, dim=-1) if self.profile.normalize else pooled
 
     # -------------------------------------------------------------- encoding
     def encode_queries(
         self, queries: Sequence[str], instruction: str | None = None, *, progress: bool = False
     ) -> np.ndarray:
-        texts = [self.format_query(q, instruction) for q in queries]
-        return self.encode_texts(texts, progress=progress, desc="queries")
+        ids, spans = self.tokenize_queries(queries, instruction)
+        return self.encode_ids(ids, instruction_spans=spans, progress=progress, desc="queries")
 
     def encode_documents(
         self,
@@ -427,16 +490,29 @@ class Encoder:
         return self.encode_ids(self.tokenize(texts, max_length), progress=progress, desc=desc)
 
     def encode_ids(
-        self, ids: Sequence[Sequence[int]], *, progress: bool = False, desc: str = "encoding"
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        instruction_spans: Sequence[tuple[int, int]] | None = None,
+        progress: bool = False,
+        desc: str = "encoding",
     ) -> np.ndarray:
         """Encode token ids, batched by a token budget, in the input order."""
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        for positions, vectors in self.iter_encode(ids, progress=progress, desc=desc):
+        batches = self.iter_encode(
+            ids, instruction_spans=instruction_spans, progress=progress, desc=desc
+        )
+        for positions, vectors in batches:
             out[positions] = vectors
         return out
 
     def iter_encode(
-        self, ids: Sequence[Sequence[int]], *, progress: bool = False, desc: str = "encoding"
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        instruction_spans: Sequence[tuple[int, int]] | None = None,
+        progress: bool = False,
+        desc: str = "encoding",
     ) -> Iterator[tuple[list[int], np.ndarray]]:
         """Yield ``(positions, vectors)`` batch by batch, for callers that commit as they go."""
         lengths = [len(x) for x in ids]
@@ -447,7 +523,12 @@ class Encoder:
         try:
             with torch.inference_mode():
                 for positions in batches:
-                    vectors = self._encode_batch([ids[i] for i in positions])
+                    spans = (
+                        [instruction_spans[i] for i in positions]
+                        if instruction_spans is not None
+                        else None
+                    )
+                    vectors = self._encode_batch([ids[i] for i in positions], spans)
                     tokens += sum(lengths[i] for i in positions)
                     if bar is not None:
                         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -458,10 +539,12 @@ class Encoder:
             if bar is not None:
                 bar.close()
 
-    def _encode_batch(self, ids: list[Sequence[int]]) -> np.ndarray:
+    def _encode_batch(
+        self, ids: list[Sequence[int]], instruction_spans: list[tuple[int, int]] | None = None
+    ) -> np.ndarray:
         """One batch; on a CUDA out-of-memory error, retry in halves."""
         try:
-            return self.embed(self.pad(ids)).cpu().numpy()
+            return self.embed(self.pad(ids, instruction_spans)).cpu().numpy()
         except torch.OutOfMemoryError:
             if len(ids) == 1:
                 raise EngineError(
@@ -471,7 +554,14 @@ class Encoder:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             half = len(ids) // 2
-            return np.concatenate([self._encode_batch(ids[:half]), self._encode_batch(ids[half:])])
+            first, second = (
+                (instruction_spans[:half], instruction_spans[half:])
+                if instruction_spans is not None
+                else (None, None)
+            )
+            return np.concatenate(
+                [self._encode_batch(ids[:half], first), self._encode_batch(ids[half:], second)]
+            )
 
     # ----------------------------------------------------------- description
     def describe(self) -> dict:
@@ -483,6 +573,27 @@ class Encoder:
             "max_length": self.max_length,
             "profile": self.profile.to_dict(),
         }
+
+
+def _prompt_token_span(offsets: Sequence[tuple[int, int]], prompt_chars: int) -> tuple[int, int]:
+    """Positions ``(start, stop)`` of the tokens inside the first ``prompt_chars`` characters.
+
+    Special tokens (empty character spans) are never part of it. When no query
+    token is left (truncated away), nothing is excluded: pooling the prompt
+    beats pooling nothing.
+    """
+    start = stop = None
+    for position, (first, end) in enumerate(offsets):
+        if end <= first:
+            continue
+        if end > prompt_chars:
+            stop = position
+            break
+        if start is None:
+            start = position
+    if start is None or stop is None:
+        return (0, 0)
+    return (start, stop)
 
 
 def _max_positions(model: torch.nn.Module, tokenizer) -> int:

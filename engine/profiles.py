@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from engine.errors import EngineError
+
 PROFILE_FILE = "engine_profile.json"
 
 # The paper's query format (E5-mistral): the task instruction, then the query.
@@ -43,6 +45,11 @@ class ModelProfile:
     document_template: str = "{text}"
     # Trained with instructions: benchmarks turn them on by default.
     instruction_tuned: bool = False
+    # Mean pooling over the whole prompt (the default), or only over the tokens
+    # from the query on (False, as INSTRUCTOR does): the instruction still shapes
+    # those tokens through attention but is not averaged into the vector, so a
+    # long instruction cannot drown a two-word query.
+    pool_instruction: bool = True
     lora_target_modules: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -50,6 +57,14 @@ class ModelProfile:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {self.padding_side!r}")
+        if not self.pool_instruction:
+            if self.pooling != "mean":
+                raise ValueError("pool_instruction=False needs mean pooling")
+            for template in (self.query_template, self.bare_query_template):
+                if "{query}" not in template or "{task}" in template.split("{query}", 1)[1]:
+                    raise ValueError(
+                        "pool_instruction=False needs query templates with {query} after {task}"
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,6 +95,10 @@ MINILM = ModelProfile(
     name="all-MiniLM-L6-v2",
     pooling="mean",
     max_length=512,
+    # Never trained with instructions: one read as context but averaged into a
+    # short query costs 3-8 nDCG@10 points; left out of the mean it costs at most
+    # 1.4 (bench/results/train-scifact.md).
+    pool_instruction=False,
     lora_target_modules=BERT_LORA,
 )
 
@@ -155,25 +174,30 @@ def known_profile(name: str) -> ModelProfile | None:
     return None
 
 
-def read_sentence_transformers_pooling(folder: Path) -> str | None:
-    """Pooling mode from a sentence-transformers layout (modules.json + Pooling config)."""
+def read_sentence_transformers_pooling(folder: Path) -> tuple[str | None, bool]:
+    """Pooling mode and ``include_prompt`` from a sentence-transformers layout.
+
+    ``(None, True)`` when the folder has no readable Pooling module.
+    """
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
-        return None
+        return None, True
     try:
         modules = json.loads(modules_file.read_text())
         for module in modules:
             if module.get("type", "").endswith("Pooling"):
                 config = json.loads((folder / module["path"] / "config.json").read_text())
-                if config.get("pooling_mode_cls_token"):
-                    return "cls"
-                if config.get("pooling_mode_lasttoken"):
-                    return "last"
-                if config.get("pooling_mode_mean_tokens"):
-                    return "mean"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return None
+                include_prompt = bool(config.get("include_prompt", True))
+                mode = config.get("pooling_mode")  # sentence-transformers 5 writes one key
+                if config.get("pooling_mode_cls_token") or mode == "cls":
+                    return "cls", include_prompt
+                if config.get("pooling_mode_lasttoken") or mode == "lasttoken":
+                    return "last", include_prompt
+                if config.get("pooling_mode_mean_tokens") or mode == "mean":
+                    return "mean", include_prompt
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, True
+    return None, True
 
 
 def read_sentence_transformers_prompts(folder: Path) -> dict[str, str]:
@@ -191,16 +215,22 @@ def resolve_profile(name: str, folder: Path | None, model_type: str | None) -> M
 
     Order: a saved ``engine_profile.json`` in the folder (written by ``engine
     train``), a shipped profile matching the name, the sentence-transformers
-    pooling config, then a default by architecture (last-token pooling with EOS
+    pooling config (mode and ``include_prompt``), then a default by architecture (last-token pooling with EOS
     for decoder-only models, mean pooling otherwise).
     """
     if folder is not None and (folder / PROFILE_FILE).is_file():
-        return ModelProfile.from_dict(json.loads((folder / PROFILE_FILE).read_text()))
+        path = folder / PROFILE_FILE
+        try:
+            return ModelProfile.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise EngineError(f"{path}: not a valid model profile ({exc})") from None
     profile = known_profile(name)
     if profile is not None:
         return profile
     is_decoder = (model_type or "") in DECODER_MODEL_TYPES
-    pooling = read_sentence_transformers_pooling(folder) if folder is not None else None
+    pooling, include_prompt = (
+        read_sentence_transformers_pooling(folder) if folder is not None else (None, True)
+    )
     if is_decoder:
         profile = ModelProfile(
             name=name,
@@ -210,7 +240,12 @@ def resolve_profile(name: str, folder: Path | None, model_type: str | None) -> M
             lora_target_modules=DECODER_LORA,
         )
     else:
-        profile = ModelProfile(name=name, pooling=pooling or "mean", lora_target_modules=BERT_LORA)
+        profile = ModelProfile(
+            name=name,
+            pooling=pooling or "mean",
+            pool_instruction=include_prompt or pooling not in (None, "mean"),
+            lora_target_modules=BERT_LORA,
+        )
     prompts = read_sentence_transformers_prompts(folder) if folder is not None else {}
     if prompts.get("query"):
         profile = replace(

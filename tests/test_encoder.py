@@ -162,9 +162,15 @@ def test_unknown_model_reads_sentence_transformers_pooling(tmp_path):
         json.dumps({"prompts": {"query": "query: ", "document": "passage: "}})
     )
     profile = resolve_profile("custom", tmp_path, "bert")
-    assert profile.pooling == "cls"
+    assert profile.pooling == "cls" and profile.pool_instruction
     assert profile.bare_query_template.format(query="x") == "query: x"
     assert profile.document_template.format(text="y") == "passage: y"
+    # sentence-transformers 5 layout: one pooling_mode key; include_prompt=False (INSTRUCTOR-style).
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode": "mean", "include_prompt": False})
+    )
+    profile = resolve_profile("custom", tmp_path, "bert")
+    assert (profile.pooling, profile.pool_instruction) == ("mean", False)
     decoder = resolve_profile("custom-llm", None, "mistral")
     assert (decoder.pooling, decoder.require_eos) == ("last", True)
 
@@ -229,3 +235,78 @@ def test_fingerprint_ignores_training_records(tiny_bert_path, tmp_path):
     assert fingerprint_files([folder]) == before
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
     assert fingerprint_files([folder]) != before
+
+
+def _with_profile(encoder: Encoder, **changes) -> Encoder:
+    profile = dataclasses.replace(encoder.profile, **changes)
+    return Encoder(encoder.model, encoder.tokenizer, profile, name="x", fingerprint="x")
+
+
+def test_instruction_tokens_can_be_left_out_of_mean_pooling(default_encoder):
+    # all-MiniLM-L6-v2 never saw instructions: its profile leaves them out of the mean.
+    assert default_encoder.profile.pool_instruction is False
+    encoder = default_encoder
+    pooled_all = _with_profile(default_encoder, pool_instruction=True)
+    task = "Given a scientific claim, retrieve documents that support or refute the claim"
+    claim = "Vitamin D prevents flu"
+    ids, spans = encoder.tokenize_queries([claim, "sky"], [task, None])
+    tokens = encoder.tokenizer.convert_ids_to_tokens(ids[0])
+    start, stop = spans[0]
+    # [CLS] stays; "instruct : given ... query :" is left out; the claim and [SEP] are pooled.
+    assert (start, tokens[start], tokens[stop - 1]) == (1, "ins", ":")
+    assert tokens[stop:] == ["vitamin", "d", "prevents", "flu", "[SEP]"]
+    assert spans[1] == (0, 0)
+
+    # The vector is the normalised mean of exactly those hidden states, instruction attended to.
+    with torch.no_grad():
+        hidden = encoder.model(input_ids=torch.tensor([ids[0]])).last_hidden_state[0]
+    kept = [0] + list(range(stop, len(ids[0])))
+    expected = torch.nn.functional.normalize(hidden[kept].mean(dim=0), dim=0).numpy()
+    ours = encoder.encode_queries([claim], task)[0]
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    assert float(ours @ pooled_all.encode_queries([claim], task)[0]) < 0.99
+    assert pooled_all.tokenize_queries([claim], task)[1] is None
+    # Bare queries and documents are untouched by the option.
+    np.testing.assert_allclose(
+        encoder.encode_queries(["sky"]), pooled_all.encode_queries(["sky"]), atol=1e-6
+    )
+    # Batching and padding do not change a vector.
+    queries = [claim, "sky", "how do plants make sugar from light and water"]
+    together = encoder.encode_queries(queries, task)
+    alone = np.vstack([encoder.encode_queries([q], task) for q in queries])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_instruction_span_survives_bos_and_left_padding(tiny_mistral_path):
+    base = Encoder.load(str(tiny_mistral_path))
+    task = "given a question retrieve the answer"
+    queries = ["why is the sky blue", "sun"]
+    vectors = {}
+    for side in ("left", "right"):
+        encoder = _with_profile(base, pool_instruction=False, pooling="mean", padding_side=side)
+        ids, spans = encoder.tokenize_queries(queries, task)
+        tokens = encoder.tokenizer.convert_ids_to_tokens(ids[0])
+        start, stop = spans[0]
+        # <s> is added by the tokenizer, </s> by the profile: both stay in the pool.
+        assert tokens[:start] == ["<s>"] and tokens[stop:] == [
+            "why",
+            "is",
+            "the",
+            "sky",
+            "blue",
+            "</s>",
+        ]
+        vectors[side] = encoder.encode_queries(queries, task)
+    np.testing.assert_allclose(vectors["left"], vectors["right"], atol=1e-5)
+
+
+def test_instruction_pooling_option_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="mean pooling"):
+        dataclasses.replace(E5_MISTRAL, pool_instruction=False)
+    with pytest.raises(ValueError, match="after"):
+        ModelProfile(name="x", query_template="{query} ({task})", pool_instruction=False)
+    (tmp_path / "engine_profile.json").write_text(
+        json.dumps({"name": "x", "pooling": "cls", "pool_instruction": False})
+    )
+    with pytest.raises(EngineError, match="not a valid model profile"):
+        resolve_profile("x", tmp_path, "bert")

@@ -53,6 +53,15 @@ def test_bad_data_is_one_line_error(runner, tmp_path, tiny_bert_path):
     assert "Traceback" not in result.output
 
 
+def test_instruction_pooling_needs_mean_pooling(runner, tmp_path, tiny_mistral_path):
+    data = make_data(tmp_path / "a.jsonl", n=4)
+    args = ["train", "--base", str(tiny_mistral_path), "--data", str(data)]
+    result = runner.invoke(cli, [*args, "--out", str(tmp_path / "m"), "--no-pool-instruction"])
+    assert result.exit_code == 1
+    assert "--no-pool-instruction" in result.output and "needs mean pooling" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "m").exists()
+
+
 def test_missing_out_and_data_are_clear(runner, tmp_path):
     result = runner.invoke(cli, ["train", "--data", "x.jsonl"])
     assert result.exit_code == 1 and "Error: no output folder: pass --out DIR" in result.output
@@ -78,6 +87,7 @@ def test_train_command_end_to_end(runner, tmp_path, tiny_bert_path):
         "4",
         "--lr",
         "1e-3",
+        "--no-pool-instruction",
         "-q",
     ]
     result = runner.invoke(cli, args)
@@ -86,8 +96,14 @@ def test_train_command_end_to_end(runner, tmp_path, tiny_bert_path):
     record = json.loads((out / "training_args.json").read_text())
     assert [d["draws_per_epoch"] for d in record["dataset"]] == [4, 12]
     assert record["steps"] == 4
-    vectors = Encoder.load(str(out)).encode_texts(PROBES)
+    assert record["model"]["pool_instruction"] is False
+    trained = Encoder.load(str(out))
+    vectors = trained.encode_texts(PROBES)
     assert vectors.shape == (3, 32) and np.isfinite(vectors).all()
+    # The pooling choice travels with the model: search pools the query as training did.
+    assert json.loads((out / "engine_profile.json").read_text())["pool_instruction"] is False
+    _, spans = trained.tokenize_queries(["why is the sky blue"], "given a question")
+    assert spans is not None and spans[0][1] > spans[0][0]
     # A second run into the same folder is refused without --overwrite.
     again = runner.invoke(cli, args)
     assert again.exit_code == 1 and "already holds a model" in again.output
@@ -173,6 +189,19 @@ def test_from_beir_mines_negatives(runner, tmp_path, tiny_bert_path):
     store.close()
     expected = [d for d in ranking[1:] if d != "d2"][:2]
     assert examples[2].meta["negative_ids"] == expected
+
+    # --max-pairs keeps a seeded sample, in file order; the same seed writes the same file.
+    sampled = []
+    for attempt in range(2):
+        path = tmp_path / f"sample{attempt}.jsonl"
+        args[args.index("--out") + 1] = str(path)
+        result = runner.invoke(cli, [*args, "--max-pairs", "2", "--seed", "7"])
+        assert result.exit_code == 0, result.output
+        assert "Wrote 2 examples" in result.output and "a seeded sample of 3 pairs" in result.output
+        sampled.append(path.read_bytes())
+    assert sampled[0] == sampled[1]
+    kept = [(e.meta["query_id"], e.meta["positive_id"]) for e in load_examples(path)]
+    assert kept == sorted(kept) and set(kept) < {("q1", "d1"), ("q1", "d4"), ("q2", "d2")}
 
 
 def test_from_beir_errors(runner, tmp_path):

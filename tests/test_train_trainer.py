@@ -173,8 +173,13 @@ def test_mistral_trains_with_checkpointing_last_token_pooling(tiny_mistral_path,
     # The query carries the instruction in the E5-mistral template.
     collator = Collator(trainer.encoder)
     group = MixedDataset(load_sources([DataSource(data)]))[0]
-    assert collator.query_text(group).startswith(f"Instruct: {INSTRUCTION}\nQuery: ")
-    assert Collator(trainer.encoder, use_instruction=False).query_text(group) == group.query
+    encoder = trainer.encoder
+    prompt = encoder.format_query(group.query, collator.instruction(group))
+    assert prompt.startswith(f"Instruct: {INSTRUCTION}\nQuery: ")
+    ids = collator([group])["query"]["input_ids"][0].tolist()
+    assert ids == encoder.tokenize([prompt], collator.max_query_length)[0]
+    bare = Collator(encoder, use_instruction=False)([group])["query"]["input_ids"][0].tolist()
+    assert bare == encoder.tokenize([group.query], collator.max_query_length)[0]
 
 
 def test_zero3_config_is_accepted_by_deepspeed(monkeypatch):

@@ -61,6 +61,8 @@ class ModelArguments:
     temperature: float = DEFAULT_TEMPERATURE
     # Queries get the instruction template (paper); False trains bare queries.
     use_instruction: bool = True
+    # Mean pooling includes the instruction's tokens; None keeps the base profile's choice.
+    pool_instruction: bool | None = None
 
     def validate(self) -> None:
         if self.lora_rank < 1:

@@ -8,6 +8,13 @@ from pathlib import Path
 import click
 
 from engine.errors import EngineError, ErrorReportingGroup
+from engine.options import (
+    cache_dir_option,
+    device_option,
+    json_option,
+    model_option,
+    quiet_option,
+)
 
 
 def _positive_float(ctx, param, value):
@@ -64,6 +71,13 @@ def _positive_float(ctx, param, value):
     default=True,
     show_default=True,
     help="Format queries with their task instruction (the model profile's template).",
+)
+@click.option(
+    "--pool-instruction/--no-pool-instruction",
+    "pool_instruction",
+    default=None,
+    help="Mean pooling over the instruction's tokens too, or only over the query's "
+    "(default: as the base model's profile; saved in the trained model's profile).",
 )
 @click.option(
     "--temperature",
@@ -124,7 +138,7 @@ def _positive_float(ctx, param, value):
     metavar="zero3|CONFIG.json",
     help="Train with DeepSpeed (GPUs only): 'zero3' is the shipped train/zero3.json.",
 )
-@click.option("--device", help="torch device (default: cuda:LOCAL_RANK if available, else cpu).")
+@device_option("torch device (default: cuda:LOCAL_RANK if available, else cpu).")
 @click.option(
     "--merge",
     is_flag=True,
@@ -145,7 +159,7 @@ def _positive_float(ctx, param, value):
     type=click.IntRange(min=8),
     help="Document tokens for --eval-data (default: --max-length, else 512).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar (log lines instead).")
+@quiet_option("No progress bar (log lines instead).")
 @click.option("--local_rank", "--local-rank", "local_rank", type=int, hidden=True)
 @click.pass_context
 def train(ctx: click.Context, **options) -> None:
@@ -202,6 +216,7 @@ def run_training(options: dict) -> None:
         else None,
         temperature=options["temperature"],
         use_instruction=options["use_instruction"],
+        pool_instruction=options["pool_instruction"],
     )
     data_args = DataArguments(
         sources=[DataSource.parse(spec) for spec in options["data"]],
@@ -296,7 +311,13 @@ def data() -> None:
     show_default=True,
     help="Ignore the top N ranks when mining (likely unlabelled positives).",
 )
-@click.option("--model", help="Model that mines negatives (default: the engine default).")
+@click.option(
+    "--max-pairs",
+    type=click.IntRange(min=1),
+    help="Keep a seeded random sample of N (query, document) pairs (default: all).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --max-pairs.")
+@model_option()
 @click.option(
     "--max-length",
     type=click.IntRange(min=8),
@@ -309,14 +330,9 @@ def data() -> None:
     default=None,
     help="Mine with instruction-formatted queries (default: if the model is instruction-tuned).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Cache root shared with `engine bench beir`: the mining index is its index "
-    "<cache>/beir/<dataset>-<fingerprint>-<length> (default: ~/.cache/engine).",
-)
-@click.option("--device", help="torch device for mining.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@cache_dir_option()
+@device_option()
+@quiet_option()
 def from_beir(**options) -> None:
     """Turn a BEIR split into training data: (query, positive) pairs with qrels score > 0.
 
@@ -331,6 +347,8 @@ def from_beir(**options) -> None:
           --mine-negatives --out scifact-train.jsonl
       engine train data from-beir --data-dir ./beir/fiqa --split train --out fiqa.jsonl \\
           --instruction "Given a financial question, retrieve user replies that best answer it"
+      engine train data from-beir --data-dir ../shared/data/beir/nfcorpus --split train \\
+          --mine-negatives --max-pairs 1000 --out nfcorpus-train.jsonl
     """
     from train.mining import from_beir as run
 
@@ -385,12 +403,12 @@ def from_beir(**options) -> None:
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(min=16), default=1024, show_default=True)
 @click.option("--language", default="English", show_default=True)
-@click.option("--device", help="torch device for a local generator.")
+@device_option("torch device for a local generator (default: cuda if available, else cpu).")
 @click.option(
     "--timeout", type=float, default=120.0, show_default=True, help="HTTP timeout, seconds."
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@quiet_option()
+@json_option("Print the summary as JSON.")
 def synthesize(**options) -> None:
     """Generate synthetic retrieval data the paper's way (two prompts per task).
 

@@ -1,8 +1,9 @@
 """Groups of (query, positive, negatives) -> padded token batches, through the engine's encoder.
 
-Prompts, special tokens and padding come from ``encoder.format_query``,
-``encoder.format_document``, ``encoder.tokenize`` and ``encoder.pad``: the same
-code that serves search, so the model is trained on exactly what it will see.
+Prompts, special tokens, pooling spans and padding come from
+``encoder.tokenize_queries``, ``encoder.format_document``, ``encoder.tokenize``
+and ``encoder.pad``: the same code that serves search, so the model is trained
+on exactly what it will see.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ class Collator:
     max_document_length: int = 512
     use_instruction: bool = True
 
-    def query_text(self, group: TrainGroup) -> str:
-        instruction = group.instruction if self.use_instruction else None
-        return self.encoder.format_query(group.query, instruction)
+    def instruction(self, group: TrainGroup) -> str | None:
+        return group.instruction if self.use_instruction else None
 
     def __call__(self, groups: Sequence[TrainGroup]) -> dict[str, torch.Tensor]:
-        queries = [self.query_text(g) for g in groups]
+        query_ids, instruction_spans = self.encoder.tokenize_queries(
+            [g.query for g in groups], [self.instruction(g) for g in groups], self.max_query_length
+        )
         documents = []
         targets = []
         for group in groups:
@@ -49,7 +51,7 @@ class Collator:
             positive_keys[row, : len(keys)] = torch.tensor(keys, dtype=torch.long)
         device = self.encoder.device
         return {
-            "query": self.encoder.pad(self.encoder.tokenize(queries, self.max_query_length)),
+            "query": self.encoder.pad(query_ids, instruction_spans),
             "documents": self.encoder.pad(
                 self.encoder.tokenize(doc_texts, self.max_document_length)
             ),

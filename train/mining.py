@@ -12,6 +12,8 @@ where unlabelled positives hide (paper section 4.1 / common practice).
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.datasets import BeirDataset, UnknownDataset, instruction_for, load_beir
@@ -32,8 +34,9 @@ def mine_hard_negatives(
     cache_dir: Path | None,
     device: str | None,
     progress: bool,
+    query_ids: Sequence[str] | None = None,
 ) -> tuple[dict[str, list[str]], dict]:
-    """Hard negative document ids per query, and a description of how they were mined."""
+    """Hard negative document ids per query (all, or ``query_ids``), and how they were mined."""
     from bench.beir import default_cache_dir, index_dir_for
     from engine.encoder import Encoder
     from indexer.indexing import update_index
@@ -44,7 +47,7 @@ def mine_hard_negatives(
     update_index(index_dir, encoder, dataset.corpus, progress=progress)
     if mine_instruction is None:
         mine_instruction = encoder.profile.instruction_tuned
-    query_ids = list(dataset.queries)
+    query_ids = list(dataset.queries) if query_ids is None else list(query_ids)
     vectors = encoder.encode_queries(
         [dataset.queries[q] for q in query_ids],
         instruction if mine_instruction else None,
@@ -93,6 +96,8 @@ def from_beir(
     mine_instruction: bool | None = None,
     cache_dir: Path | None = None,
     device: str | None = None,
+    max_pairs: int | None = None,
+    seed: int = 0,
     quiet: bool = False,
 ) -> str:
     """Write one training line per relevant (query, document) pair; returns a summary line."""
@@ -121,6 +126,10 @@ def from_beir(
     )
     if not pairs:
         raise EngineError(f"{data_dir}: no relevant (query, document) pairs in the {split} split")
+    available = len(pairs)
+    if max_pairs is not None and available > max_pairs:
+        # A seeded sample, kept in file order, so the same seed writes the same file.
+        pairs = sorted(random.Random(seed).sample(pairs, max_pairs))
     mined: dict[str, list[str]] = {}
     how = None
     if mine_negatives:
@@ -135,6 +144,7 @@ def from_beir(
             cache_dir=cache_dir,
             device=device,
             progress=progress_enabled(not quiet),
+            query_ids=sorted({query_id for query_id, _ in pairs}),
         )
     examples = []
     for query_id, doc_id in pairs:
@@ -160,6 +170,8 @@ def from_beir(
         f"Wrote {len(examples)} examples ({queries_with_pairs} queries) from {dataset.name} "
         f"{split} to {out}"
     )
+    if len(pairs) < available:
+        summary += f" (a seeded sample of {available} pairs)"
     if how:
         counts = [len(v) for v in mined.values()]
         summary += (

@@ -383,14 +383,24 @@ class Trainer:
             seed=args.seed,
         )
         encoder, base_profile = self._load_encoder(device, bf16)
+        pool_instruction = base_profile.pool_instruction
+        if margs.pool_instruction is not None:
+            pool_instruction = margs.pool_instruction
+            try:
+                replace(base_profile, pool_instruction=pool_instruction)
+            except ValueError as exc:
+                raise EngineError(f"--no-pool-instruction with {encoder.name}: {exc}") from None
         self.encoder = encoder
         eval_before = self._evaluate(encoder, "before training") if self.rank == 0 else None
         if self.world > 1:
             dist.barrier()
 
         targets = self._prepare_model(encoder)
+        # The pooling choice applies from here on: evaluation before training saw the base model.
+        encoder.profile = replace(encoder.profile, pool_instruction=pool_instruction)
         self.saved_profile = replace(
             base_profile,
+            pool_instruction=pool_instruction,
             instruction_tuned=base_profile.instruction_tuned or margs.use_instruction,
             lora_target_modules=tuple(targets)
             if targets != ["all-linear"]
