@@ -57,14 +57,16 @@ class ModelProfile:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {self.padding_side!r}")
+        for template in (self.query_template, self.bare_query_template):
+            if "{query}" not in template:
+                raise ValueError(f"query template {template!r} has no {{query}}")
+        if "{text}" not in self.document_template:
+            raise ValueError(f"document template {self.document_template!r} has no {{text}}")
         if not self.pool_instruction:
             if self.pooling != "mean":
                 raise ValueError("pool_instruction=False needs mean pooling")
-            for template in (self.query_template, self.bare_query_template):
-                if "{query}" not in template or "{task}" in template.split("{query}", 1)[1]:
-                    raise ValueError(
-                        "pool_instruction=False needs query templates with {query} after {task}"
-                    )
+            if "{task}" in self.query_template.split("{query}", 1)[1]:
+                raise ValueError("pool_instruction=False needs {task} before {query}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

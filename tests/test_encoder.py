@@ -303,10 +303,13 @@ def test_instruction_span_survives_bos_and_left_padding(tiny_mistral_path):
 def test_instruction_pooling_option_is_validated(tmp_path):
     with pytest.raises(ValueError, match="mean pooling"):
         dataclasses.replace(E5_MISTRAL, pool_instruction=False)
-    with pytest.raises(ValueError, match="after"):
+    with pytest.raises(ValueError, match="before"):
         ModelProfile(name="x", query_template="{query} ({task})", pool_instruction=False)
-    (tmp_path / "engine_profile.json").write_text(
-        json.dumps({"name": "x", "pooling": "cls", "pool_instruction": False})
-    )
-    with pytest.raises(EngineError, match="not a valid model profile"):
-        resolve_profile("x", tmp_path, "bert")
+    for bad in (
+        {"name": "x", "pooling": "cls", "pool_instruction": False},
+        {"name": "x", "query_template": "Instruct: {task}"},
+        {"name": "x", "pooling": "max"},
+    ):
+        (tmp_path / "engine_profile.json").write_text(json.dumps(bad))
+        with pytest.raises(EngineError, match="not a valid model profile"):
+            resolve_profile("x", tmp_path, "bert")
