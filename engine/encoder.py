@@ -422,16 +422,17 @@ class Encoder:
         longest = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        pool_mask = torch.zeros_like(attention_mask) if instruction_spans is not None else None
         for row, seq in enumerate(ids):
             start = longest - len(seq) if self.profile.padding_side == "left" else 0
             input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention_mask[row, start : start + len(seq)] = 1
+            if pool_mask is not None:
+                first, stop = instruction_spans[row]
+                pool_mask[row, start : start + len(seq)] = 1
+                pool_mask[row, start + first : start + stop] = 0
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if instruction_spans is not None:
-            pool_mask = attention_mask.clone()
-            for row, (first, stop) in enumerate(instruction_spans):
-                offset = longest - len(ids[row]) if self.profile.padding_side == "left" else 0
-                pool_mask[row, offset + first : offset + stop] = 0
+        if pool_mask is not None:
             batch["pool_mask"] = pool_mask
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
 

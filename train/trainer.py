@@ -383,11 +383,10 @@ class Trainer:
             seed=args.seed,
         )
         encoder, base_profile = self._load_encoder(device, bf16)
-        pool_instruction = base_profile.pool_instruction
         if margs.pool_instruction is not None:
-            pool_instruction = margs.pool_instruction
+            # Checked now, applied after the base model's evaluation.
             try:
-                replace(base_profile, pool_instruction=pool_instruction)
+                base_profile = replace(base_profile, pool_instruction=margs.pool_instruction)
             except ValueError as exc:
                 raise EngineError(f"--no-pool-instruction with {encoder.name}: {exc}") from None
         self.encoder = encoder
@@ -397,10 +396,9 @@ class Trainer:
 
         targets = self._prepare_model(encoder)
         # The pooling choice applies from here on: evaluation before training saw the base model.
-        encoder.profile = replace(encoder.profile, pool_instruction=pool_instruction)
+        encoder.profile = replace(encoder.profile, pool_instruction=base_profile.pool_instruction)
         self.saved_profile = replace(
             base_profile,
-            pool_instruction=pool_instruction,
             instruction_tuned=base_profile.instruction_tuned or margs.use_instruction,
             lora_target_modules=tuple(targets)
             if targets != ["all-linear"]
