@@ -716,8 +716,7 @@ def speed(
     """
     import torch
 
-    from engine.cli import document_tokens
-    from engine.encoder import Encoder
+    from engine.encoder import Encoder, document_tokens
 
     if (data_dir is None) == (synthetic is None):
         raise EngineError("give exactly one of --data-dir and --synthetic")

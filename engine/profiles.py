@@ -23,6 +23,9 @@ INSTRUCT_TEMPLATE = "Instruct: {task}\nQuery: {query}"
 
 POOLINGS = ("mean", "cls", "last")
 
+# The paper encodes the first 512 tokens of a document (unless the model has fewer).
+DEFAULT_DOCUMENT_TOKENS = 512
+
 
 @dataclass(frozen=True)
 class ModelProfile:

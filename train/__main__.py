@@ -1,6 +1,6 @@
 """``python -m train ...`` (what ``torchrun``/``deepspeed --module`` launch): same as ``engine train``."""
 
-from engine.cli import quiet_libraries
+from engine.encoder import quiet_libraries
 from train.cli import train
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from typing import Any
 from engine.errors import EngineError
 
 DEFAULT_QUERY_TOKENS = 128
-DEFAULT_DOCUMENT_TOKENS = 512
 # Paper section 4.1: InfoNCE with temperature 0.02, LoRA rank 16.
 DEFAULT_TEMPERATURE = 0.02
 DEFAULT_LORA_RANK = 16

@@ -30,9 +30,8 @@ from torch import nn
 
 from engine.encoder import DEFAULT_ALIASES, DEFAULT_MODEL, Encoder
 from engine.errors import EngineError
-from engine.profiles import ModelProfile
+from engine.profiles import DEFAULT_DOCUMENT_TOKENS, ModelProfile
 from train.arguments import (
-    DEFAULT_DOCUMENT_TOKENS,
     DEFAULT_QUERY_TOKENS,
     DataArguments,
     ModelArguments,
