@@ -18,7 +18,7 @@ import re
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -35,7 +35,6 @@ from bench.datasets import (
 )
 from bench.metrics import DEFAULT_TOP_K, METRICS, average, evaluate_run
 from engine import __version__
-from engine.encoder import Encoder, progress_enabled
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
@@ -46,7 +45,10 @@ from engine.options import (
     quiet_option,
     results_dir_option,
 )
-from indexer.store import utc_now
+from engine.progress import progress_enabled
+
+if TYPE_CHECKING:
+    from engine.encoder import Encoder
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -367,6 +369,9 @@ def beir(
       engine bench beir --data-dir data --datasets scifact --model ./my-model --no-instruct
       engine bench beir --data-dir data --datasets fiqa --instruction "Given a question, retrieve answers" --json
     """
+    from engine.encoder import Encoder
+    from indexer.store import utc_now
+
     if instruction is not None and instruct is False:
         raise EngineError("--instruction and --no-instruct exclude each other")
     if instruction is not None and not instruction.strip():

@@ -29,7 +29,6 @@ import click
 import numpy as np
 
 from bench.common import file_slug
-from engine.encoder import progress_enabled
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
@@ -39,6 +38,7 @@ from engine.options import (
     quiet_option,
     results_dir_option,
 )
+from engine.progress import progress_enabled
 
 BASELINE_BATCH_SIZE = 32
 DEFAULT_SYNTHETIC_SEED = 0

@@ -237,23 +237,12 @@ def info(index_dir: Path, as_json: bool) -> None:
       engine info
       engine info --index ./my-index --json
     """
+    from indexer.info import index_info
     from indexer.store import Store
 
     store = Store.open(index_dir)
-    settings = store.settings
-    data = {
-        "index": str(index_dir),
-        "model": settings["model"],
-        "fingerprint": settings["fingerprint"],
-        "dim": settings["dim"],
-        "max_length": settings["max_length"],
-        "pooling": settings["profile"]["pooling"],
-        "default_instruction": settings.get("default_instruction"),
-        **store.stats(),
-        "engine_version": settings["engine_version"],
-        "created": settings["created"],
-        "updated": settings["updated"],
-    }
+    data = index_info(store, index_dir)
+    store.close()
     if as_json:
         click.echo(json.dumps(data))
         return

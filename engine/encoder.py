@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from engine.errors import EngineError
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
+from engine.progress import progress_bar
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
@@ -637,17 +638,3 @@ def _hub_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def progress_enabled(requested: bool = True) -> bool:
-    """Progress output when asked for, unless ``ENGINE_NO_PROGRESS`` is set (CI, tests, logs)."""
-    return requested and not os.environ.get("ENGINE_NO_PROGRESS")
-
-
-def progress_bar(total: int, desc: str, *, enabled: bool, unit: str = "doc"):
-    """A tqdm bar, or None when progress output is off."""
-    if not progress_enabled(enabled):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,52 @@ def test_bad_input_is_one_line(tmp_path):
         assert result.exit_code == 1, args
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.output
+
+
+# Runs the CLI in a fresh interpreter and reports which heavy libraries it imported.
+COLD_PROBE = """
+import json, sys
+from engine.cli import cli
+try:
+    cli(sys.argv[1:], prog_name="engine")
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in ("torch", "transformers", "engine.encoder") if m in sys.modules)
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["bench", "--help"],
+        ["train", "--help"],
+        ["search", "--help"],
+        ["info", "--json"],
+        ["search"],  # an argument error
+        ["index", "--no-such-option"],
+    ],
+)
+def test_cold_path_does_not_import_torch(sample_index, args):
+    """`engine --help`, `engine info` and argument errors never load torch or transformers."""
+    _, index_dir, _ = sample_index
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            COLD_PROBE,
+            *args,
+            *(["--index", str(index_dir)] if args[0] == "info" else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report["heavy"] == [], (args, report)
+    assert (
+        report["code"] in (0, None) if "--json" in args or "--help" in args else report["code"] == 2
+    )
+    if args[0] == "info":
+        assert json.loads(result.stdout)["documents"] == 11

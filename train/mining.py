@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.datasets import BeirDataset, UnknownDataset, instruction_for, load_beir
-from engine.encoder import progress_enabled
 from engine.errors import EngineError
+from engine.progress import progress_enabled
 from train.data import TrainDocument, TrainExample, write_examples
 
 

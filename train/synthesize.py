@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.encoder import progress_bar
 from engine.errors import EngineError
+from engine.progress import progress_bar
 from train.data import TrainDocument, TrainExample, parse_example, write_examples
 
 # The paper's knobs for the "short-long" (query, document) examples.

@@ -1,0 +1,27 @@
+"""What an index holds, as one dict: printed by `engine info` and served at ``GET /info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from indexer.store import Store
+
+
+def index_info(store: Store, index_dir: str | Path) -> dict[str, Any]:
+    """Model, dimension, counts, size, dates and generation of an open index."""
+    settings = store.settings
+    return {
+        "index": str(index_dir),
+        "model": settings["model"],
+        "fingerprint": settings["fingerprint"],
+        "dim": settings["dim"],
+        "max_length": settings["max_length"],
+        "pooling": settings["profile"]["pooling"],
+        "default_instruction": settings.get("default_instruction"),
+        **store.stats(),
+        "generation": store.generation,
+        "engine_version": settings["engine_version"],
+        "created": settings["created"],
+        "updated": settings["updated"],
+    }
