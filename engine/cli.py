@@ -64,7 +64,7 @@ def cli() -> None:
 @model_option(INDEX_MODEL)
 @click.option(
     "--max-length",
-    type=int,
+    type=click.IntRange(min=1),
     help="Tokens encoded per document (default: the first 512, or the model's maximum if smaller).",
 )
 @click.option(
@@ -109,18 +109,19 @@ def index(
     from engine.encoder import Encoder, document_tokens
     from indexer.documents import read_corpus
     from indexer.indexing import update_index
-    from indexer.store import POINTER, Store
+    from indexer.store import indexed_settings, reporting_damage
 
     if not corpus.exists():
         raise EngineError(f"corpus not found: {corpus}")
-    if model is None and not rebuild and (index_dir / POINTER).is_file():
-        store = Store.open(index_dir)
-        model = store.settings["model"]
-        max_length = max_length or store.settings["max_length"]
-        store.close()
-    scan = read_corpus(corpus)
+    if model is None and not rebuild:
+        with reporting_damage(index_dir):
+            stored = indexed_settings(index_dir)
+        if stored is not None:
+            model = stored["model"]
+            max_length = max_length or stored["max_length"]
     encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
     encoder.set_max_length(document_tokens(encoder, max_length))
+    scan = read_corpus(corpus, max_tokens=encoder.max_length)
     report = update_index(
         index_dir,
         encoder,
@@ -139,6 +140,7 @@ def index(
         "skipped": len(scan.skipped),
         "ignored_files": scan.ignored,
         "skipped_detail": [{"source": s.source, "reason": s.reason} for s in scan.skipped],
+        "notes": [{"source": n.source, "message": n.message} for n in scan.notes],
     }
     if as_json:
         click.echo(json.dumps(summary))
@@ -159,6 +161,12 @@ def index(
         if verbose:
             for skipped in scan.skipped:
                 click.echo(f"  {skipped.source}: {skipped.reason}")
+    if scan.notes:
+        hint = "" if verbose else " (--verbose lists them)"
+        click.echo(f"{len(scan.notes)} warnings from file parsers{hint}.")
+        if verbose:
+            for note in scan.notes:
+                click.echo(f"  {note.source}: {note.message}")
     if report.kept_sources:
         click.echo(f"Kept the indexed documents of {len(report.kept_sources)} unreadable files.")
 
@@ -238,11 +246,12 @@ def info(index_dir: Path, as_json: bool) -> None:
       engine info --index ./my-index --json
     """
     from indexer.info import index_info
-    from indexer.store import Store
+    from indexer.store import Store, reporting_damage
 
-    store = Store.open(index_dir)
-    data = index_info(store, index_dir)
-    store.close()
+    with reporting_damage(index_dir):
+        store = Store.open(index_dir)
+        data = index_info(store, index_dir)
+        store.close()
     if as_json:
         click.echo(json.dumps(data))
         return
@@ -252,6 +261,57 @@ def info(index_dir: Path, as_json: bool) -> None:
         if key == "bytes":
             key, shown = "size", f"{value / 2**20:.1f} MiB"
         click.echo(f"{key.replace('_', ' '):<{width}}  {shown}")
+
+
+@cli.command()
+@index_option
+@click.option(
+    "--repair", is_flag=True, help="Rebuild what is damaged from what is sound, and say what."
+)
+@json_option()
+def check(index_dir: Path, repair: bool, as_json: bool) -> None:
+    """Verify an index: pointer, SQLite integrity, documents and vectors, snapshot, model.
+
+    Checks that CURRENT names an existing database, SQLite's quick_check, the
+    recorded model fingerprint, dimension and max length, that documents and
+    vectors match one to one, and the FAISS snapshot against the checksum
+    recorded when it was written. Exits 1 when a problem remains.
+
+    --repair points a lost CURRENT back at the last published database, salvages
+    a damaged database into a fresh one (documents whose vector is lost are left
+    for the next `engine index` to re-encode) and rebuilds the snapshot from SQLite.
+
+    \b
+    Examples:
+      engine check
+      engine check --index ./my-index --repair
+      engine check --json
+    """
+    from indexer.integrity import check_index
+    from indexer.store import reporting_damage
+
+    with reporting_damage(index_dir):
+        report = check_index(index_dir, repair=repair)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(f"Index {index_dir} ({report.database or 'no database'}):")
+        for finding in report.findings:
+            click.echo(
+                f"  {'ok' if finding.ok else 'FAILED':<7} {finding.check:<10} {finding.detail}"
+            )
+        for action in report.repairs:
+            click.echo(f"  repaired: {action}")
+        for finding in report.after or []:
+            if not finding.ok:
+                click.echo(f"  still failing: {finding.check}: {finding.detail}")
+        if report.ok:
+            click.echo("Index is sound." if not report.repairs else "Index repaired and sound.")
+        else:
+            hint = "" if repair else f" (`engine check --repair --index {index_dir}`)"
+            click.echo(f"Index has problems{hint}.")
+    if not report.ok:
+        sys.exit(1)
 
 
 def _attach_subcommands() -> None:

@@ -1,18 +1,29 @@
 """Corpus -> documents: walk a folder (or read one file) into :class:`Document`s.
 
 Every reader returns documents or raises :class:`Unreadable` with a short
-reason; one bad file or record is skipped and reported, never fatal.
+reason; one bad file or record is skipped and reported, never fatal. Only
+regular files are opened (a named pipe would block forever). Text that is not
+UTF-8 is decoded with the charset charset-normalizer detects. Only the head of
+a file that the first ``max_tokens`` tokens can need is read, so a huge text
+file is indexed by its beginning instead of skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import stat
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+from engine.profiles import DEFAULT_DOCUMENT_TOKENS
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -20,10 +31,15 @@ JSON_SUFFIXES = {".json", ".jsonl"}
 PDF_SUFFIXES = {".pdf"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | JSON_SUFFIXES | PDF_SUFFIXES
 
-# A single-document file above this is not a document anyone wants embedded whole
-# (only its first tokens would be); JSON lines corpora stream and have no limit.
+# A whole-file JSON corpus above this is read line by line instead; JSON lines
+# corpora stream and have no limit.
 MAX_FILE_BYTES = int(os.environ.get("ENGINE_MAX_FILE_BYTES", str(16 * 2**20)))
 MAX_RECORD_BYTES = 16 * 2**20
+# A generous bound on the bytes of text one token covers (English is about 4-5):
+# a file's first ``max_tokens * BYTES_PER_TOKEN`` bytes hold all that gets encoded.
+BYTES_PER_TOKEN = 64
+# HTML spends most of its bytes on markup, scripts and styles.
+HTML_BYTES_FACTOR = 8
 
 _MARKDOWN_HEADING = re.compile(r"\A\s*#\s+(.+?)\s*#*\s*(?:\n|\Z)")
 
@@ -51,10 +67,19 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Note:
+    """A library's warning about a file that was still indexed (e.g. a damaged PDF trailer)."""
+
+    source: str
+    message: str
+
+
 @dataclass
 class CorpusScan:
     documents: list[Document] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     # Files with an extension engine does not read (images, code, ...): not errors.
     ignored: int = 0
     # Files that could not be opened this time (permission, I/O): their previously
@@ -66,22 +91,24 @@ class Unreadable(Exception):
     """A file or record that cannot become a document; the message is the reason."""
 
 
-def read_corpus(path: str | Path) -> CorpusScan:
+def read_corpus(path: str | Path, *, max_tokens: int | None = None) -> CorpusScan:
     """All documents under ``path`` (a folder, walked recursively, or a single file).
 
     Hidden files and folders (``.git``, the ``.engine`` index) are not read.
+    ``max_tokens`` (default 512) bounds how much of each file is read.
     """
     root = Path(path)
+    head = (max_tokens or DEFAULT_DOCUMENT_TOKENS) * BYTES_PER_TOKEN
     scan = CorpusScan()
-    if root.is_file():
-        _read_into(scan, root, root.name)
+    if not root.is_dir():
+        _read_into(scan, root, root.name, head)
         return scan
     for file in _walk(root):
         relative = file.relative_to(root).as_posix()
         if file.suffix.lower() not in SUPPORTED_SUFFIXES:
             scan.ignored += 1
             continue
-        _read_into(scan, file, relative)
+        _read_into(scan, file, relative, head)
     return scan
 
 
@@ -93,7 +120,7 @@ def _walk(root: Path) -> Iterator[Path]:
                 yield Path(folder) / name
 
 
-def _read_into(scan: CorpusScan, file: Path, source: str) -> None:
+def _read_into(scan: CorpusScan, file: Path, source: str, head: int) -> None:
     suffix = file.suffix.lower()
     try:
         if suffix in JSON_SUFFIXES:
@@ -103,7 +130,8 @@ def _read_into(scan: CorpusScan, file: Path, source: str) -> None:
             if not documents and not skipped:
                 scan.skipped.append(Skipped(source, "no records"))
             return
-        scan.documents.append(read_file_document(file, source))
+        with _library_noise(scan, source):
+            scan.documents.append(read_file_document(file, source, head))
     except Unreadable as exc:
         scan.skipped.append(Skipped(source, str(exc)))
     except OSError as exc:
@@ -111,25 +139,88 @@ def _read_into(scan: CorpusScan, file: Path, source: str) -> None:
         scan.failed_sources.add(source)
 
 
-def read_file_document(file: Path, source: str) -> Document:
-    """A text, Markdown, reStructuredText, HTML or PDF file as one document."""
-    size = file.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise Unreadable(f"too large ({size:,} bytes; limit {MAX_FILE_BYTES:,})")
+def read_file_document(
+    file: Path, source: str, head: int = DEFAULT_DOCUMENT_TOKENS * BYTES_PER_TOKEN
+) -> Document:
+    """A text, Markdown, reStructuredText, HTML or PDF file as one document.
+
+    Only the first ``head`` bytes of text (``HTML_BYTES_FACTOR`` times that of HTML)
+    are read; a PDF's pages are read until they give that much text.
+    """
     suffix = file.suffix.lower()
-    if suffix in PDF_SUFFIXES:
-        title, text = _read_pdf(file)
-    else:
-        raw = _decode(file.read_bytes())
-        if suffix in HTML_SUFFIXES:
-            title, text = _html_text(raw)
-        elif suffix in (".md", ".markdown"):
-            title, text = _markdown_title(raw)
+    with open_regular(file) as handle:
+        if suffix in PDF_SUFFIXES:
+            title, text = _read_pdf(handle, head)
         else:
-            title, text = "", raw.strip()
+            limit = head * (HTML_BYTES_FACTOR if suffix in HTML_SUFFIXES else 1)
+            raw = handle.read(limit + 1)
+            decoded = _decode(raw[:limit], truncated=len(raw) > limit)
+            if suffix in HTML_SUFFIXES:
+                title, text = _html_text(decoded)
+            elif suffix in (".md", ".markdown"):
+                title, text = _markdown_title(decoded)
+            else:
+                title, text = "", decoded.strip()
     if not text and not title:
         raise Unreadable("empty")
     return Document(doc_id=source, source=source, title=title, text=text)
+
+
+def open_regular(file: Path) -> BinaryIO:
+    """Open ``file`` for reading only if it is a regular file (never block on a pipe or device)."""
+    kind = _non_regular_kind(os.stat(file).st_mode)
+    if kind:
+        raise Unreadable(f"not a regular file ({kind})")
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        kind = _non_regular_kind(os.fstat(fd).st_mode)  # replaced since the stat?
+        if kind:
+            raise Unreadable(f"not a regular file ({kind})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _non_regular_kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in (
+        (stat.S_ISFIFO, "named pipe"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+@contextmanager
+def _library_noise(scan: CorpusScan, source: str) -> Iterator[None]:
+    """Warnings that parsers (pypdf) log or raise while reading a file go into the report."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger("pypdf")
+    handler, propagate = Collect(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        messages.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+        for message in dict.fromkeys(messages):
+            scan.notes.append(Note(source, " ".join(message.split())))
 
 
 def read_json_corpus(file: Path, source: str) -> tuple[list[Document], list[Skipped]]:
@@ -150,9 +241,10 @@ def read_json_corpus(file: Path, source: str) -> tuple[list[Document], list[Skip
         seen.add(document.doc_id)
         documents.append(document)
 
-    if file.suffix.lower() == ".json" and file.stat().st_size <= MAX_FILE_BYTES:
+    if file.suffix.lower() == ".json" and os.stat(file).st_size <= MAX_FILE_BYTES:
         try:
-            whole = json.loads(_decode(file.read_bytes()))
+            with open_regular(file) as handle:
+                whole = json.loads(_decode(handle.read()))
         except (Unreadable, ValueError):
             whole = None  # maybe JSON lines under a .json name: read line by line below
         if isinstance(whole, list):
@@ -163,7 +255,7 @@ def read_json_corpus(file: Path, source: str) -> tuple[list[Document], list[Skip
             add(whole, "record 1", source)
             return documents, skipped
 
-    with file.open("rb") as handle:
+    with open_regular(file) as handle:
         for number, line in enumerate(handle, start=1):
             where = f"line {number}"
             if not line.strip():
@@ -201,13 +293,32 @@ def record_document(record: object, source: str, fallback_id: str) -> Document:
     return Document(doc_id=str(raw_id), source=source, title=title.strip(), text=text.strip())
 
 
-def _decode(raw: bytes) -> str:
-    if b"\x00" in raw[:8192]:
+_PREFERRED_CHARSETS = ("cp1252", "latin_1", "iso8859_15")
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _decode(raw: bytes, *, truncated: bool = False) -> str:
+    """UTF-8, else the charset charset-normalizer finds; NUL bytes without a BOM mean binary.
+
+    ``truncated``: ``raw`` is a file's head, so its last character may be cut.
+    """
+    if b"\x00" in raw[:8192] and not raw.startswith(_UTF16_32_BOMS):
         raise Unreadable("binary file")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise Unreadable(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+        if truncated and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
+            return raw[: exc.start].decode("utf-8-sig")
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(raw[: 2**20])
+    best = matches.best()
+    if best is None:
+        raise Unreadable("binary file (no text encoding fits)")
+    # Short Western text fits several code pages equally well: prefer the commonest.
+    tied = {m.encoding for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)}
+    encoding = next((e for e in _PREFERRED_CHARSETS if e in tied), best.encoding)
+    return raw.decode(encoding, errors="replace")
 
 
 def _markdown_title(raw: str) -> tuple[str, str]:
@@ -230,15 +341,21 @@ def _html_text(raw: str) -> tuple[str, str]:
     return title, text
 
 
-def _read_pdf(file: Path) -> tuple[str, str]:
+def _read_pdf(handle: BinaryIO, head: int) -> tuple[str, str]:
+    """Title and text of a PDF, page by page until ``head`` characters of text."""
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
     try:
-        reader = PdfReader(str(file))
+        reader = PdfReader(handle)
         if reader.is_encrypted:
             raise Unreadable("encrypted PDF")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages, length = [], 0
+        for page in reader.pages:
+            pages.append(page.extract_text() or "")
+            length += len(pages[-1])
+            if length >= head:
+                break
         title = (reader.metadata.title if reader.metadata else None) or ""
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
         raise Unreadable(f"unreadable PDF ({exc})") from None

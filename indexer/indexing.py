@@ -2,7 +2,8 @@
 
 Documents are matched by (source, doc id) and compared by content hash. New
 vectors are committed in checkpoints, so a killed run keeps what it finished and
-the next run picks up the rest.
+the next run picks up the rest; a first run is published at its first
+checkpoint (see :class:`indexer.store.Writer`), so that holds for it too.
 """
 
 from __future__ import annotations
@@ -16,11 +17,23 @@ from pathlib import Path
 import numpy as np
 
 from engine.encoder import Encoder
+from engine.errors import EngineError
 from indexer.documents import Document
-from indexer.store import Writer, index_settings
+from indexer.store import Writer, index_settings, reporting_damage
+
+
+def _positive_int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise EngineError(f"{name} must be a positive whole number, not {raw!r}")
+    return value
+
 
 # A killed run loses at most this much work.
-CHECKPOINT_DOCUMENTS = int(os.environ.get("ENGINE_CHECKPOINT_DOCUMENTS", "512"))
 CHECKPOINT_SECONDS = 30.0
 
 
@@ -75,7 +88,7 @@ def update_index(
     started = time.perf_counter()
     report = IndexReport()
     settings = index_settings(encoder.describe(), default_instruction)
-    with Writer(index_dir, settings, rebuild=rebuild) as store:
+    with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
         if default_instruction is not None:
             store.write_settings({"default_instruction": default_instruction})
         store.load_faiss()
@@ -115,6 +128,7 @@ def _encode_and_commit(
     rows, vectors = [], []
     last_commit = time.perf_counter()
     tokens = 0
+    checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
 
     def flush() -> None:
         nonlocal rows, vectors, last_commit
@@ -144,7 +158,7 @@ def _encode_and_commit(
             else:
                 report.updated += 1
         if (
-            len(rows) >= CHECKPOINT_DOCUMENTS
+            len(rows) >= checkpoint_documents
             or time.perf_counter() - last_commit > CHECKPOINT_SECONDS
         ):
             flush()

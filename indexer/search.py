@@ -8,7 +8,7 @@ from pathlib import Path
 
 from engine.encoder import Encoder
 from engine.errors import EngineError
-from indexer.store import Store, check_compatible
+from indexer.store import Store, check_compatible, reporting_damage
 
 SNIPPET_CHARS = 240
 
@@ -60,7 +60,11 @@ def search(
         raise EngineError("-k must be at least 1")
     encoder = encoder or load_encoder_for(store)
     vectors = encoder.encode_queries(list(queries), instruction)
-    scores, ids = store.search(vectors, k)
+    with reporting_damage(store.folder):
+        return _hits(store, *store.search(vectors, k))
+
+
+def _hits(store: Store, scores, ids) -> list[list[Hit]]:
     results = []
     for row_scores, row_ids in zip(scores, ids, strict=True):
         valid = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]

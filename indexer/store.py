@@ -3,9 +3,14 @@
 Crash safety comes from one rule: SQLite is the source of truth and every change
 is one SQLite transaction. The FAISS file is a snapshot of the vectors table,
 named by the generation it reflects and replaced atomically; when it is missing
-or stale (a run was killed after a commit) it is rebuilt from SQLite. A
+or stale (a run was killed after a commit) it is rebuilt from SQLite. Each
+snapshot's SHA-256, vector count and generation are recorded in SQLite when it
+is written and verified when it is read, so a damaged snapshot is rebuilt,
+never searched. A first run publishes its database after its first checkpoint
+(a killed first run resumes, searches answer from what is committed); a
 ``--rebuild`` writes a new database next to the old one and switches the
 ``CURRENT`` pointer only when it is complete, so the old index answers until then.
+A lost pointer is recovered from the last published database, never replaced.
 
 Layout of an index folder::
 
@@ -18,11 +23,14 @@ Layout of an index folder::
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
+import sys
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +44,38 @@ from engine import __version__
 from engine.errors import EngineError
 
 POINTER = "CURRENT"
+# The settings key of the last snapshot written: {"file", "generation", "vectors", "sha256"}.
+SNAPSHOT_KEY = "snapshot"
+# PRAGMA quick_check reads the whole file: done on open up to this size, always by `engine check`.
+QUICK_CHECK_MAX_BYTES = 512 * 2**20
+# Snapshot states that are no damage: rebuilt from SQLite without a warning.
+QUIET_SNAPSHOT_PROBLEMS = ("missing", "unrecorded")
+# Settings every index has; without them the database cannot be used or repaired.
+REQUIRED_SETTINGS = ("model", "fingerprint", "dim", "max_length")
+
+
+def repair_hint(folder: Path) -> str:
+    return f"run `engine check --repair --index {folder}`"
+
+
+def rebuild_hint(folder: Path) -> str:
+    return f"re-index with `engine index CORPUS --index {folder} --rebuild`"
+
+
+@contextmanager
+def reporting_damage(folder: str | Path) -> Iterator[None]:
+    """SQLite errors from a damaged database become one line that names the repair."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise EngineError(
+            f"index database at {folder} is damaged ({exc}); {repair_hint(Path(folder))}"
+        ) from None
+
+
+def warn(message: str) -> None:
+    """One line on stderr: something was wrong and has been dealt with."""
+    print(f"Warning: {message}", file=sys.stderr, flush=True)
 
 
 def utc_now() -> str:
@@ -91,30 +131,72 @@ class Store:
         self.db_name = db_name
         self.db = db
         self._faiss: faiss.Index | None = None
+        self._faiss_verified = False
+        # A first run publishes after its first checkpoint (see Writer).
+        self.publish_on_commit = False
 
     # ------------------------------------------------------------- opening
     @classmethod
-    def open(cls, folder: str | Path) -> Store:
-        """Open an existing index for reading; a clear error if it is missing or broken."""
+    def open(cls, folder: str | Path, *, quick_check: bool = True) -> Store:
+        """Open an existing index; a one-line error naming the repair if it is missing or broken."""
         folder = Path(folder)
         pointer = folder / POINTER
         if not pointer.is_file():
+            if published_databases(folder):
+                raise EngineError(
+                    f"index at {folder} has lost its {POINTER} pointer; {repair_hint(folder)}"
+                )
             raise EngineError(f"no index at {folder} (run `engine index` first)")
-        try:
-            db_name = json.loads(pointer.read_text())["db"]
-        except (ValueError, KeyError, TypeError):
-            raise EngineError(f"index at {folder} is corrupt: unreadable {POINTER} file") from None
-        if not (folder / db_name).is_file():
-            raise EngineError(f"index at {folder} is corrupt: {db_name} is missing")
-        store = cls(folder, db_name, _connect(folder / db_name))
-        try:
-            if store.db.execute("PRAGMA user_version").fetchone()[0] > len(MIGRATIONS):
-                raise EngineError(f"index at {folder} was made by a newer engine; upgrade engine")
-            migrate(store.db)
-            store.settings  # noqa: B018 - read once to validate
-        except sqlite3.DatabaseError as exc:
-            raise EngineError(f"index at {folder} is corrupt: {exc}") from None
+        db_name = read_pointer(folder)
+        if db_name is None:
+            raise EngineError(
+                f"index at {folder} is corrupt: unreadable {POINTER} file; {repair_hint(folder)}"
+            )
+        return cls.open_database(folder, db_name, quick_check=quick_check)
+
+    @classmethod
+    def open_database(cls, folder: Path, db_name: str, *, quick_check: bool = True) -> Store:
+        """Open one database of ``folder`` (current or not), checking what is cheap to check."""
+        path = folder / db_name
+        if not path.is_file():
+            raise EngineError(
+                f"index at {folder} is corrupt: {db_name} is missing; {repair_hint(folder)}"
+            )
+        if path.stat().st_size == 0:
+            raise EngineError(
+                f"index database at {folder} is empty (0 bytes); {rebuild_hint(folder)}"
+            )
+        with reporting_damage(folder):
+            store = cls(folder, db_name, _connect(path))
+            try:
+                store._validate(quick_check and path.stat().st_size <= QUICK_CHECK_MAX_BYTES)
+            except BaseException:
+                store.close()
+                raise
         return store
+
+    def _validate(self, quick_check: bool) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise EngineError(f"index at {self.folder} was made by a newer engine; upgrade engine")
+        if version == 0:
+            raise EngineError(
+                f"index database at {self.folder} has no index in it; {rebuild_hint(self.folder)}"
+            )
+        if quick_check:
+            problems = quick_check_problems(self.db)
+            if problems:
+                raise EngineError(
+                    f"index database at {self.folder} is damaged ({problems[0]}); "
+                    f"{repair_hint(self.folder)}"
+                )
+        migrate(self.db)
+        missing = [key for key in REQUIRED_SETTINGS if key not in self.settings]
+        if missing:
+            raise EngineError(
+                f"index database at {self.folder} lacks its settings ({', '.join(missing)}); "
+                f"{rebuild_hint(self.folder)}"
+            )
 
     @classmethod
     def create(cls, folder: str | Path, settings: dict[str, Any]) -> Store:
@@ -129,17 +211,19 @@ class Store:
         return store
 
     def publish(self) -> None:
-        """Make this database the current one (atomic pointer swap) and drop the old files."""
+        """Make this database the current one (atomic pointer swap) and drop the old files.
+
+        The ``published`` setting is what pointer recovery trusts: only a database
+        that was once current can take the pointer back.
+        """
         self.write_faiss()
+        self.write_settings({"published": utc_now()})
         _atomic_write(self.folder / POINTER, json.dumps({"db": self.db_name}) + "\n")
         self.remove_stale_files()
 
     @property
     def is_current(self) -> bool:
-        try:
-            return json.loads((self.folder / POINTER).read_text())["db"] == self.db_name
-        except (OSError, ValueError, KeyError):
-            return False
+        return read_pointer(self.folder) == self.db_name
 
     def close(self) -> None:
         self.db.conn.close()
@@ -233,6 +317,7 @@ class Store:
                 )
                 new_ids.append(doc_id)
             self._put_settings({"generation": self.generation + 1, "updated": now})
+        self._faiss_verified = False
         if index is not None:
             replaced = list(remove) + [r["id"] for r in upsert if r.get("id") is not None]
             if replaced:
@@ -242,6 +327,9 @@ class Store:
                     np.ascontiguousarray(vectors, dtype=np.float32),
                     np.asarray(new_ids, dtype=np.int64),
                 )
+        if self.publish_on_commit:
+            self.publish_on_commit = False
+            self.publish()
 
     # --------------------------------------------------------------- FAISS
     def faiss_path(self, generation: int | None = None) -> Path:
@@ -249,20 +337,52 @@ class Store:
         return self.folder / f"{Path(self.db_name).stem}.{generation}.faiss"
 
     def load_faiss(self) -> faiss.Index:
-        """The FAISS snapshot for the current generation, rebuilt from SQLite if stale or broken."""
+        """The FAISS snapshot for the current generation, verified against its recorded checksum.
+
+        A stale snapshot (a run was killed after a commit) is rebuilt from SQLite
+        quietly; a damaged one (checksum, count or format) with a one-line warning.
+        """
         if self._faiss is not None:
             return self._faiss
-        path = self.faiss_path()
+        problem = self.snapshot_problem()
         index = None
-        if path.is_file():
-            try:
-                index = faiss.read_index(str(path))
-            except RuntimeError:
-                index = None
-            if index is not None and index.ntotal != self.count():
-                index = None
+        if problem is None:
+            index = self._read_snapshot()
+            if index is None:
+                problem = "unreadable"
+        if problem not in (None, *QUIET_SNAPSHOT_PROBLEMS):
+            warn(
+                f"FAISS snapshot {self.faiss_path().name} is damaged ({problem}); "
+                "rebuilt it from the database"
+            )
+        self._faiss_verified = index is not None
         self._faiss = index if index is not None else self.rebuild_faiss()
         return self._faiss
+
+    def snapshot_problem(self) -> str | None:
+        """Why the snapshot of the current generation cannot be trusted, or None if it can.
+
+        "missing" and "unrecorded" (no checksum: an older engine, or a writer killed
+        between writing the file and recording it) are normal; anything else is damage.
+        """
+        path = self.faiss_path()
+        if not path.is_file():
+            return "missing"
+        record = self.settings.get(SNAPSHOT_KEY)
+        if not isinstance(record, dict) or record.get("file") != path.name:
+            return "unrecorded"
+        if record.get("vectors") != self.count():
+            return f"{record.get('vectors')} vectors recorded, {self.count()} in the database"
+        if file_sha256(path) != record.get("sha256"):
+            return "checksum mismatch"
+        return None
+
+    def _read_snapshot(self) -> faiss.Index | None:
+        try:
+            index = faiss.read_index(str(self.faiss_path()))
+        except RuntimeError:
+            return None
+        return index if index.ntotal == self.count() else None
 
     def rebuild_faiss(self) -> faiss.Index:
         dim = int(self.settings["dim"])
@@ -276,16 +396,31 @@ class Store:
         return index
 
     def write_faiss(self) -> None:
-        """Write the snapshot for the current generation (temp file + atomic rename)."""
+        """Write the snapshot for the current generation (temp file + atomic rename) and record
+        its checksum, vector count and generation; a verified snapshot is kept as it is."""
         index = self.load_faiss()
         path = self.faiss_path()
-        if path.is_file():
+        if self._faiss_verified and path.is_file() and self.snapshot_problem() is None:
             return
         tmp = path.with_suffix(".faiss.tmp")
         faiss.write_index(index, str(tmp))
         _fsync_file(tmp)
+        record = {
+            "file": path.name,
+            "generation": self.generation,
+            "vectors": int(index.ntotal),
+            "sha256": file_sha256(tmp),
+        }
         os.replace(tmp, path)
         _fsync_dir(self.folder)
+        self.write_settings({SNAPSHOT_KEY: record})
+        self._faiss_verified = True
+
+    def rewrite_snapshot(self) -> None:
+        """Rebuild the snapshot from SQLite and write it, whatever is on disk (repair)."""
+        self._faiss = self.rebuild_faiss()
+        self._faiss_verified = False
+        self.write_faiss()
 
     def remove_stale_files(self) -> None:
         """Old FAISS snapshots and databases that no pointer names any more."""
@@ -314,40 +449,173 @@ class Store:
 
 
 class Writer:
-    """The one writer of an index folder: holds the lock, picks or creates the database."""
+    """The one writer of an index folder: holds the lock, picks or creates the database.
+
+    A new index (first run, or a rebuild with nothing to keep answering) is
+    published at its first checkpoint; a rebuild of a live index only at the end.
+    A lost pointer is recovered from the last published database.
+    """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], *, rebuild: bool) -> None:
         self.folder = Path(folder)
         self.settings = settings
         self.rebuild = rebuild
-        self._lock_file = None
+        self._lock: WriterLock | None = None
         self.store: Store | None = None
 
     def __enter__(self) -> Store:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.folder / "lock", "w")  # noqa: SIM115 - held for the run
+        self._lock = WriterLock(self.folder)
+        self._lock.acquire()
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise EngineError(f"another `engine index` is writing {self.folder}") from None
+            self.store = self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self.store
+
+    def _open(self) -> Store:
+        current = read_pointer(self.folder)
+        if current is None or not (self.folder / current).is_file():
+            recovered = recover_pointer(self.folder)
+            if recovered is None and not self.rebuild:
+                refuse_unknown_databases(self.folder)
         if self.rebuild or not (self.folder / POINTER).is_file():
-            self.store = Store.create(self.folder, self.settings)
-            return self.store
+            store = Store.create(self.folder, self.settings)
+            store.publish_on_commit = not (self.folder / POINTER).is_file()
+            return store
         store = Store.open(self.folder)
         check_compatible(store.settings, self.settings, self.folder)
-        store.write_settings({"engine_version": self.settings["engine_version"]})
-        self.store = store
+        with reporting_damage(self.folder):
+            store.write_settings({"engine_version": self.settings["engine_version"]})
         return store
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None and self.store is not None:
-                self.store.publish()
+                with reporting_damage(self.folder):
+                    self.store.publish()
         finally:
             if self.store is not None:
                 self.store.close()
-            if self._lock_file is not None:
-                self._lock_file.close()
+            if self._lock is not None:
+                self._lock.release()
+
+
+class WriterLock:
+    """The lock every writer of a folder holds (``engine index``, ``engine check --repair``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._file = None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.folder / "lock", "w")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.release()
+            raise EngineError(f"another `engine index` is writing {self.folder}") from None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def indexed_settings(folder: Path) -> dict[str, Any] | None:
+    """Settings of the index a writer of ``folder`` continues (current or recoverable), else None."""
+    current = read_pointer(folder)
+    if current is None or not (folder / current).is_file():
+        published = published_databases(folder)
+        if not published:
+            return None
+        current = published[0][1]
+    store = Store.open_database(folder, current)
+    try:
+        return store.settings
+    finally:
+        store.close()
+
+
+def read_pointer(folder: Path) -> str | None:
+    """The database name ``CURRENT`` names, or None if it is missing or unreadable."""
+    try:
+        name = json.loads((folder / POINTER).read_text())["db"]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return name if isinstance(name, str) and "/" not in name else None
+
+
+def database_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("index-*.db")) if folder.is_dir() else []
+
+
+def published_databases(folder: Path) -> list[tuple[str, str]]:
+    """(published time, name) of every readable database that was once current, newest first."""
+    found = []
+    for path in database_files(folder):
+        if path.stat().st_size == 0:
+            continue
+        try:
+            uri = f"file:{path}?mode=ro"
+            with sqlite3.connect(uri, uri=True, timeout=5) as conn:
+                row = conn.execute("SELECT value FROM settings WHERE key = 'published'").fetchone()
+        except sqlite3.Error:
+            continue
+        if row is not None:
+            found.append((json.loads(row[0]), path.name))
+        conn.close()
+    return sorted(found, reverse=True)
+
+
+def recover_pointer(folder: Path) -> str | None:
+    """Point ``CURRENT`` back at the last published database, if there is one (writers only)."""
+    published = published_databases(folder)
+    if not published:
+        return None
+    name = published[0][1]
+    _atomic_write(folder / POINTER, json.dumps({"db": name}) + "\n")
+    warn(f"{POINTER} pointer of {folder} was lost; recovered it from {name}")
+    return name
+
+
+def refuse_unknown_databases(folder: Path) -> None:
+    """No pointer and nothing published, yet databases with documents: never start over silently."""
+    for path in database_files(folder):
+        try:
+            uri = f"file:{path}?mode=ro"
+            with sqlite3.connect(uri, uri=True, timeout=5) as conn:
+                documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            conn.close()
+        except sqlite3.Error:
+            continue
+        if documents:
+            raise EngineError(
+                f"index at {folder} has no {POINTER} pointer but {path.name} holds "
+                f"{documents} documents; {repair_hint(folder)} or {rebuild_hint(folder)}"
+            )
+
+
+def quick_check_problems(db: sqlite_utils.Database) -> list[str]:
+    """What SQLite's quick_check finds wrong (structure, not content); empty when sound."""
+    rows = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    return [] if rows == ["ok"] else rows
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_compatible(stored: dict[str, Any], wanted: dict[str, Any], folder: Path) -> None:

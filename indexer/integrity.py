@@ -1,0 +1,352 @@
+"""``engine check``: verify every file of an index folder and repair what can be rebuilt.
+
+What is verified: the ``CURRENT`` pointer names a database that exists; SQLite's
+own structure (``PRAGMA quick_check``); the settings an index needs (model,
+fingerprint, dimension, max length); documents and vectors one to one, every
+vector of the right size; the FAISS snapshot against the checksum, vector count
+and generation recorded when it was written.
+
+What is repaired, always from what is sound: a lost pointer is pointed back at
+the last published database; a damaged database is salvaged row by row into a
+fresh one (documents whose vector is lost are left out, so the next
+``engine index`` re-encodes them); a damaged or missing snapshot is rebuilt from
+SQLite. A database whose settings are gone cannot be repaired: re-index.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from indexer.store import (
+    POINTER,
+    QUIET_SNAPSHOT_PROBLEMS,
+    REQUIRED_SETTINGS,
+    SNAPSHOT_KEY,
+    Store,
+    WriterLock,
+    _atomic_write,
+    database_files,
+    published_databases,
+    read_pointer,
+    rebuild_hint,
+    warn,
+)
+
+# Settings that describe one database's history, not the index: a salvaged copy starts afresh.
+_HISTORY_SETTINGS = {SNAPSHOT_KEY, "published", "generation", "updated"}
+_DOCUMENT_COLUMNS = (
+    "id",
+    "doc_id",
+    "source",
+    "title",
+    "text",
+    "content_hash",
+    "token_count",
+    "created",
+    "updated",
+)
+
+
+@dataclass
+class Finding:
+    """The result of one check: ``check`` names what was looked at."""
+
+    check: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    index: str
+    database: str | None
+    findings: list[Finding] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+    # After a repair: the findings of the check run again on the result.
+    after: list[Finding] | None = None
+
+    @property
+    def ok(self) -> bool:
+        final = self.after if self.after is not None else self.findings
+        return all(f.ok for f in final)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "database": self.database,
+            "ok": self.ok,
+            "findings": [asdict(f) for f in self.findings],
+            "repairs": self.repairs,
+            "after_repair": None if self.after is None else [asdict(f) for f in self.after],
+        }
+
+
+def check_index(folder: str | Path, *, repair: bool = False) -> CheckReport:
+    """Verify ``folder``; with ``repair``, rebuild what can be rebuilt (under the writer lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EngineError(f"no index at {folder}")
+    if not repair:
+        return _inspect(folder)
+    with WriterLock(folder):
+        report = _inspect(folder)
+        if report.ok:
+            return report
+        report.repairs = _repair(folder, report)
+        again = _inspect(folder)
+        report.after = again.findings
+        report.database = again.database
+        return report
+
+
+# ------------------------------------------------------------------ checks
+def _inspect(folder: Path) -> CheckReport:
+    name, pointer = _check_pointer(folder)
+    report = CheckReport(index=str(folder), database=name, findings=[pointer])
+    if name is None:
+        return report
+    path = folder / name
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        report.findings.append(Finding("database", False, f"{name} is empty (0 bytes)"))
+        return report
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        report.findings.append(Finding("database", False, f"{name} cannot be opened ({exc})"))
+        return report
+    try:
+        report.findings.extend(_check_database(conn, name))
+    finally:
+        conn.close()
+    if all(f.ok for f in report.findings if f.check != "pointer"):
+        report.findings.append(_check_snapshot(folder, name))
+    return report
+
+
+def _check_pointer(folder: Path) -> tuple[str | None, Finding]:
+    """The database to check and what the pointer says about it."""
+    current = read_pointer(folder)
+    if current is not None and (folder / current).is_file():
+        return current, Finding("pointer", True, f"{POINTER} names {current}")
+    if current is None:
+        problem = (
+            f"{POINTER} is missing"
+            if not (folder / POINTER).exists()
+            else f"{POINTER} is unreadable"
+        )
+    else:
+        problem = f"{POINTER} names {current}, which is missing"
+    candidate = _recoverable_database(folder)
+    if candidate is None:
+        return None, Finding("pointer", False, f"{problem}; no database to recover it from")
+    return candidate, Finding("pointer", False, f"{problem}; recoverable from {candidate}")
+
+
+def _recoverable_database(folder: Path) -> str | None:
+    """The last published database; else the sound one with the most documents."""
+    published = published_databases(folder)
+    if published:
+        return published[0][1]
+    best, most = None, 0
+    for path in database_files(folder):
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue
+        if documents > most:
+            best, most = path.name, documents
+    return best
+
+
+def _check_database(conn: sqlite3.Connection, name: str) -> list[Finding]:
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return [Finding("database", False, f"{name} is not a sound SQLite database ({exc})")]
+    if problems != ["ok"]:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return [Finding("database", False, f"SQLite quick_check: {problems[0]}{more}")]
+    findings = [Finding("database", True, "SQLite quick_check: ok")]
+    try:
+        settings = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM settings")}
+    except (sqlite3.DatabaseError, ValueError) as exc:
+        return [*findings, Finding("settings", False, f"settings unreadable ({exc})")]
+    missing = [key for key in REQUIRED_SETTINGS if not settings.get(key)]
+    if missing:
+        return [*findings, Finding("settings", False, f"no {', '.join(missing)} recorded")]
+    findings.append(
+        Finding(
+            "model",
+            True,
+            f"{settings['model']} (fingerprint {str(settings['fingerprint'])[:12]}), "
+            f"dim {settings['dim']}, max {settings['max_length']} tokens",
+        )
+    )
+    findings.append(_check_rows(conn, int(settings["dim"])))
+    return findings
+
+
+def _check_rows(conn: sqlite3.Connection, dim: int) -> Finding:
+    """Documents and vectors one to one, every vector ``dim`` float32 values."""
+    try:
+        documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        vectors = conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
+        no_vector = conn.execute(
+            "SELECT count(*) FROM documents WHERE id NOT IN (SELECT id FROM vectors)"
+        ).fetchone()[0]
+        no_document = conn.execute(
+            "SELECT count(*) FROM vectors WHERE id NOT IN (SELECT id FROM documents)"
+        ).fetchone()[0]
+        bad_size = conn.execute(
+            "SELECT count(*) FROM vectors WHERE length(vector) != ?", (dim * 4,)
+        ).fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        return Finding("documents", False, f"documents or vectors unreadable ({exc})")
+    problems = []
+    if no_vector:
+        problems.append(f"{no_vector} documents without a vector")
+    if no_document:
+        problems.append(f"{no_document} vectors without a document")
+    if bad_size:
+        problems.append(f"{bad_size} vectors of the wrong size")
+    detail = f"{documents} documents, {vectors} vectors"
+    if problems:
+        return Finding("documents", False, f"{detail}: {'; '.join(problems)}")
+    return Finding("documents", True, f"{detail}, one to one")
+
+
+def _check_snapshot(folder: Path, name: str) -> Finding:
+    store = Store.open_database(folder, name, quick_check=False)
+    try:
+        path = store.faiss_path()
+        problem = store.snapshot_problem()
+    finally:
+        store.close()
+    if problem is None:
+        return Finding("snapshot", True, f"{path.name} matches its recorded checksum")
+    if problem in QUIET_SNAPSHOT_PROBLEMS:
+        # A run killed after a commit leaves no snapshot of the last generation: no damage.
+        return Finding("snapshot", True, f"{path.name} not written yet (built from SQLite on open)")
+    return Finding("snapshot", False, f"{path.name}: {problem}")
+
+
+# ----------------------------------------------------------------- repairs
+def _repair(folder: Path, report: CheckReport) -> list[str]:
+    done: list[str] = []
+    failed = {f.check: f for f in report.findings if not f.ok}
+    name = report.database
+    if name is None:
+        raise EngineError(
+            f"index at {folder} has no database left to repair; {rebuild_hint(folder)}"
+        )
+    if {"database", "settings"} & failed.keys():
+        if "settings" in failed or not _settings_readable(folder / name):
+            raise EngineError(
+                f"the database of {folder} has lost its settings and cannot be repaired; "
+                f"{rebuild_hint(folder)}"
+            )
+    if "pointer" in failed:
+        _atomic_write(folder / POINTER, json.dumps({"db": name}) + "\n")
+        done.append(f"pointed {POINTER} back at {name}")
+    if {"database", "documents"} & failed.keys():
+        done.append(_salvage(folder, name))
+    if "snapshot" in failed and not {"database", "documents"} & failed.keys():
+        store = Store.open_database(folder, name, quick_check=False)
+        try:
+            store.rewrite_snapshot()
+            done.append(
+                f"rebuilt the FAISS snapshot {store.faiss_path().name} from the database "
+                f"({store.count()} vectors)"
+            )
+        finally:
+            store.close()
+    return done
+
+
+def _settings_readable(path: Path) -> bool:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            keys = {row[0] for row in conn.execute("SELECT key FROM settings")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return set(REQUIRED_SETTINGS) <= keys
+
+
+def _salvage(folder: Path, name: str) -> str:
+    """Copy every readable document that has a sound vector into a fresh database and publish it."""
+    conn = sqlite3.connect(f"file:{folder / name}?mode=ro", uri=True, timeout=30)
+    try:
+        settings = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM settings")}
+        width = int(settings["dim"]) * 4
+        store = Store.create(
+            folder, {k: v for k, v in settings.items() if k not in _HISTORY_SETTINGS}
+        )
+        kept = dropped = 0
+        try:
+            with store.db.atomic():
+                for row in _readable_rows(conn):
+                    vector = _vector(conn, row[0])
+                    if vector is None or len(vector) != width:
+                        dropped += 1
+                        continue
+                    store.db["documents"].insert(dict(zip(_DOCUMENT_COLUMNS, row, strict=True)))
+                    store.db.conn.execute(
+                        "INSERT INTO vectors (id, vector) VALUES (?, ?)", (row[0], vector)
+                    )
+                    kept += 1
+                store._put_settings({"generation": 1})
+            store.publish()
+        finally:
+            store.close()
+    finally:
+        conn.close()
+    lost = f"; {dropped} without a sound vector left out" if dropped else ""
+    return (
+        f"salvaged {kept} documents from the damaged {name} into {store.db_name}{lost} "
+        "(the next `engine index` run re-encodes whatever is missing)"
+    )
+
+
+def _readable_rows(conn: sqlite3.Connection) -> Iterator[tuple]:
+    """Document rows in id order, stepping over rows a damaged page makes unreadable."""
+    columns = ", ".join(_DOCUMENT_COLUMNS)
+    try:
+        top = conn.execute("SELECT max(seq) FROM sqlite_sequence").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        top = 0
+    last = 0
+    while True:
+        try:
+            for row in conn.execute(
+                f"SELECT {columns} FROM documents WHERE id > ? ORDER BY id", (last,)
+            ):
+                last = row[0]
+                yield row
+            return
+        except sqlite3.DatabaseError:
+            last += 1
+            if last > top:
+                warn(f"the documents table is unreadable past id {last}; the rest is left out")
+                return
+
+
+def _vector(conn: sqlite3.Connection, doc_id: int) -> bytes | None:
+    try:
+        row = conn.execute("SELECT vector FROM vectors WHERE id = ?", (doc_id,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else bytes(row[0])
