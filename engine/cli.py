@@ -171,9 +171,35 @@ def index(
         click.echo(f"Kept the indexed documents of {len(report.kept_sources)} unreadable files.")
 
 
+collection_option = click.option(
+    "--collection",
+    default="engine",
+    show_default=True,
+    envvar="ENGINE_MILVUS_COLLECTION",
+    show_envvar=True,
+    help="Milvus collection.",
+)
+token_option = click.option(
+    "--token",
+    envvar="ENGINE_MILVUS_TOKEN",
+    show_envvar=True,
+    help="Milvus token (user:password or an API key) for a server that needs one.",
+)
+
+
 @cli.command()
 @click.argument("query")
 @index_option
+@click.option(
+    "--backend",
+    metavar="URI",
+    envvar="ENGINE_BACKEND",
+    show_envvar=True,
+    help="Search a Milvus collection written by `engine export milvus` instead of the local "
+    "index: a Milvus Lite path (./vectors.db) or a server (http://host:19530).",
+)
+@collection_option
+@token_option
 @click.option("--instruct", "instruction", help="Task instruction for this query.")
 @click.option(
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
@@ -185,6 +211,9 @@ def index(
 def search(
     query: str,
     index_dir: Path,
+    backend: str | None,
+    collection: str,
+    token: str | None,
     instruction: str | None,
     no_instruct: bool,
     k: int,
@@ -203,6 +232,8 @@ def search(
       engine search "how do plants make sugar"
       engine search "how do plants make sugar" --instruct "Given a question, retrieve passages that answer it" -k 5
       engine search "TCP handshake" --no-instruct --json
+      engine search "TCP handshake" --backend ./vectors.db
+      engine search "TCP handshake" --backend http://milvus.internal:19530 --token root:Milvus
     """
     from indexer.search import load_encoder_for
     from indexer.search import search as run_search
@@ -212,13 +243,18 @@ def search(
         raise EngineError("empty query")
     if instruction and no_instruct:
         raise EngineError("--instruct and --no-instruct exclude each other")
-    store = Store.open(index_dir)
+    if backend:
+        from indexer.milvus import MilvusIndex
+
+        searched = MilvusIndex.open(backend, collection, token)
+    else:
+        searched = Store.open(index_dir)
     if no_instruct:
         instruction = None
     elif instruction is None:
-        instruction = store.settings.get("default_instruction")
-    encoder = load_encoder_for(store, model, device)
-    hits = run_search(store, [query], k=k, instruction=instruction, encoder=encoder)[0]
+        instruction = searched.settings.get("default_instruction")
+    encoder = load_encoder_for(searched, model, device)
+    hits = run_search(searched, [query], k=k, instruction=instruction, encoder=encoder)[0]
     if as_json:
         for hit in hits:
             click.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
@@ -232,6 +268,88 @@ def search(
         title = f"  {hit.title}" if hit.title else ""
         click.echo(f"{hit.rank:>3}. {hit.score:.4f}  {where}{title}")
         click.echo(f"     {hit.snippet}")
+
+
+@cli.group()
+def export() -> None:
+    """Copy an index's vectors and documents into another system.
+
+    \b
+    Examples:
+      engine export milvus ./vectors.db
+      engine export milvus http://milvus.internal:19530 --token root:Milvus --index-type hnsw
+    """
+
+
+@export.command("milvus")
+@click.argument("uri")
+@index_option
+@collection_option
+@token_option
+@click.option(
+    "--index-type",
+    default="auto",
+    show_default=True,
+    help="Milvus vector index: flat (exact), hnsw, ivf (IVF_FLAT), ivf-sq8, autoindex; auto "
+    "keeps an existing collection's index, else flat below 100k documents and hnsw above.",
+)
+@click.option(
+    "--rebuild", is_flag=True, help="Drop the collection first (also one made by another model)."
+)
+@quiet_option()
+@json_option()
+def export_milvus(
+    uri: str,
+    index_dir: Path,
+    collection: str,
+    token: str | None,
+    index_type: str,
+    rebuild: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Mirror the index into a Milvus collection at URI.
+
+    URI is a Milvus Lite path ending in .db (embedded, no server) or a server
+    address (http://host:19530). Re-running upserts only documents that changed
+    since the last export and deletes those removed from the index. The
+    collection remembers the model, so `engine search --backend URI` embeds
+    queries the same way and refuses a collection made by another model.
+
+    \b
+    Examples:
+      engine export milvus ./vectors.db
+      engine export milvus ./vectors.db --index-type hnsw
+      engine export milvus http://localhost:19530 --collection scifact --token root:Milvus
+    """
+    from indexer.milvus import export_index
+    from indexer.store import Store
+
+    store = Store.open(index_dir)
+    try:
+        report = export_index(
+            store,
+            uri,
+            collection=collection,
+            token=token,
+            index_type=index_type,
+            rebuild=rebuild,
+            progress=not quiet and not as_json,
+        )
+    finally:
+        store.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"index": str(index_dir), "uri": uri, "collection": collection, **report.to_dict()}
+            )
+        )
+        return
+    click.echo(
+        f"Exported {index_dir} to collection {collection!r} at {uri} ({report.index_type}): "
+        f"{report.upserted} upserted, {report.removed} removed, {report.unchanged} unchanged; "
+        f"{report.total} documents in {report.seconds:.1f}s."
+    )
 
 
 @cli.command()

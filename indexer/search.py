@@ -1,10 +1,14 @@
-"""Query -> prompt -> encoder -> store -> hits."""
+"""Query -> prompt -> encoder -> store (or a Milvus collection) -> hits."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
 
 from engine.encoder import Encoder
 from engine.errors import EngineError
@@ -27,48 +31,52 @@ class Hit:
         return asdict(self)
 
 
+class SearchIndex(Protocol):
+    """What search needs from where the vectors live: the local store or a Milvus collection."""
+
+    @property
+    def settings(self) -> dict[str, Any]: ...
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def get(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
+
+
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
-def load_encoder_for(store: Store, model: str | None = None, device: str | None = None) -> Encoder:
+def describe_index(index: SearchIndex) -> str:
+    """How errors name an index: ``index at DIR`` or the Milvus collection's own name."""
+    return f"index at {index.folder}" if isinstance(index, Store) else str(index)
+
+
+def load_encoder_for(
+    index: SearchIndex, model: str | None = None, device: str | None = None
+) -> Encoder:
     """The encoder an index was built with; a different ``model`` is refused."""
-    settings = store.settings
+    settings = index.settings
     encoder = Encoder.load(model or settings["model"], device=device)
     # The model first: a length error would hide that the model is the wrong one.
     check_compatible(
-        settings, {**encoder.describe(), "max_length": settings["max_length"]}, store.folder
+        settings,
+        {**encoder.describe(), "max_length": settings["max_length"]},
+        describe_index(index),
+        fix="search it with the model it was built with",
     )
     encoder.set_max_length(settings["max_length"])
     return encoder
 
 
-def search(
-    index_dir: str | Path | Store,
-    queries: Sequence[str],
-    *,
-    k: int = 10,
-    instruction: str | None = None,
-    encoder: Encoder | None = None,
+def make_hits(
+    scores: np.ndarray, ids: np.ndarray, rows: Mapping[int, Mapping[str, Any]]
 ) -> list[list[Hit]]:
-    """Top-``k`` hits per query. ``instruction`` changes only the query embedding."""
-    store = index_dir if isinstance(index_dir, Store) else Store.open(index_dir)
-    if any(not q.strip() for q in queries):
-        raise EngineError("empty query")
-    if k < 1:
-        raise EngineError("-k must be at least 1")
-    encoder = encoder or load_encoder_for(store)
-    vectors = encoder.encode_queries(list(queries), instruction)
-    with reporting_damage(store.folder):
-        return _hits(store, *store.search(vectors, k))
-
-
-def _hits(store: Store, scores, ids) -> list[list[Hit]]:
+    """Ranked hits per query from search results and document rows (ids < 0 are empty slots)."""
     results = []
     for row_scores, row_ids in zip(scores, ids, strict=True):
         valid = [(float(s), int(i)) for s, i in zip(row_scores, row_ids, strict=True) if i >= 0]
-        rows = {r["id"]: r for r in store.get(i for _, i in valid)}
+        found = [(score, doc) for score, doc in valid if doc in rows]
         results.append(
             [
                 Hit(
@@ -80,8 +88,34 @@ def _hits(store: Store, scores, ids) -> list[list[Hit]]:
                     title=rows[doc]["title"],
                     snippet=snippet(rows[doc]["text"]),
                 )
-                for rank, (score, doc) in enumerate(valid, start=1)
-                if doc in rows
+                for rank, (score, doc) in enumerate(found, start=1)
             ]
         )
     return results
+
+
+def search(
+    index: str | Path | SearchIndex,
+    queries: Sequence[str],
+    *,
+    k: int = 10,
+    instruction: str | None = None,
+    encoder: Encoder | None = None,
+) -> list[list[Hit]]:
+    """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
+
+    ``index`` is an index folder, an open :class:`Store`, or an open
+    :class:`indexer.milvus.MilvusIndex`.
+    """
+    index = Store.open(index) if isinstance(index, (str, Path)) else index
+    if any(not q.strip() for q in queries):
+        raise EngineError("empty query")
+    if k < 1:
+        raise EngineError("-k must be at least 1")
+    encoder = encoder or load_encoder_for(index)
+    vectors = encoder.encode_queries(list(queries), instruction)
+    damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
+    with damage:
+        scores, ids = index.search(vectors, k)
+        rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
+    return make_hits(scores, ids, rows)

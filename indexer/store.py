@@ -271,6 +271,18 @@ class Store:
         }
         return [rows[i] for i in wanted if i in rows]
 
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of these documents, in the order asked (for exports)."""
+        wanted = [int(i) for i in ids]
+        marks = ",".join("?" * len(wanted))
+        blobs = dict(
+            self.db.execute(f"SELECT id, vector FROM vectors WHERE id IN ({marks})", wanted)
+        )
+        missing = [i for i in wanted if i not in blobs]
+        if missing:
+            raise EngineError(f"index at {self.folder} has no vector for documents {missing[:5]}")
+        return np.vstack([np.frombuffer(blobs[i], dtype=np.float32) for i in wanted])
+
     def stats(self) -> dict[str, Any]:
         tokens = self.db.execute("SELECT coalesce(sum(token_count), 0) FROM documents").fetchone()[
             0
@@ -484,7 +496,7 @@ class Writer:
             store.publish_on_commit = not (self.folder / POINTER).is_file()
             return store
         store = Store.open(self.folder)
-        check_compatible(store.settings, self.settings, self.folder)
+        check_compatible(store.settings, self.settings, f"index at {self.folder}")
         with reporting_damage(self.folder):
             store.write_settings({"engine_version": self.settings["engine_version"]})
         return store
@@ -618,20 +630,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_compatible(stored: dict[str, Any], wanted: dict[str, Any], folder: Path) -> None:
-    """Refuse to mix vectors from different models or lengths in one index."""
+def check_compatible(
+    stored: dict[str, Any],
+    wanted: dict[str, Any],
+    where: str,
+    fix: str = "use --rebuild to re-index",
+) -> None:
+    """Refuse to mix vectors from different models or lengths in one index (or collection).
+
+    ``where`` names the thing, e.g. ``index at ./.engine``.
+    """
     if stored.get("fingerprint") != wanted.get("fingerprint"):
         raise EngineError(
-            f"index at {folder} was built with model {stored.get('model')!r} "
+            f"{where} was built with model {stored.get('model')!r} "
             f"(fingerprint {str(stored.get('fingerprint'))[:12]}), not {wanted.get('model')!r} "
-            f"({str(wanted.get('fingerprint'))[:12]}); use --rebuild to re-index"
+            f"({str(wanted.get('fingerprint'))[:12]}); {fix}"
         )
     for key in ("max_length", "dim"):
         if stored.get(key) != wanted.get(key):
-            raise EngineError(
-                f"index at {folder} has {key}={stored.get(key)}, not {wanted.get(key)}; "
-                "use --rebuild to re-index"
-            )
+            raise EngineError(f"{where} has {key}={stored.get(key)}, not {wanted.get(key)}; {fix}")
 
 
 def index_settings(describe: dict[str, Any], default_instruction: str | None) -> dict[str, Any]:

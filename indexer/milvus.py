@@ -1,0 +1,389 @@
+"""Milvus as a second home for an index's vectors: export incrementally, search from there.
+
+An index outgrows one machine long before its encoder does (BEIR with a 4096-dim
+model is about 140 GB of fp32 vectors). Milvus serves FAISS-family indexes (HNSW,
+IVF, GPU CAGRA on a cluster) and scales out; Milvus Lite speaks the same
+``pymilvus`` API from a local ``.db`` folder, which is what the tests use.
+
+The local index stays the source of truth. ``export_index`` mirrors it into one
+collection: the primary key is the store's document id (the FAISS id), and each
+entity carries the document's id, source, title, text and content hash, so a
+re-export upserts only documents whose hash (or id/source) changed and deletes
+those gone from the index. The collection's properties hold the model name and
+fingerprint, dimension, length and default instruction: a collection made by
+another model is refused, and ``engine search --backend`` needs no local index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import __version__
+from engine.encoder import progress_bar
+from engine.errors import EngineError
+from indexer.store import Store, check_compatible, utc_now
+
+DEFAULT_COLLECTION = "engine"
+SETTINGS_PROPERTY = "engine.settings"
+# Settings of the local index that travel with the collection.
+CARRIED_SETTINGS = (
+    "model",
+    "fingerprint",
+    "dim",
+    "max_length",
+    "profile",
+    "default_instruction",
+    "metric",
+)
+TEXT_FIELDS = ("doc_id", "source", "title", "text", "content_hash")
+# Milvus caps a VARCHAR at 65535 bytes; longer values (in practice only texts) are cut.
+VARCHAR_BYTES = 65_535
+# Rows per upsert: stays well under gRPC's message limit even for 4096-dim vectors.
+UPSERT_ROWS = 256
+DELETE_IDS = 10_000
+CONNECT_SECONDS = 10.0
+# Below this many documents `auto` picks exact search (FLAT); above it HNSW.
+AUTO_FLAT_DOCUMENTS = 100_000
+
+# --index-type -> (Milvus index type, build params, search params). None: computed.
+INDEX_TYPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "flat": ("FLAT", {}, {}),
+    "hnsw": ("HNSW", {"M": 32, "efConstruction": 200}, {"ef": 128}),
+    "ivf": ("IVF_FLAT", {}, {"nprobe": 32}),
+    "ivf-sq8": ("IVF_SQ8", {}, {"nprobe": 32}),
+    "autoindex": ("AUTOINDEX", {}, {}),
+}
+INDEX_TYPE_CHOICES = ("auto", *INDEX_TYPES)
+
+
+@dataclass
+class ExportReport:
+    """What one export did."""
+
+    upserted: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    total: int = 0
+    index_type: str = ""
+    created: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "upserted": self.upserted,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "documents": self.total,
+            "index_type": self.index_type,
+            "created": self.created,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+
+
+def connect(uri: str, token: str | None = None, *, create: bool = False):
+    """A ``MilvusClient`` for a server address or a Milvus Lite ``.db`` path; one-line errors."""
+    if not is_server_uri(uri):
+        path = Path(uri)
+        if path.suffix != ".db":
+            raise EngineError(
+                f"Milvus URI {uri!r} is neither a server address (http://host:19530) "
+                "nor a Milvus Lite path ending in .db"
+            )
+        if not create and not path.exists():
+            raise EngineError(
+                f"no Milvus Lite database at {uri} (run `engine export milvus` first)"
+            )
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    # pymilvus logs each failed call with a traceback; the one-line EngineError says it all.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    try:
+        return MilvusClient(uri=uri, token=token or "", timeout=CONNECT_SECONDS)
+    except MilvusException as exc:
+        raise EngineError(f"cannot reach Milvus at {uri}: {_message(exc)}") from None
+
+
+class MilvusIndex:
+    """One collection written by :func:`export_index`, searchable like a :class:`Store`."""
+
+    def __init__(self, client, uri: str, collection: str, settings: dict[str, Any]) -> None:
+        self.client = client
+        self.uri = uri
+        self.collection = collection
+        self._settings = settings
+        self._rows: dict[int, dict[str, Any]] = {}
+
+    def __str__(self) -> str:
+        return f"Milvus collection {self.collection!r} at {self.uri}"
+
+    @classmethod
+    def open(
+        cls, uri: str, collection: str = DEFAULT_COLLECTION, token: str | None = None
+    ) -> MilvusIndex:
+        """Open an exported collection for searching; a clear error if it is not one."""
+        client = connect(uri, token)
+        with milvus_errors(uri):
+            if not client.has_collection(collection):
+                raise EngineError(
+                    f"no collection {collection!r} at {uri} (run `engine export milvus` first)"
+                )
+            settings = read_settings(client, collection, uri)
+            client.load_collection(collection)
+        return cls(client, uri, collection, settings)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self._settings
+
+    def count(self) -> int:
+        with milvus_errors(self.uri):
+            return int(self.client.get_collection_stats(self.collection)["row_count"])
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, -1 for empty slots, as FAISS returns them."""
+        params = dict(self._settings.get("search_params") or {})
+        if "ef" in params:
+            params["ef"] = max(params["ef"], k)
+        with milvus_errors(self.uri):
+            results = self.client.search(
+                self.collection,
+                data=np.asarray(vectors, dtype=np.float32).tolist(),
+                limit=k,
+                anns_field="vector",
+                output_fields=list(TEXT_FIELDS),
+                search_params={"metric_type": "IP", "params": params},
+            )
+        scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        for query, hits in enumerate(results):
+            for slot, hit in enumerate(hits):
+                ids[query, slot] = int(hit["id"])
+                scores[query, slot] = float(hit["distance"])
+                self._rows[int(hit["id"])] = {"id": int(hit["id"]), **hit["entity"]}
+        return scores, ids
+
+    def get(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """Document fields for ids, in the order asked (the last search's rows are at hand)."""
+        wanted = [int(i) for i in ids]
+        missing = [i for i in wanted if i not in self._rows]
+        if missing:
+            with milvus_errors(self.uri):
+                fetched = self.client.get(
+                    self.collection, ids=missing, output_fields=["id", *TEXT_FIELDS]
+                )
+            for row in fetched:
+                self._rows[int(row["id"])] = dict(row)
+        return [self._rows[i] for i in wanted if i in self._rows]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def export_index(
+    store: Store,
+    uri: str,
+    *,
+    collection: str = DEFAULT_COLLECTION,
+    token: str | None = None,
+    index_type: str = "auto",
+    rebuild: bool = False,
+    progress: bool = True,
+) -> ExportReport:
+    """Mirror ``store`` into a Milvus collection: upsert what changed, delete what is gone.
+
+    ``index_type`` ``auto`` keeps an existing collection's index, and for a new one
+    picks exact search (FLAT) below 100k documents and HNSW above. ``rebuild``
+    drops the collection first (also one made by another model).
+    """
+    if index_type not in INDEX_TYPE_CHOICES:
+        raise EngineError(
+            f"unknown --index-type {index_type!r}; choose one of {', '.join(INDEX_TYPE_CHOICES)}"
+        )
+    started = time.perf_counter()
+    report = ExportReport()
+    wanted = {key: store.settings.get(key) for key in CARRIED_SETTINGS}
+    client = connect(uri, token, create=True)
+    where = f"Milvus collection {collection!r} at {uri}"
+    try:
+        with milvus_errors(uri):
+            if rebuild and client.has_collection(collection):
+                client.drop_collection(collection)
+            if client.has_collection(collection):
+                stored = read_settings(client, collection, uri)
+                check_compatible(stored, wanted, where, fix="use --rebuild to replace it")
+                client.load_collection(collection)
+                if index_type not in ("auto", stored.get("index_type")):
+                    stored.update(_replace_index(client, collection, index_type, store.count()))
+                report.index_type = stored["index_type"]
+                remote = _remote_manifest(client, collection)
+            else:
+                chosen = _auto_index_type(store.count()) if index_type == "auto" else index_type
+                stored = {
+                    **wanted,
+                    **_create_collection(client, collection, wanted, chosen, store.count()),
+                }
+                report.index_type, report.created, remote = chosen, True, {}
+            local = {
+                stored_doc.id: _fit_all((doc_id, source, stored_doc.content_hash))
+                for (source, doc_id), stored_doc in store.existing().items()
+            }
+            changed = sorted(i for i, key in local.items() if remote.get(i) != key)
+            gone = sorted(set(remote) - set(local))
+            bar = progress_bar(len(changed), "exporting", enabled=progress)
+            for chunk in _chunks(changed, UPSERT_ROWS):
+                client.upsert(collection, _entities(store, chunk))
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+            for chunk in _chunks(gone, DELETE_IDS):
+                client.delete(collection, ids=chunk)
+            stored.update(
+                default_instruction=wanted["default_instruction"],
+                engine_version=__version__,
+                exported=utc_now(),
+                source_index=str(Path(store.folder).resolve()),
+            )
+            write_settings(client, collection, stored)
+            client.flush(collection)
+            report.upserted, report.removed = len(changed), len(gone)
+            report.unchanged = len(local) - len(changed)
+            report.total = int(client.get_collection_stats(collection)["row_count"])
+    finally:
+        client.close()
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def read_settings(client, collection: str, uri: str) -> dict[str, Any]:
+    properties = client.describe_collection(collection).get("properties") or {}
+    if SETTINGS_PROPERTY not in properties:
+        raise EngineError(
+            f"collection {collection!r} at {uri} was not written by `engine export milvus` "
+            "(use another --collection, or --rebuild to replace it)"
+        )
+    return json.loads(properties[SETTINGS_PROPERTY])
+
+
+def write_settings(client, collection: str, settings: dict[str, Any]) -> None:
+    client.alter_collection_properties(
+        collection, properties={SETTINGS_PROPERTY: json.dumps(settings)}
+    )
+
+
+@contextmanager
+def milvus_errors(uri: str) -> Iterator[None]:
+    """Turn a Milvus failure into a one-line :class:`EngineError`."""
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        yield
+    except MilvusException as exc:
+        raise EngineError(f"Milvus at {uri}: {_message(exc)}") from None
+
+
+def _message(exc: Exception) -> str:
+    return str(getattr(exc, "message", "") or exc).splitlines()[0]
+
+
+def _auto_index_type(documents: int) -> str:
+    return "flat" if documents < AUTO_FLAT_DOCUMENTS else "hnsw"
+
+
+def _index_params(client, index_type: str, documents: int):
+    milvus_type, build, search = INDEX_TYPES[index_type]
+    if milvus_type.startswith("IVF"):
+        # The usual rule of thumb: about 4 * sqrt(n) lists.
+        build = {"nlist": int(min(65_536, max(16, 4 * math.sqrt(max(documents, 1)))))}
+    params = client.prepare_index_params()
+    params.add_index(field_name="vector", index_type=milvus_type, metric_type="IP", params=build)
+    return params, {"index_type": index_type, "index_params": build, "search_params": search}
+
+
+def _create_collection(
+    client, collection: str, settings: dict[str, Any], index_type: str, documents: int
+) -> dict[str, Any]:
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(settings["dim"]))
+    for name in TEXT_FIELDS:
+        schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_BYTES)
+    params, chosen = _index_params(client, index_type, documents)
+    client.create_collection(
+        collection, schema=schema, index_params=params, consistency_level="Strong"
+    )
+    write_settings(client, collection, {**settings, **chosen})
+    return chosen
+
+
+def _replace_index(client, collection: str, index_type: str, documents: int) -> dict[str, Any]:
+    """Swap the vector index of an existing collection (the data stays)."""
+    params, chosen = _index_params(client, index_type, documents)
+    client.release_collection(collection)
+    for name in client.list_indexes(collection):
+        client.drop_index(collection, name)
+    client.create_index(collection, params)
+    client.load_collection(collection)
+    return chosen
+
+
+def _remote_manifest(client, collection: str) -> dict[int, tuple[str, str, str]]:
+    """id -> (doc id, source, content hash) of every entity in the collection."""
+    manifest = {}
+    iterator = client.query_iterator(
+        collection, batch_size=4096, output_fields=["doc_id", "source", "content_hash"]
+    )
+    try:
+        while batch := iterator.next():
+            for row in batch:
+                manifest[int(row["id"])] = (row["doc_id"], row["source"], row["content_hash"])
+    finally:
+        iterator.close()
+    return manifest
+
+
+def _entities(store: Store, ids: Sequence[int]) -> list[dict[str, Any]]:
+    rows = {row["id"]: row for row in store.get(ids)}
+    vectors = store.vectors(ids)
+    return [
+        {
+            "id": int(i),
+            "vector": vector.tolist(),
+            **{name: _fit(str(rows[i][name])) for name in TEXT_FIELDS},
+        }
+        for i, vector in zip(ids, vectors, strict=True)
+    ]
+
+
+def _fit(value: str) -> str:
+    """Cut a string to what a Milvus VARCHAR holds (bytes, on a character boundary)."""
+    data = value.encode("utf-8")
+    if len(data) <= VARCHAR_BYTES:
+        return value
+    return data[:VARCHAR_BYTES].decode("utf-8", errors="ignore")
+
+
+def _fit_all(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_fit(v) for v in values)
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

@@ -1,0 +1,187 @@
+"""Milvus export and search on a real Milvus Lite database (no server, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from engine.cli import cli
+from engine.encoder import Encoder
+from engine.errors import EngineError
+from indexer.documents import Document
+from indexer.indexing import update_index
+from indexer.milvus import MilvusIndex, export_index
+from indexer.search import search
+from indexer.store import Store
+
+SUBJECTS = "plants volcanoes routers bread chess rivers stars bees glaciers engines".split()
+VERBS = "absorb erupt forward rise capture carve emit pollinate grind power".split()
+OBJECTS = "sunlight lava packets dough kings valleys photons flowers rock pistons".split()
+QUERIES = [
+    "how do plants use sunlight",
+    "what happens when a volcano erupts",
+    "how are network packets forwarded",
+    "why does dough rise",
+    "what makes stars shine",
+]
+
+
+def corpus(seed: int = 0, count: int = 40) -> list[Document]:
+    """Short distinct documents, so exact top-10 lists have no ties."""
+    rng = random.Random(seed)
+    documents = []
+    for n in range(count):
+        words = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
+        text = f"Document {n}: {' '.join(words)}, and {rng.choice(SUBJECTS)} {rng.choice(VERBS)}."
+        documents.append(Document(f"doc-{n}", "corpus.jsonl", f"Note {n}", text))
+    return documents
+
+
+@pytest.fixture()
+def index_dir(tmp_path, default_encoder) -> Path:
+    folder = tmp_path / "index"
+    update_index(folder, default_encoder, corpus(), progress=False)
+    return folder
+
+
+def manifest(index: MilvusIndex) -> dict[int, str]:
+    rows = index.client.query(index.collection, filter="id >= 0", output_fields=["content_hash"])
+    return {int(row["id"]): row["content_hash"] for row in rows}
+
+
+def test_exact_search_matches_faiss_top10(tmp_path, index_dir, default_encoder):
+    uri = str(tmp_path / "vectors.db")
+    store = Store.open(index_dir)
+    report = export_index(store, uri, index_type="flat", progress=False)
+    assert (report.upserted, report.removed, report.total, report.created) == (40, 0, 40, True)
+    milvus = MilvusIndex.open(uri)
+    local = search(store, QUERIES, k=10, encoder=default_encoder)
+    remote = search(milvus, QUERIES, k=10, encoder=default_encoder)
+    for faiss_hits, milvus_hits in zip(local, remote, strict=True):
+        assert [h.doc_id for h in milvus_hits] == [h.doc_id for h in faiss_hits]
+        assert [h.id for h in milvus_hits] == [h.id for h in faiss_hits]
+        assert [h.snippet for h in milvus_hits] == [h.snippet for h in faiss_hits]
+        for a, b in zip(faiss_hits, milvus_hits, strict=True):
+            assert b.score == pytest.approx(a.score, abs=1e-5)
+    assert milvus.settings["fingerprint"] == default_encoder.fingerprint
+    assert milvus.settings["index_type"] == "flat"
+
+    # A second export with nothing changed writes nothing.
+    again = export_index(store, uri, progress=False)
+    assert (again.upserted, again.removed, again.unchanged) == (0, 0, 40)
+    milvus.close()
+    store.close()
+
+
+def test_changes_and_deletes_are_mirrored(tmp_path, index_dir, default_encoder):
+    uri = str(tmp_path / "vectors.db")
+    with closing(Store.open(index_dir)) as store:
+        export_index(store, uri, index_type="flat", progress=False)
+    documents = corpus()
+    changed = Document("doc-3", "corpus.jsonl", "Note 3", "Honey bees dance to show flowers.")
+    documents = [changed if d.doc_id == "doc-3" else d for d in documents if d.doc_id != "doc-7"]
+    documents.append(Document("doc-new", "corpus.jsonl", "New", "Glaciers grind rock to flour."))
+    update_index(index_dir, default_encoder, documents, progress=False)
+
+    with closing(Store.open(index_dir)) as store:
+        report = export_index(store, uri, progress=False)
+        assert (report.upserted, report.removed, report.unchanged) == (2, 1, 38)
+        assert report.index_type == "flat"  # auto keeps the collection's index
+        milvus = MilvusIndex.open(uri)
+        local = {i: row["content_hash"] for i, row in _rows(store).items()}
+        assert manifest(milvus) == local  # same ids, same hashes: nothing stale, nothing missing
+        hits = search(milvus, ["how do bees show where flowers are"], k=3, encoder=default_encoder)
+        assert hits[0][0].doc_id == "doc-3"
+        assert "doc-7" not in {
+            h.doc_id for h in search(milvus, QUERIES, k=40, encoder=default_encoder)[0]
+        }
+        milvus.close()
+
+
+def test_index_type_swap_keeps_the_data(tmp_path, index_dir, default_encoder):
+    uri = str(tmp_path / "vectors.db")
+    with closing(Store.open(index_dir)) as store:
+        export_index(store, uri, index_type="flat", progress=False)
+        report = export_index(store, uri, index_type="hnsw", progress=False)
+        assert (report.index_type, report.upserted, report.total) == ("hnsw", 0, 40)
+        milvus = MilvusIndex.open(uri)
+        assert milvus.settings["index_type"] == "hnsw"
+        exact = search(store, QUERIES, k=1, encoder=default_encoder)
+        approximate = search(milvus, QUERIES, k=1, encoder=default_encoder)
+        assert [h[0].doc_id for h in approximate] == [h[0].doc_id for h in exact]
+        milvus.close()
+        with pytest.raises(EngineError, match="unknown --index-type"):
+            export_index(store, uri, index_type="annoy", progress=False)
+
+
+def test_collection_of_another_model_is_refused(tmp_path, index_dir, tiny_bert_path):
+    uri = str(tmp_path / "vectors.db")
+    with closing(Store.open(index_dir)) as store:
+        export_index(store, uri, progress=False)
+    tiny = Encoder.load(str(tiny_bert_path))
+    other_dir = tmp_path / "other"
+    update_index(other_dir, tiny, corpus(count=5), progress=False)
+    with closing(Store.open(other_dir)) as other:
+        with pytest.raises(EngineError, match="built with model 'all-MiniLM-L6-v2'.*--rebuild"):
+            export_index(other, uri, progress=False)
+        report = export_index(other, uri, rebuild=True, progress=False)
+        assert (report.created, report.total) == (True, 5)
+    result = CliRunner().invoke(
+        cli, ["search", "sugar", "--backend", uri, "--model", "all-MiniLM-L6-v2"]
+    )
+    assert result.exit_code == 1
+    assert "built with model" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_export_and_search_backend(tmp_path, index_dir):
+    uri = str(tmp_path / "vectors.db")
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["export", "milvus", uri, "--index", str(index_dir), "--collection", "notes", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["upserted"], summary["documents"], summary["index_type"]) == (40, 40, "flat")
+
+    local = runner.invoke(cli, ["search", QUERIES[0], "--index", str(index_dir), "--json"])
+    remote = runner.invoke(
+        cli, ["search", QUERIES[0], "--backend", uri, "--collection", "notes", "--json"]
+    )
+    assert remote.exit_code == 0, remote.output
+    local_hits = [json.loads(line) for line in local.stdout.splitlines()]
+    remote_hits = [json.loads(line) for line in remote.stdout.splitlines()]
+    assert len(remote_hits) == 10
+    assert [h["doc_id"] for h in remote_hits] == [h["doc_id"] for h in local_hits]
+    assert set(remote_hits[0]) == set(local_hits[0])
+
+    missing = runner.invoke(cli, ["search", "x", "--backend", uri, "--collection", "nope"])
+    assert missing.exit_code == 1 and "no collection 'nope'" in missing.stderr
+
+
+def test_unreachable_server_is_one_line(tmp_path, index_dir):
+    with socket.socket() as probe:  # a local port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    runner = CliRunner()
+    for args in (
+        ["search", "x", "--backend", uri],
+        ["export", "milvus", uri, "--index", str(index_dir)],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"Error: cannot reach Milvus at {uri}")
+        assert len(result.stderr.strip().splitlines()) == 1
+    bad = runner.invoke(cli, ["search", "x", "--backend", str(tmp_path / "vectors")])
+    assert bad.exit_code == 1 and "ending in .db" in bad.stderr
+
+
+def _rows(store: Store) -> dict[int, dict]:
+    return {row["id"]: row for row in store.db.query("SELECT id, content_hash FROM documents")}
