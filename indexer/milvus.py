@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from engine import __version__
-from engine.encoder import progress_bar
 from engine.errors import EngineError
+from engine.progress import progress_bar
 from indexer.store import Store, check_compatible, utc_now
 
 DEFAULT_COLLECTION = "engine"
