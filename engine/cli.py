@@ -13,6 +13,7 @@ from engine import __version__
 from engine.errors import EngineError, ErrorReportingGroup
 from engine.options import (
     DEFAULT_MODEL_NOTE,
+    api_key_option,
     batch_tokens_option,
     device_option,
     json_option,
@@ -52,6 +53,7 @@ def cli() -> None:
       engine index ./corpus
       engine search "how do plants make sugar" --instruct "Given a question, retrieve passages that answer it"
       engine info
+      engine serve --port 8000
       engine bench beir --data-dir ../shared/data/beir --datasets scifact
       engine train --base all-MiniLM-L6-v2 --data train.jsonl --out ./my-model
     """
@@ -207,6 +209,13 @@ token_option = click.option(
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
 @model_option(INDEX_MODEL)
 @device_option()
+@click.option(
+    "--server",
+    envvar="ENGINE_SERVER",
+    show_envvar=True,
+    help="Ask a running `engine serve` at this URL instead of loading the model and index.",
+)
+@api_key_option("The server's API key, if it needs one.")
 @json_option()
 def search(
     query: str,
@@ -219,6 +228,8 @@ def search(
     k: int,
     model: str | None,
     device: str | None,
+    server: str | None,
+    api_key: str | None,
     as_json: bool,
 ) -> None:
     """Search the index for QUERY.
@@ -234,40 +245,132 @@ def search(
       engine search "TCP handshake" --no-instruct --json
       engine search "TCP handshake" --backend ./vectors.db
       engine search "TCP handshake" --backend http://milvus.internal:19530 --token root:Milvus
+      engine search "how do plants make sugar" --server http://127.0.0.1:8000
     """
-    from indexer.search import load_encoder_for
-    from indexer.search import search as run_search
-    from indexer.store import Store
-
     if not query.strip():
         raise EngineError("empty query")
     if instruction and no_instruct:
         raise EngineError("--instruct and --no-instruct exclude each other")
-    if backend:
-        from indexer.milvus import MilvusIndex
+    if server and backend:
+        raise EngineError("--server and --backend exclude each other")
+    if server:
+        from engine.client import search_server
 
-        searched = MilvusIndex.open(backend, collection, token)
+        answer = search_server(server, query, instruction, no_instruct, k, api_key)
+        hits, instruction = answer["results"][0], answer["instruction"]
     else:
-        searched = Store.open(index_dir)
-    if no_instruct:
-        instruction = None
-    elif instruction is None:
-        instruction = searched.settings.get("default_instruction")
-    encoder = load_encoder_for(searched, model, device)
-    hits = run_search(searched, [query], k=k, instruction=instruction, encoder=encoder)[0]
+        from indexer.search import load_encoder_for, resolve_instruction
+        from indexer.search import search as run_search
+
+        if backend:
+            from indexer.milvus import MilvusIndex
+
+            searched = MilvusIndex.open(backend, collection, token)
+        else:
+            from indexer.store import Store
+
+            searched = Store.open(index_dir)
+        instruction = resolve_instruction(searched, instruction, no_instruct)
+        encoder = load_encoder_for(searched, model, device)
+        found = run_search(searched, [query], k=k, instruction=instruction, encoder=encoder)[0]
+        hits = [hit.to_dict() for hit in found]
     if as_json:
         for hit in hits:
-            click.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
+            click.echo(json.dumps(hit, ensure_ascii=False))
         return
     if instruction:
         click.echo(f"Instruction: {instruction}")
     if not hits:
         click.echo("No documents in the index.")
     for hit in hits:
-        where = hit.doc_id if hit.doc_id == hit.source else f"{hit.doc_id}  [{hit.source}]"
-        title = f"  {hit.title}" if hit.title else ""
-        click.echo(f"{hit.rank:>3}. {hit.score:.4f}  {where}{title}")
-        click.echo(f"     {hit.snippet}")
+        doc_id, source = hit["doc_id"], hit["source"]
+        where = doc_id if doc_id == source else f"{doc_id}  [{source}]"
+        title = f"  {hit['title']}" if hit["title"] else ""
+        click.echo(f"{hit['rank']:>3}. {hit['score']:.4f}  {where}{title}")
+        click.echo(f"     {hit['snippet']}")
+
+
+@cli.command()
+@index_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="ENGINE_HOST",
+    show_envvar=True,
+    help="Address to listen on (0.0.0.0 exposes it to the network: set --api-key).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    envvar="ENGINE_PORT",
+    show_envvar=True,
+    help="TCP port.",
+)
+@model_option(INDEX_MODEL)
+@device_option()
+@api_key_option("Require `Authorization: Bearer KEY` on every route but /health.")
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="How long a forward pass waits for more requests to join it.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Requests that may wait for the encoder; more get 503 with Retry-After.",
+)
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve(
+    index_dir: Path,
+    host: str,
+    port: int,
+    model: str | None,
+    device: str | None,
+    api_key: str | None,
+    batch_wait_ms: float,
+    queue_size: int,
+    access_log: bool,
+) -> None:
+    """Serve search and embeddings over HTTP, with a search page at /.
+
+    The model and the index are loaded once; concurrent requests are embedded
+    together. When `engine index` publishes a new generation of the index, the
+    next request answers from it. Stops cleanly on Ctrl-C or SIGTERM.
+
+    \b
+    API (OpenAPI at /docs):
+      GET  /search?q=...&k=10      POST /search {"query": "...", "instruct": "...", "k": 10}
+      POST /v1/embeddings          OpenAI-compatible (+ input_type query|document, instruct)
+      GET  /health                 GET /info
+
+    \b
+    Examples:
+      engine serve
+      engine serve --index ./my-index --port 9000
+      ENGINE_API_KEY=secret engine serve --host 0.0.0.0
+      curl 'http://127.0.0.1:8000/search?q=how+do+plants+make+sugar&k=3'
+    """
+    from engine.server import Limits
+    from engine.server import serve as run_server
+
+    limits = Limits(queue_size=queue_size, batch_wait=batch_wait_ms / 1000)
+    run_server(
+        index_dir,
+        host=host,
+        port=port,
+        model=model,
+        device=device,
+        api_key=api_key or None,
+        limits=limits,
+        access_log=access_log,
+    )
 
 
 @cli.group()

@@ -42,6 +42,11 @@ def batch_tokens_option() -> Decorator:
     )
 
 
+def api_key_option(help: str) -> Decorator:
+    """``--api-key`` of `engine serve` and of its clients (`engine search --server`)."""
+    return click.option("--api-key", envvar="ENGINE_API_KEY", show_envvar=True, help=help)
+
+
 def quiet_option(help: str = "No progress bars.") -> Decorator:
     return click.option("-q", "--quiet", is_flag=True, help=help)
 

@@ -94,6 +94,35 @@ def make_hits(
     return results
 
 
+def resolve_instruction(
+    index: SearchIndex, instruction: str | None, no_instruct: bool
+) -> str | None:
+    """The instruction a search uses: the one asked for, none, or the index's default."""
+    if instruction and no_instruct:
+        raise EngineError("--instruct and --no-instruct exclude each other")
+    if no_instruct:
+        return None
+    if instruction is None:
+        return index.settings.get("default_instruction")
+    return instruction or None
+
+
+def check_queries(queries: Sequence[str], k: int) -> None:
+    if any(not q.strip() for q in queries):
+        raise EngineError("empty query")
+    if k < 1:
+        raise EngineError("-k must be at least 1")
+
+
+def hits_for(index: SearchIndex, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server."""
+    damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
+    with damage:
+        scores, ids = index.search(vectors, k)
+        rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
+    return make_hits(scores, ids, rows)
+
+
 def search(
     index: str | Path | SearchIndex,
     queries: Sequence[str],
@@ -108,14 +137,6 @@ def search(
     :class:`indexer.milvus.MilvusIndex`.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
-    if any(not q.strip() for q in queries):
-        raise EngineError("empty query")
-    if k < 1:
-        raise EngineError("-k must be at least 1")
+    check_queries(queries, k)
     encoder = encoder or load_encoder_for(index)
-    vectors = encoder.encode_queries(list(queries), instruction)
-    damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
-    with damage:
-        scores, ids = index.search(vectors, k)
-        rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
-    return make_hits(scores, ids, rows)
+    return hits_for(index, encoder.encode_queries(list(queries), instruction), k)

@@ -1,0 +1,134 @@
+// The search page: plain DOM, no build step. Everything that comes from the index is
+// inserted with textContent (never innerHTML), so a document's markup shows as text.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STOP_WORDS = new Set(["a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for",
+  "from", "how", "in", "is", "it", "of", "on", "or", "the", "to", "what", "when", "why", "with"]);
+
+function headers() {
+  const key = sessionStorage.getItem("engine-api-key");
+  const result = { "Content-Type": "application/json" };
+  if (key) result.Authorization = "Bearer " + key;
+  return result;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers() });
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    $("key-row").hidden = false;
+    throw new Error("This server needs an API key: enter it above and search again.");
+  }
+  if (!response.ok) {
+    throw new Error((body.error && body.error.message) || response.statusText);
+  }
+  return body;
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+// The snippet as text nodes, with the query's words wrapped in <mark>.
+function highlighted(text, query) {
+  const words = query.toLowerCase().split(/[^\p{L}\p{N}]+/u)
+    .filter((w) => w.length > 1 && !STOP_WORDS.has(w));
+  const fragment = document.createDocumentFragment();
+  if (!words.length) {
+    fragment.append(document.createTextNode(text));
+    return fragment;
+  }
+  const pattern = new RegExp("(" + words.map(escapeRegExp).join("|") + ")", "giu");
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    fragment.append(document.createTextNode(text.slice(last, match.index)));
+    fragment.append(el("mark", "", match[0]));
+    last = match.index + match[0].length;
+  }
+  fragment.append(document.createTextNode(text.slice(last)));
+  return fragment;
+}
+
+function showHits(hits, query) {
+  const list = $("results");
+  list.replaceChildren();
+  for (const hit of hits) {
+    const item = el("li", "hit");
+    const head = el("div", "head");
+    head.append(el("span", "rank", hit.rank + "."), el("span", "title", hit.title || hit.doc_id),
+      el("span", "score", hit.score.toFixed(4)));
+    const where = hit.doc_id === hit.source ? hit.source : hit.source + " · " + hit.doc_id;
+    const snippet = el("p", "snippet");
+    snippet.append(highlighted(hit.snippet, query));
+    item.append(head, el("div", "source", where), snippet);
+    list.append(item);
+  }
+}
+
+async function search(event) {
+  event.preventDefault();
+  const key = $("api-key").value.trim();
+  if (key) sessionStorage.setItem("engine-api-key", key);
+  const query = $("query").value.trim();
+  if (!query) return;
+  const instruct = $("instruct").value.trim();
+  const k = Math.max(1, parseInt($("k").value, 10) || 10);
+  const status = $("status");
+  status.className = "muted";
+  status.textContent = "searching…";
+  const started = performance.now();
+  try {
+    const body = await api("/search", {
+      method: "POST",
+      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}) }),
+    });
+    const hits = body.results[0];
+    const ms = Math.round(performance.now() - started);
+    status.textContent = hits.length + " hits in " + ms + " ms" +
+      (body.instruction ? " · instruction: " + body.instruction : " · no instruction");
+    showHits(hits, query);
+    history.replaceState(null, "", "?q=" + encodeURIComponent(query));
+  } catch (error) {
+    status.className = "error";
+    status.textContent = error.message;
+  }
+}
+
+async function loadPresets() {
+  const body = await api("/instructions");
+  for (const preset of body.presets) {
+    const option = el("option", "", preset.name);
+    option.value = preset.instruction;
+    $("preset").append(option);
+    const listed = el("option");
+    listed.value = preset.instruction;
+    $("presets").append(listed);
+  }
+}
+
+async function loadInfo() {
+  const info = await api("/info");
+  $("index-info").textContent = info.documents + " documents · " + info.model +
+    " · generation " + info.generation;
+  if (info.default_instruction) $("instruct").placeholder = info.default_instruction;
+}
+
+$("search-form").addEventListener("submit", search);
+$("preset").addEventListener("change", (event) => {
+  if (event.target.value) $("instruct").value = event.target.value;
+});
+loadPresets().catch(() => {});
+loadInfo().catch((error) => { $("index-info").textContent = error.message; });
+const initial = new URLSearchParams(location.search).get("q");
+if (initial) {
+  $("query").value = initial;
+  $("search-form").requestSubmit();
+}
