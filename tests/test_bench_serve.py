@@ -1,0 +1,48 @@
+"""`engine bench serve` end to end: a real server subprocess on a tiny BEIR index."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from engine.cli import cli
+from tests.test_bench_beir import QUERIES, write_beir
+
+
+def test_bench_serve_records_every_way(tmp_path, tiny_bert_path):
+    data = write_beir(tmp_path / "data" / "scifact")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--model",
+            str(tiny_bert_path),
+            "--max-length",
+            "64",
+            "--clients",
+            "1,4",
+            "--duration",
+            "1",
+            "--cold-queries",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "out"),
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    assert "server, 4 client(s)" in result.stdout and "in-process search()" in result.stdout
+    (written,) = (tmp_path / "out").glob("serve-*-scifact-64.json")
+    record = json.loads(written.read_text())
+    assert record["queries"] == len(QUERIES) - 1  # judged queries only
+    assert record["machine"]["cores"] >= 1 and record["command"].startswith("engine ")
+    assert [run["clients"] for run in record["server"]] == [1, 4]
+    for run in [*record["server"], record["in_process"], record["cli_cold"]]:
+        assert run["errors"] == 0 and run["ok"] > 0 and run["p50_ms"] > 0, run
+    assert record["cli_cold_with_server"]["ok"] == 1
+    assert record["server_exit_code"] == 0
