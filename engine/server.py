@@ -177,6 +177,9 @@ class Batcher:
         self.index = ServedIndex(index_dir, encoder)
         self.forward_passes = 0
         self.batches = 0
+        # Requests for the encoder the HTTP side has accepted and not yet answered (changed
+        # on the event loop only): a batch waits for stragglers only while some are coming.
+        self.requests_in_flight = 0
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=limits.queue_size)
         self._stopping = threading.Event()
         self._ready: Future = Future()
@@ -231,7 +234,11 @@ class Batcher:
             self.index.close()
 
     def _collect(self) -> list[Job]:
-        """The next job, then every job arriving within ``batch_wait``, up to a full batch."""
+        """The next job, then every job waiting, and those still coming within ``batch_wait``.
+
+        A lone request never waits: the batch waits only while more requests are in
+        flight than it holds.
+        """
         first = self._queue.get()
         if first is None:
             return []
@@ -240,12 +247,12 @@ class Batcher:
         deadline = time.perf_counter() + self.limits.batch_wait
         while texts < self.limits.max_inputs:
             remaining = deadline - time.perf_counter()
+            coming = self.requests_in_flight > len(jobs)
             try:
-                job = (
-                    self._queue.get(timeout=remaining)
-                    if remaining > 0
-                    else self._queue.get_nowait()
-                )
+                if remaining > 0 and coming:
+                    job = self._queue.get(timeout=remaining)
+                else:
+                    job = self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
@@ -396,6 +403,62 @@ class EmbeddingResponse(BaseModel):
 
 
 # ---------------------------------------------------------------------- app
+ENCODER_PATHS = ("/search", "/v1/embeddings")
+
+
+class Guard:
+    """ASGI middleware, before any work: the API key, the body size, requests in flight."""
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, batcher: Batcher) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key is not None else None
+        self.max_body_bytes = max_body_bytes
+        self.batcher = batcher
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        if self.api_key is not None and not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)):
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                message = "missing or wrong API key: send Authorization: Bearer <key>"
+                response = JSONResponse(
+                    error_body(401, message),
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            response = JSONResponse(
+                error_body(413, f"request body over {self.max_body_bytes} bytes"), status_code=413
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:  # a chunked body without a length
+                raise ApiError(413, f"request body over {self.max_body_bytes} bytes")
+            return message
+
+        counted = path in ENCODER_PATHS
+        if counted:
+            self.batcher.requests_in_flight += 1
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if counted:
+                self.batcher.requests_in_flight -= 1
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     """OpenAI's error shape, so their clients show the message; one line of JSON."""
     kind = "invalid_request_error" if status < 500 else "server_error"
@@ -429,34 +492,9 @@ def create_app(
     app.state.batcher = batcher
     app.state.limits = limits
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """API key and body size, before any work."""
-        path = request.url.path
-        if api_key is not None and not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)):
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), api_key.encode()
-            ):
-                return JSONResponse(
-                    error_body(401, "missing or wrong API key: send Authorization: Bearer <key>"),
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-            return JSONResponse(
-                error_body(413, f"request body over {limits.max_body_bytes} bytes"),
-                status_code=413,
-            )
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked: read it and measure
-            if len(body) > limits.max_body_bytes:
-                return JSONResponse(
-                    error_body(413, f"request body over {limits.max_body_bytes} bytes"),
-                    status_code=413,
-                )
-        return await call_next(request)
+    app.add_middleware(
+        Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes, batcher=batcher
+    )
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
