@@ -11,7 +11,8 @@ Before a batch that searches, :class:`ServedIndex` checks (one ``stat``) whether
 ``engine index`` published since: every publish atomically replaces the
 ``CURRENT`` pointer, so a new pointer file means a complete new generation, and
 the store is reopened from it. Checkpoints a running ``engine index`` commits
-before it publishes are not served as a new generation.
+before it publishes stay invisible: the server reads the store in one SQLite read
+transaction (a WAL snapshot) from one publish to the next.
 """
 
 from __future__ import annotations
@@ -120,6 +121,9 @@ class ServedIndex:
     def _open(self) -> Store:
         store = Store.open(self.folder)
         try:
+            # One read transaction until the next publish: checkpoints a running
+            # `engine index` commits meanwhile stay invisible (WAL keeps this snapshot).
+            store.db.execute("BEGIN")
             settings = store.settings
             if settings["max_length"] != self.encoder.max_length:
                 self.encoder.set_max_length(settings["max_length"])

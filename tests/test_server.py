@@ -25,6 +25,7 @@ from engine.server import Job, Limits, create_app
 from indexer.documents import Document
 from indexer.indexing import update_index
 from indexer.search import search
+from indexer.store import Store
 
 SCRIPT_DOC = '<script>document.title="pwned"</script> Bread rises because yeast makes gas.'
 DOCUMENTS = [
@@ -254,12 +255,41 @@ def test_new_generation_is_served_without_restart(served, tmp_path):
         live.stop()
 
 
+def test_unpublished_changes_stay_invisible(served, tmp_path):
+    """A change committed but not yet published (a run in progress) is not served."""
+    _, _, encoder = served
+    index_dir = tmp_path / "index"
+    update_index(index_dir, encoder, DOCUMENTS[:4], progress=False)
+    live = LiveServer(create_app(index_dir, encoder))
+    try:
+
+        def chess_found() -> tuple[bool, int]:
+            body = httpx.get(f"{live.url}/search", params={"q": "castling the king"}).json()
+            return "chess" in [h["doc_id"] for h in body["results"][0]], body["generation"]
+
+        found, generation = chess_found()
+        assert found
+        writer = Store.open(index_dir)
+        (chess,) = [i for i, doc_id in writer.doc_ids().items() if doc_id == "chess"]
+        writer.commit(remove=[chess])
+        assert writer.generation == generation + 1
+        assert chess_found() == (True, generation)  # committed, not published
+        writer.publish()
+        writer.close()
+        assert chess_found() == (False, generation + 1)
+    finally:
+        live.stop()
+
+
 # ------------------------------------------------------------------ safety
 def test_api_key_guards_every_route_but_health(served):
     _, index_dir, encoder = served
     server = LiveServer(create_app(index_dir, encoder, api_key="s3cret"))
     try:
         assert httpx.get(f"{server.url}/health").status_code == 200
+        assert "swagger" in httpx.get(f"{server.url}/docs").text.lower()  # no data, no key
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert {"/search", "/v1/embeddings", "/health", "/info"} <= set(paths)
         for method, path, body in [
             ("GET", "/search?q=lava", None),
             ("POST", "/search", {"query": "lava"}),
