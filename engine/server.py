@@ -225,8 +225,13 @@ class Batcher:
         try:
             while not self._stopping.is_set():
                 jobs = self._collect()
-                if jobs:
+                try:
                     self._answer(jobs)
+                except Exception as exc:  # a bug must not leave requests waiting forever
+                    log.exception("batch failed")
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(exc)
         finally:
             while True:  # nothing should wait after shutdown; fail what is left
                 try:
@@ -268,6 +273,8 @@ class Batcher:
         return [job for job in jobs if job.future.set_running_or_notify_cancel()]
 
     def _answer(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
         self.batches += 1
         encoding = [job for job in jobs if job.call is None]
         for job in jobs:
