@@ -104,7 +104,18 @@ def test_info(sample_index):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["index"], ["search"], ["info"], ["bench"], ["train"], ["train", "data"]]
+    "command",
+    [
+        [],
+        ["index"],
+        ["search"],
+        ["info"],
+        ["serve"],
+        ["bench"],
+        ["bench", "serve"],
+        ["train"],
+        ["train", "data"],
+    ],
 )
 def test_help_has_examples(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
@@ -145,6 +156,7 @@ print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
         ["bench", "--help"],
         ["train", "--help"],
         ["search", "--help"],
+        ["serve", "--help"],
         ["info", "--json"],
         ["search"],  # an argument error
         ["index", "--no-such-option"],
