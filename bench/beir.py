@@ -370,6 +370,7 @@ def beir(
       engine bench beir --data-dir data --datasets fiqa --instruction "Given a question, retrieve answers" --json
     """
     from engine.encoder import Encoder
+    from indexer.distributed import IndexingGroup
     from indexer.store import utc_now
 
     if instruction is not None and instruct is False:
@@ -377,41 +378,49 @@ def beir(
     if instruction is not None and not instruction.strip():
         raise EngineError("--instruction is empty")
     cache_dir = cache_dir or default_cache_dir()
-    names = [n.strip() for n in (datasets or "").split(",") if n.strip()]
-    folders = resolve_folders(data_dir, names, cache_dir / "beir" / "datasets")
-    loaded = [load_beir(folder, split) for folder in folders]
 
-    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
-    encoder.set_max_length(min(max_length, encoder.model_max_positions))
-    if instruction is not None:
-        chosen: Any = instruction.strip()
-    elif instruct is None:
-        chosen = PROFILE_DEFAULT
-    elif instruct:
-        chosen = PAPER_INSTRUCTION
-    else:
-        chosen = None
-    progress = progress_enabled(not quiet and not as_json)
+    def load_datasets() -> list[BeirDataset]:
+        names = [n.strip() for n in (datasets or "").split(",") if n.strip()]
+        folders = resolve_folders(data_dir, names, cache_dir / "beir" / "datasets")
+        return [load_beir(folder, split) for folder in folders]
 
-    results = []
-    for data in loaded:
-        if progress:
-            click.echo(
-                f"{data.name} ({data.split}): {len(data.corpus)} documents, "
-                f"{len(data.queries)} queries",
-                err=True,
+    # Under torchrun every rank encodes; rank 0 alone reads the data, writes the indexes, scores.
+    with IndexingGroup() as group:
+        loaded = group.writer_decides(load_datasets, share=False)
+        encoder = Encoder.load(model, device=group.device(device), batch_tokens=batch_tokens)
+        encoder.set_max_length(min(max_length, encoder.model_max_positions))
+        if not group.is_writer:
+            group.serve(encoder)
+            return
+        if instruction is not None:
+            chosen: Any = instruction.strip()
+        elif instruct is None:
+            chosen = PROFILE_DEFAULT
+        elif instruct:
+            chosen = PAPER_INSTRUCTION
+        else:
+            chosen = None
+        progress = progress_enabled(not quiet and not as_json)
+
+        results = []
+        for data in loaded:
+            if progress:
+                click.echo(
+                    f"{data.name} ({data.split}): {len(data.corpus)} documents, "
+                    f"{len(data.queries)} queries",
+                    err=True,
+                )
+            results.append(
+                evaluate_dataset(
+                    encoder,
+                    data.folder,
+                    instruction=chosen,
+                    cache_dir=cache_dir,
+                    k=k,
+                    progress=progress,
+                    dataset=data,
+                )
             )
-        results.append(
-            evaluate_dataset(
-                encoder,
-                data.folder,
-                instruction=chosen,
-                cache_dir=cache_dir,
-                k=k,
-                progress=progress,
-                dataset=data,
-            )
-        )
 
     params = click.get_current_context().params
     summary = {
@@ -428,6 +437,7 @@ def beir(
         "query_template": encoder.profile.query_template,
         "max_length": encoder.max_length,
         "device": str(encoder.device),
+        "ranks": group.world,
         "batch_tokens": encoder.batch_tokens,
         "k": k,
         "metrics_order": list(METRICS),

@@ -107,32 +107,44 @@ def index(
       engine index ./corpus --index ./my-index --max-length 256
       engine index ./corpus --model intfloat/e5-mistral-7b-instruct --rebuild
       engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
+      torchrun --nnodes 2 --nproc_per_node 8 ... -m engine index ./corpus --model ./e5-mistral
+        (every rank encodes a share balanced by tokens; rank 0 alone writes the index)
     """
     from engine.encoder import Encoder, document_tokens
+    from indexer.distributed import IndexingGroup
     from indexer.documents import read_corpus
     from indexer.indexing import update_index
     from indexer.store import indexed_settings, reporting_damage
 
-    if not corpus.exists():
-        raise EngineError(f"corpus not found: {corpus}")
-    if model is None and not rebuild:
-        with reporting_damage(index_dir):
-            stored = indexed_settings(index_dir)
-        if stored is not None:
-            model = stored["model"]
-            max_length = max_length or stored["max_length"]
-    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
-    encoder.set_max_length(document_tokens(encoder, max_length))
-    scan = read_corpus(corpus, max_tokens=encoder.max_length)
-    report = update_index(
-        index_dir,
-        encoder,
-        scan.documents,
-        rebuild=rebuild,
-        default_instruction=default_instruction,
-        keep_sources=scan.failed_sources,
-        progress=not quiet and not as_json,
-    )
+    def model_and_length() -> tuple[str | None, int | None]:
+        """An existing index keeps its model and length unless told otherwise."""
+        if not corpus.exists():
+            raise EngineError(f"corpus not found: {corpus}")
+        if model is None and not rebuild:
+            with reporting_damage(index_dir):
+                stored = indexed_settings(index_dir)
+            if stored is not None:
+                return stored["model"], max_length or stored["max_length"]
+        return model, max_length
+
+    # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
+    with IndexingGroup() as group:
+        chosen_model, chosen_length = group.writer_decides(model_and_length)
+        encoder = Encoder.load(chosen_model, device=group.device(device), batch_tokens=batch_tokens)
+        encoder.set_max_length(document_tokens(encoder, chosen_length))
+        if not group.is_writer:
+            group.serve(encoder)
+            return
+        scan = read_corpus(corpus, max_tokens=encoder.max_length)
+        report = update_index(
+            index_dir,
+            encoder,
+            scan.documents,
+            rebuild=rebuild,
+            default_instruction=default_instruction,
+            keep_sources=scan.failed_sources,
+            progress=not quiet and not as_json,
+        )
     summary = {
         "index": str(index_dir),
         "corpus": str(corpus),
@@ -155,7 +167,8 @@ def index(
     if report.encoded:
         click.echo(
             f"Encoded {report.encoded} documents ({report.encoded_tokens:,} tokens) "
-            f"in {report.seconds:.1f}s, {report.encoded / report.seconds:.1f} docs/s."
+            f"in {report.seconds:.1f}s, {report.encoded / report.seconds:.1f} docs/s"
+            + (f" on {report.ranks} ranks." if report.ranks > 1 else ".")
         )
     if scan.skipped:
         hint = "" if verbose else " (--verbose lists them)"

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from engine.distributed import rank_and_world
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from indexer.distributed import encode_across_ranks
 from indexer.documents import Document
 from indexer.store import Writer, index_settings, reporting_damage
 
@@ -49,6 +51,7 @@ class IndexReport:
     encoded_tokens: int = 0
     seconds: float = 0.0
     total: int = 0
+    ranks: int = 1
     kept_sources: list[str] = field(default_factory=list)
 
     @property
@@ -67,6 +70,7 @@ class IndexReport:
             "documents": self.total,
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.encoded / self.seconds, 2) if self.seconds else None,
+            "ranks": self.ranks,
         }
 
 
@@ -86,7 +90,7 @@ def update_index(
     previously indexed documents are kept rather than deleted.
     """
     started = time.perf_counter()
-    report = IndexReport()
+    report = IndexReport(ranks=rank_and_world()[1])
     settings = index_settings(encoder.describe(), default_instruction)
     with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
         if default_instruction is not None:
@@ -120,25 +124,24 @@ def update_index(
 def _encode_and_commit(
     store, encoder: Encoder, pending, progress: bool, report: IndexReport
 ) -> int:
-    """Encode pending documents and commit them in checkpoints; returns tokens encoded."""
+    """Encode pending documents and commit them in checkpoints; returns tokens encoded.
+
+    Under a launcher (``torchrun``) the ranks share the encoding and this
+    process, rank 0, stays the one writer (:mod:`indexer.distributed`).
+    """
     if not pending:
         return 0
     texts = [encoder.format_document(doc.title, doc.text) for doc, _ in pending]
     ids = encoder.tokenize(texts)
-    rows, vectors = [], []
-    last_commit = time.perf_counter()
-    tokens = 0
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
-
-    def flush() -> None:
-        nonlocal rows, vectors, last_commit
-        if rows:
-            store.commit(upsert=rows, vectors=np.vstack(vectors))
-        rows, vectors = [], []
-        last_commit = time.perf_counter()
-
-    for positions, batch in encoder.iter_encode(ids, progress=progress, desc="indexing"):
-        for position, vector in zip(positions, batch, strict=True):
+    if rank_and_world()[1] > 1:
+        chunks = encode_across_ranks(encoder, ids, checkpoint_documents, progress=progress)
+    else:
+        chunks = _checkpoints(encoder, ids, checkpoint_documents, progress)
+    tokens = 0
+    for positions, vectors in chunks:
+        rows = []
+        for position in positions:
             doc, stored_id = pending[position]
             rows.append(
                 {
@@ -151,16 +154,31 @@ def _encode_and_commit(
                     "token_count": len(ids[position]),
                 }
             )
-            vectors.append(vector)
             tokens += len(ids[position])
             if stored_id is None:
                 report.added += 1
             else:
                 report.updated += 1
+        store.commit(upsert=rows, vectors=vectors)
+    return tokens
+
+
+def _checkpoints(
+    encoder: Encoder, ids, checkpoint_documents: int, progress: bool
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """``(positions, vectors)`` per checkpoint: every ``checkpoint_documents`` or 30 seconds."""
+    positions: list[int] = []
+    vectors: list[np.ndarray] = []
+    last_commit = time.perf_counter()
+    for batch_positions, batch in encoder.iter_encode(ids, progress=progress, desc="indexing"):
+        positions.extend(batch_positions)
+        vectors.append(batch)
         if (
-            len(rows) >= checkpoint_documents
+            len(positions) >= checkpoint_documents
             or time.perf_counter() - last_commit > CHECKPOINT_SECONDS
         ):
-            flush()
-    flush()
-    return tokens
+            yield positions, np.vstack(vectors)
+            positions, vectors = [], []
+            last_commit = time.perf_counter()
+    if positions:
+        yield positions, np.vstack(vectors)

@@ -112,16 +112,16 @@ def _train_rank(rank: int, port: int, base: str, data: str, out: str, results) -
 
 
 def test_ddp_training_on_two_cpu_ranks(tmp_path, tiny_bert_path):
+    from engine.distributed import free_port
     from engine.encoder import Encoder
     from tests.test_train_trainer import PROBES, make_data
-    from train.trainer import _free_port
 
     data = make_data(tmp_path / "train.jsonl", n=8)
     out = tmp_path / "model"
     results = mp.Manager().dict()
     mp.spawn(
         _train_rank,
-        args=(_free_port(), str(tiny_bert_path), str(data), str(out), results),
+        args=(free_port(), str(tiny_bert_path), str(data), str(out), results),
         nprocs=WORLD,
         join=True,
     )

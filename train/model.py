@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from engine.distributed import rank_and_world
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.profiles import BERT_LORA, DECODER_LORA
@@ -121,13 +122,6 @@ def false_negative_mask(
     return mask
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class _AllGather(torch.autograd.Function):
     """all_gather whose backward hands each rank the summed gradient of its own rows.
 
@@ -137,7 +131,7 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, local: torch.Tensor) -> torch.Tensor:
-        rank, world = distributed()
+        rank, world = rank_and_world()
         ctx.rank, ctx.rows = rank, local.shape[0]
         parts = [torch.empty_like(local) for _ in range(world)]
         dist.all_gather(parts, local.contiguous())
@@ -159,7 +153,7 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     the update is exactly that of one big batch (``test_train_distributed``).
     Tensors without gradients (document keys) are gathered plainly.
     """
-    rank, world = distributed()
+    rank, world = rank_and_world()
     if world == 1:
         return local, 0
     if local.requires_grad:

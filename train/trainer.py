@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import shlex
-import socket
 import sys
 import time
 import warnings
@@ -28,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from engine.distributed import free_port, join_launched_group, local_rank, rank_and_world
 from engine.encoder import DEFAULT_ALIASES, DEFAULT_MODEL, Encoder
 from engine.errors import EngineError
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, ModelProfile
@@ -41,7 +41,7 @@ from train.arguments import (
 from train.collator import Collator
 from train.data import MixedDataset, load_sources
 from train.evaluate import headline
-from train.model import EmbeddingModel, add_lora, distributed, lora_parameters
+from train.model import EmbeddingModel, add_lora, lora_parameters
 
 ZERO3_CONFIG = Path(__file__).with_name("zero3.json")
 LOG_FILE = "training_log.json"
@@ -133,16 +133,8 @@ def _walk(config: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def setup_distributed(use_deepspeed: bool) -> tuple[int, int, int]:
     """Join the process group a launcher set up; returns (rank, world size, local rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_deepspeed:
         # DeepSpeed wants a process group even for one GPU started without a launcher.
         for key, value in (
@@ -150,17 +142,17 @@ def setup_distributed(use_deepspeed: bool) -> tuple[int, int, int]:
             ("LOCAL_RANK", "0"),
             ("WORLD_SIZE", "1"),
             ("MASTER_ADDR", "127.0.0.1"),
-            ("MASTER_PORT", str(_free_port())),
+            ("MASTER_PORT", str(free_port())),
         ):
             os.environ.setdefault(key, value)
         import deepspeed
 
         if not dist.is_initialized():
             deepspeed.init_distributed()
-    elif world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = distributed()
-    return rank, world, local_rank
+    else:
+        join_launched_group()
+    rank, world = rank_and_world()
+    return rank, world, local_rank()
 
 
 def plot_loss(log: Sequence[dict], path: Path) -> None:

@@ -1,0 +1,196 @@
+"""Encoding on many devices and machines, committed by one writer.
+
+Started by ``torchrun --nnodes M --nproc_per_node N -m engine index ...`` (or
+``... -m engine bench beir ...``), every rank loads the encoder on its own
+device. Rank 0 is the only writer: it reads the corpus, diffs it against the
+index, tokenizes what is pending, and then, one checkpoint round at a time,
+deals each rank a share balanced by tokens, encodes its own share, gathers the
+others' vectors and commits the round in one transaction. Incremental indexing,
+content hashes, checkpoints and crash safety are therefore those of a
+single-process run: a killed rank (the launcher then stops the rest) or a killed
+writer loses at most the round in flight, and the next run finishes the job.
+
+The other ranks run :meth:`IndexingGroup.serve`: they wait for jobs from the
+writer (one per ``update_index`` call) until it says it is done.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch.distributed as dist
+
+from engine.distributed import join_launched_group, rank_and_world, rank_device
+from engine.encoder import Encoder
+from engine.errors import EngineError
+from engine.progress import progress_bar
+
+T = TypeVar("T")
+
+WRITER = 0
+
+
+def balance_by_tokens(
+    positions: Sequence[int], lengths: Sequence[int], ranks: int
+) -> list[list[int]]:
+    """Deal ``positions`` to ``ranks`` shares with about equal token sums (longest first, to the lightest)."""
+    shares: list[list[int]] = [[] for _ in range(ranks)]
+    lightest = [(0, rank) for rank in range(ranks)]
+    for position in sorted(positions, key=lambda p: -lengths[p]):
+        tokens, rank = heapq.heappop(lightest)
+        shares[rank].append(position)
+        heapq.heappush(lightest, (tokens + max(lengths[position], 1), rank))
+    return shares
+
+
+def encode_share(encoder: Encoder, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Vectors of token id lists, in their order (token-budget batches inside)."""
+    vectors = np.zeros((len(ids), encoder.dim), dtype=np.float32)
+    for positions, batch in encoder.iter_encode(ids, progress=False):
+        vectors[positions] = batch
+    return vectors
+
+
+def _broadcast(message: Any) -> Any:
+    box = [message]
+    dist.broadcast_object_list(box, src=WRITER)
+    return box[0]
+
+
+# True while the other ranks wait in IndexingGroup.serve for the writer's next message.
+_workers_waiting = False
+
+
+class IndexingGroup:
+    """The ranks of one launched job, as seen by a command (a no-op in a plain process).
+
+    ::
+
+        with IndexingGroup() as group:
+            model = group.writer_decides(pick_model)   # the writer's choice, on every rank
+            encoder = Encoder.load(model, device=group.device(device))
+            if not group.is_writer:
+                group.serve(encoder)
+                return
+            ...  # the writer's own work; update_index spreads encoding over the ranks
+    """
+
+    def __enter__(self) -> IndexingGroup:
+        self.rank, self.world = join_launched_group()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        global _workers_waiting
+        if self.world > 1 and self.is_writer and _workers_waiting:
+            _broadcast({"job": "done"})
+            _workers_waiting = False
+        # Failing inside a round, the writer just exits and the launcher stops the others.
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == WRITER
+
+    def device(self, device: str | None) -> str | None:
+        return rank_device(device)
+
+    def writer_decides(self, decide: Callable[[], T], *, share: bool = True) -> T | None:
+        """Run ``decide`` on the writer and hand its result to every rank (``share=False``:
+        the other ranks get None, e.g. for a corpus only the writer reads).
+
+        An error on the writer is raised there (and printed as usual); the other
+        ranks then leave quietly with exit status 1.
+        """
+        global _workers_waiting
+        if self.world == 1:
+            return decide()
+        if not self.is_writer:
+            message = _broadcast(None)
+            if "failed" in message:
+                raise SystemExit(1)
+            return message["value"]
+        try:
+            value = decide()
+        except BaseException:
+            _broadcast({"failed": True})
+            raise
+        _broadcast({"value": value if share else None})
+        _workers_waiting = True
+        return value
+
+    def serve(self, encoder: Encoder) -> None:
+        """On ranks > 0: encode the shares the writer deals until it is done."""
+        while True:
+            job = _broadcast(None)
+            if job["job"] == "done":
+                return
+            mine = encoder.describe()
+            problem = None
+            if (job["fingerprint"], job["max_length"]) != (mine["fingerprint"], mine["max_length"]):
+                problem = (
+                    f"rank {self.rank} loaded {mine['model']} ({mine['fingerprint'][:12]}, "
+                    f"max {mine['max_length']} tokens), the writer {job['model']} "
+                    f"({job['fingerprint'][:12]}, max {job['max_length']} tokens)"
+                )
+            dist.gather_object(problem, None, dst=WRITER)
+            if _broadcast(None):
+                raise SystemExit(1)  # the writer reports it
+            for _ in range(job["rounds"]):
+                share: list[Any] = [None]
+                dist.scatter_object_list(share, None, src=WRITER)
+                dist.gather_object(encode_share(encoder, share[0]), None, dst=WRITER)
+
+
+def encode_across_ranks(
+    encoder: Encoder,
+    ids: Sequence[Sequence[int]],
+    round_documents: int,
+    *,
+    progress: bool,
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """On the writer: yield ``(positions, vectors)`` one checkpoint round at a time.
+
+    Each round takes the next ``round_documents`` x ranks documents, longest
+    first (like the single-process batching), deals them to the ranks balanced
+    by tokens, encodes the writer's own share and gathers the others' vectors.
+    """
+    global _workers_waiting
+    if not _workers_waiting:
+        raise EngineError("distributed indexing needs the ranks started through IndexingGroup")
+    _, world = rank_and_world()
+    lengths = [len(x) for x in ids]
+    order = sorted(range(len(ids)), key=lambda i: -lengths[i])
+    per_round = round_documents * world
+    rounds = [order[start : start + per_round] for start in range(0, len(order), per_round)]
+    _workers_waiting = False
+    _broadcast({"job": "encode", "rounds": len(rounds), **encoder.describe()})
+    problems: list[Any] = [None] * world
+    dist.gather_object(None, problems, dst=WRITER)
+    problems = [p for p in problems if p is not None]
+    _broadcast(problems)
+    if problems:
+        raise EngineError(f"the ranks loaded different encoders: {problems[0]}")
+    bar = progress_bar(len(ids), f"indexing on {world} ranks", enabled=progress)
+    started, tokens = time.perf_counter(), 0
+    try:
+        for positions in rounds:
+            shares = balance_by_tokens(positions, lengths, world)
+            own: list[Any] = [None]
+            dist.scatter_object_list(own, [[ids[p] for p in s] for s in shares], src=WRITER)
+            gathered: list[Any] = [None] * world
+            dist.gather_object(encode_share(encoder, own[0]), gathered, dst=WRITER)
+            tokens += sum(lengths[p] for p in positions)
+            if bar is not None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
+                bar.update(len(positions))
+            yield [p for share in shares for p in share], np.vstack(gathered)
+    finally:
+        if bar is not None:
+            bar.close()
+    _workers_waiting = True
