@@ -130,7 +130,8 @@ class ServedIndex:
             check_compatible(
                 settings,
                 {**self.encoder.describe(), "max_length": settings["max_length"]},
-                self.folder,
+                f"index at {self.folder}",
+                fix="restart `engine serve` with the model it was built with",
             )
             store.load_faiss()
         except BaseException:
