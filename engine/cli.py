@@ -16,9 +16,11 @@ from engine.options import (
     api_key_option,
     batch_tokens_option,
     device_option,
+    index_type_option,
     json_option,
     model_option,
     quiet_option,
+    search_knob_options,
 )
 
 DEFAULT_INDEX = ".engine"
@@ -77,6 +79,10 @@ def cli() -> None:
 @click.option(
     "--rebuild", is_flag=True, help="Start over: re-encode everything into a fresh index."
 )
+@index_type_option(
+    "FAISS index type (default: keep the index's; auto for a new one). Changing it re-uses "
+    "the stored vectors: nothing is re-encoded."
+)
 @batch_tokens_option()
 @device_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
@@ -89,6 +95,7 @@ def index(
     max_length: int | None,
     default_instruction: str | None,
     rebuild: bool,
+    index_type: str | None,
     batch_tokens: int | None,
     device: str | None,
     verbose: bool,
@@ -109,17 +116,22 @@ def index(
       engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
       torchrun --nnodes 2 --nproc_per_node 8 ... -m engine index ./corpus --model ./e5-mistral
         (every rank encodes a share balanced by tokens; rank 0 alone writes the index)
+      engine index ./corpus --index-type hnsw
+      engine index ./corpus --index-type "IVF4096,SQ8"
     """
     from engine.encoder import Encoder, document_tokens
     from indexer.distributed import IndexingGroup
     from indexer.documents import read_corpus
     from indexer.indexing import update_index
     from indexer.store import indexed_settings, reporting_damage
+    from indexer.vector_index import validate_type
 
     def model_and_length() -> tuple[str | None, int | None]:
         """An existing index keeps its model and length unless told otherwise."""
         if not corpus.exists():
             raise EngineError(f"corpus not found: {corpus}")
+        if index_type is not None:
+            validate_type(index_type)
         if model is None and not rebuild:
             with reporting_damage(index_dir):
                 stored = indexed_settings(index_dir)
@@ -143,6 +155,7 @@ def index(
             rebuild=rebuild,
             default_instruction=default_instruction,
             keep_sources=scan.failed_sources,
+            index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,
         )
     summary = {
@@ -162,7 +175,7 @@ def index(
     click.echo(
         f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
         f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.total} documents."
+        f"{report.unchanged} unchanged; {report.total} documents; index {report.index}."
     )
     if report.encoded:
         click.echo(
@@ -220,6 +233,7 @@ token_option = click.option(
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
+@search_knob_options
 @model_option(INDEX_MODEL)
 @device_option()
 @click.option(
@@ -239,6 +253,8 @@ def search(
     instruction: str | None,
     no_instruct: bool,
     k: int,
+    nprobe: int | None,
+    ef_search: int | None,
     model: str | None,
     device: str | None,
     server: str | None,
@@ -259,6 +275,7 @@ def search(
       engine search "TCP handshake" --backend ./vectors.db
       engine search "TCP handshake" --backend http://milvus.internal:19530 --token root:Milvus
       engine search "how do plants make sugar" --server http://127.0.0.1:8000
+      engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
     """
     if not query.strip():
         raise EngineError("empty query")
@@ -285,7 +302,15 @@ def search(
             searched = Store.open(index_dir)
         instruction = resolve_instruction(searched, instruction, no_instruct)
         encoder = load_encoder_for(searched, model, device)
-        found = run_search(searched, [query], k=k, instruction=instruction, encoder=encoder)[0]
+        found = run_search(
+            searched,
+            [query],
+            k=k,
+            instruction=instruction,
+            encoder=encoder,
+            nprobe=nprobe,
+            ef_search=ef_search,
+        )[0]
         hits = [hit.to_dict() for hit in found]
     if as_json:
         for hit in hits:
@@ -492,6 +517,8 @@ def info(index_dir: Path, as_json: bool) -> None:
     width = max(len(key) for key in data)
     for key, value in data.items():
         shown = "(none)" if value is None else value
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in value.items()) or "(none)"
         if key == "bytes":
             key, shown = "size", f"{value / 2**20:.1f} MiB"
         click.echo(f"{key.replace('_', ' '):<{width}}  {shown}")

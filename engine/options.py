@@ -76,3 +76,39 @@ def cache_dir_option() -> Decorator:
         help="Cache root: BEIR indexes in <cache>/beir/<dataset>-<fingerprint>-<length>, "
         "downloads in <cache>/beir/datasets (default: ~/.cache/engine).",
     )
+
+
+INDEX_TYPES_HELP = (
+    "auto (exact below ~2e7 documents x dimensions, hnsw above), flat, flat-fp16, sq8, hnsw, "
+    "ivf-flat, ivf-pq, or a faiss index_factory string such as 'IVF1024,SQ8'"
+)
+
+
+def index_type_option(help: str) -> Decorator:
+    """``--index-type``: which FAISS index searches the vectors (validated by indexer.vector_index)."""
+    return click.option(
+        "--index-type",
+        envvar="ENGINE_INDEX_TYPE",
+        show_envvar=True,
+        help=f"{help} Types: {INDEX_TYPES_HELP}.",
+    )
+
+
+def search_knob_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--nprobe`` and ``--ef-search``: recall against speed for IVF and HNSW indexes."""
+    function = click.option(
+        "--ef-search",
+        type=click.IntRange(min=1),
+        envvar="ENGINE_EF_SEARCH",
+        show_envvar=True,
+        help="HNSW: candidates kept while walking the graph; more is slower and more exact "
+        "(default: the index's, 128).",
+    )(function)
+    return click.option(
+        "--nprobe",
+        type=click.IntRange(min=1),
+        envvar="ENGINE_NPROBE",
+        show_envvar=True,
+        help="IVF: lists scanned per query; more is slower and more exact "
+        "(default: the index's, nlist/32 and at least 16).",
+    )(function)

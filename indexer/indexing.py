@@ -1,9 +1,10 @@
 """Incremental indexing: encode only what is new or changed, remove what is gone.
 
-Documents are matched by (source, doc id) and compared by content hash. New
-vectors are committed in checkpoints, so a killed run keeps what it finished and
-the next run picks up the rest; a first run is published at its first
-checkpoint (see :class:`indexer.store.Writer`), so that holds for it too.
+Documents are matched by (source, doc id) and compared by content hash. The
+corpus is read as a stream and new vectors are committed in checkpoints, so a
+killed run keeps what it finished, the next run picks up the rest (a first run is
+published at its first checkpoint, see :class:`indexer.store.Writer`), and memory
+does not grow with the corpus beyond the store's own keys.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def _positive_int_env(name: str, default: int) -> int:
 
 # A killed run loses at most this much work.
 CHECKPOINT_SECONDS = 30.0
+# Documents tokenized and encoded together: memory holds one chunk of text, not the corpus.
+STREAM_DOCUMENTS = 4096
 
 
 @dataclass
@@ -53,6 +56,7 @@ class IndexReport:
     total: int = 0
     ranks: int = 1
     kept_sources: list[str] = field(default_factory=list)
+    index: str = ""  # the FAISS index type and parameters after the run
 
     @property
     def encoded(self) -> int:
@@ -71,6 +75,7 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.encoded / self.seconds, 2) if self.seconds else None,
             "ranks": self.ranks,
+            "index_type": self.index,
         }
 
 
@@ -82,16 +87,21 @@ def update_index(
     rebuild: bool = False,
     default_instruction: str | None = None,
     keep_sources: Collection[str] = (),
+    index_type: str | None = None,
     progress: bool = True,
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
 
-    ``keep_sources`` names sources that could not be read this time: their
-    previously indexed documents are kept rather than deleted.
+    ``documents`` is consumed as a stream: new and changed documents are tokenized,
+    encoded and committed ``STREAM_DOCUMENTS`` at a time, so memory holds one chunk
+    of text, not the corpus. ``keep_sources`` names sources that could not be read
+    this time (looked at after the stream ends, so a reader may fill it as it goes):
+    their previously indexed documents are kept rather than deleted. ``index_type``
+    (None: keep the index's) switches the FAISS index type, re-using stored vectors.
     """
     started = time.perf_counter()
     report = IndexReport(ranks=rank_and_world()[1])
-    settings = index_settings(encoder.describe(), default_instruction)
+    settings = index_settings(encoder.describe(), default_instruction, index_type)
     with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
         if default_instruction is not None:
             store.write_settings({"default_instruction": default_instruction})
@@ -108,15 +118,22 @@ def update_index(
             stored = existing.get(key)
             if stored is not None and stored.content_hash == doc.content_hash:
                 report.unchanged += 1
-            else:
-                pending.append((doc, stored.id if stored else None))
+                continue
+            pending.append((doc, stored.id if stored else None))
+            if len(pending) >= STREAM_DOCUMENTS:
+                report.encoded_tokens += _encode_and_commit(
+                    store, encoder, pending, progress, report
+                )
+                pending = []
+        report.encoded_tokens += _encode_and_commit(store, encoder, pending, progress, report)
         kept = set(keep_sources)
         removed = [s.id for key, s in existing.items() if key not in seen and key[0] not in kept]
         report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
         store.commit(remove=removed)
         report.removed = len(removed)
-        report.encoded_tokens = _encode_and_commit(store, encoder, pending, progress, report)
         report.total = store.count()
+        store.refresh_index()  # publish would: the spec the snapshot is built as
+        report.index = store.spec.describe()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -133,6 +150,7 @@ def _encode_and_commit(
         return 0
     texts = [encoder.format_document(doc.title, doc.text) for doc, _ in pending]
     ids = encoder.tokenize(texts)
+    del texts
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
     if rank_and_world()[1] > 1:
         chunks = encode_across_ranks(encoder, ids, checkpoint_documents, progress=progress)

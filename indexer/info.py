@@ -9,7 +9,7 @@ from indexer.store import Store
 
 
 def index_info(store: Store, index_dir: str | Path) -> dict[str, Any]:
-    """Model, dimension, counts, size, dates and generation of an open index."""
+    """Model, dimension, FAISS index type, counts, size, dates and generation of an open index."""
     settings = store.settings
     return {
         "index": str(index_dir),
@@ -19,6 +19,10 @@ def index_info(store: Store, index_dir: str | Path) -> dict[str, Any]:
         "max_length": settings["max_length"],
         "pooling": settings["profile"]["pooling"],
         "default_instruction": settings.get("default_instruction"),
+        "index_type": store.spec.type,
+        "index_factory": store.spec.factory,
+        "index_params": store.spec.params,
+        "vector_dtype": str(store.vector_dtype),
         **store.stats(),
         "generation": store.generation,
         "engine_version": settings["engine_version"],

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.errors import EngineError
 from indexer.store import (
     POINTER,
@@ -35,11 +37,19 @@ from indexer.store import (
     published_databases,
     read_pointer,
     rebuild_hint,
+    stored_vector_dtype,
     warn,
 )
 
 # Settings that describe one database's history, not the index: a salvaged copy starts afresh.
-_HISTORY_SETTINGS = {SNAPSHOT_KEY, "published", "generation", "updated"}
+_HISTORY_SETTINGS = {
+    SNAPSHOT_KEY,
+    "published",
+    "generation",
+    "index_generation",
+    "updated",
+    "vector_dtype",
+}
 _DOCUMENT_COLUMNS = (
     "id",
     "doc_id",
@@ -193,12 +203,13 @@ def _check_database(conn: sqlite3.Connection, name: str) -> list[Finding]:
             f"dim {settings['dim']}, max {settings['max_length']} tokens",
         )
     )
-    findings.append(_check_rows(conn, int(settings["dim"])))
+    width = int(settings["dim"]) * stored_vector_dtype(settings).itemsize
+    findings.append(_check_rows(conn, width))
     return findings
 
 
-def _check_rows(conn: sqlite3.Connection, dim: int) -> Finding:
-    """Documents and vectors one to one, every vector ``dim`` float32 values."""
+def _check_rows(conn: sqlite3.Connection, width: int) -> Finding:
+    """Documents and vectors one to one, every vector ``width`` bytes (dim x fp16 or fp32)."""
     try:
         documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
         vectors = conn.execute("SELECT count(*) FROM vectors").fetchone()[0]
@@ -209,7 +220,7 @@ def _check_rows(conn: sqlite3.Connection, dim: int) -> Finding:
             "SELECT count(*) FROM vectors WHERE id NOT IN (SELECT id FROM documents)"
         ).fetchone()[0]
         bad_size = conn.execute(
-            "SELECT count(*) FROM vectors WHERE length(vector) != ?", (dim * 4,)
+            "SELECT count(*) FROM vectors WHERE length(vector) != ?", (width,)
         ).fetchone()[0]
     except sqlite3.DatabaseError as exc:
         return Finding("documents", False, f"documents or vectors unreadable ({exc})")
@@ -291,7 +302,8 @@ def _salvage(folder: Path, name: str) -> str:
     conn = sqlite3.connect(f"file:{folder / name}?mode=ro", uri=True, timeout=30)
     try:
         settings = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM settings")}
-        width = int(settings["dim"]) * 4
+        dtype = stored_vector_dtype(settings)
+        width = int(settings["dim"]) * dtype.itemsize
         store = Store.create(
             folder, {k: v for k, v in settings.items() if k not in _HISTORY_SETTINGS}
         )
@@ -304,8 +316,9 @@ def _salvage(folder: Path, name: str) -> str:
                         dropped += 1
                         continue
                     store.db["documents"].insert(dict(zip(_DOCUMENT_COLUMNS, row, strict=True)))
+                    stored = np.frombuffer(vector, dtype=dtype).astype(store.vector_dtype)
                     store.db.conn.execute(
-                        "INSERT INTO vectors (id, vector) VALUES (?, ?)", (row[0], vector)
+                        "INSERT INTO vectors (id, vector) VALUES (?, ?)", (row[0], stored.tobytes())
                     )
                     kept += 1
                 store._put_settings({"generation": 1})

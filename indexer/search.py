@@ -13,6 +13,7 @@ import numpy as np
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.store import Store, check_compatible, reporting_damage
+from indexer.vector_index import SearchKnobs
 
 SNIPPET_CHARS = 240
 
@@ -114,11 +115,22 @@ def check_queries(queries: Sequence[str], k: int) -> None:
         raise EngineError("-k must be at least 1")
 
 
-def hits_for(index: SearchIndex, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-    """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server."""
+def hits_for(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    k: int,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+) -> list[list[Hit]]:
+    """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server.
+
+    ``knobs`` (nprobe for IVF, ef_search for HNSW) apply to a Store's FAISS index.
+    """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
-        scores, ids = index.search(vectors, k)
+        if isinstance(index, Store):
+            scores, ids = index.search(vectors, k, knobs)
+        else:
+            scores, ids = index.search(vectors, k)
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
 
@@ -130,13 +142,18 @@ def search(
     k: int = 10,
     instruction: str | None = None,
     encoder: Encoder | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
 
     ``index`` is an index folder, an open :class:`Store`, or an open
-    :class:`indexer.milvus.MilvusIndex`.
+    :class:`indexer.milvus.MilvusIndex`. ``nprobe`` (IVF) and ``ef_search`` (HNSW)
+    trade speed for recall on a Store (None: the index's defaults). Only the hits'
+    rows are read from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
     check_queries(queries, k)
     encoder = encoder or load_encoder_for(index)
-    return hits_for(index, encoder.encode_queries(list(queries), instruction), k)
+    knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
+    return hits_for(index, encoder.encode_queries(list(queries), instruction), k, knobs)

@@ -12,6 +12,13 @@ never searched. A first run publishes its database after its first checkpoint
 ``CURRENT`` pointer only when it is complete, so the old index answers until then.
 A lost pointer is recovered from the last published database, never replaced.
 
+Vectors live in SQLite as fp16 (half the size of fp32; nDCG@10 within 0.001, see
+bench/results/README.md). The FAISS side (index types, snapshots, search knobs,
+GPUs) is in :mod:`indexer.vector_index`; readers map the snapshot instead of
+copying it. A document whose text changes gets a new id (ids are never reused),
+so an older snapshot can be caught up with SQLite by comparing ids: after a kill
+the last published snapshot plus the difference is the index, no rebuild.
+
 Layout of an index folder::
 
     CURRENT                 {"db": "index-<token>.db"}   (atomically replaced)
@@ -42,12 +49,17 @@ import sqlite_utils
 
 from engine import __version__
 from engine.errors import EngineError
+from indexer import vector_index
+from indexer.vector_index import IndexSpec, SearchKnobs
 
 POINTER = "CURRENT"
 # The settings key of the last snapshot written: {"file", "generation", "vectors", "sha256"}.
 SNAPSHOT_KEY = "snapshot"
 # PRAGMA quick_check reads the whole file: done on open up to this size, always by `engine check`.
 QUICK_CHECK_MAX_BYTES = 512 * 2**20
+# Hashing a snapshot reads it whole, which mapping it avoids: checksums are verified on open up
+# to this size (cold start of large indexes), always by `engine check`.
+SNAPSHOT_HASH_MAX_BYTES = 256 * 2**20
 # Snapshot states that are no damage: rebuilt from SQLite without a warning.
 QUIET_SNAPSHOT_PROBLEMS = ("missing", "unrecorded")
 # Settings every index has; without them the database cannot be used or repaired.
@@ -106,7 +118,33 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = (_m001_initial,)
+def _m002_fp16_vectors(db: sqlite_utils.Database) -> None:
+    """Vectors as fp16 (was fp32), converted in chunks; ids removed from graph indexes."""
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT id, vector FROM vectors WHERE id > ? ORDER BY id LIMIT 4096", [last]
+        ).fetchall()
+        if not rows:
+            break
+        db.conn.executemany(
+            "UPDATE vectors SET vector = ? WHERE id = ?",
+            [
+                (np.frombuffer(blob, dtype=np.float32).astype(np.float16).tobytes(), doc_id)
+                for doc_id, blob in rows
+            ],
+        )
+        last = rows[-1][0]
+    db.execute(
+        "INSERT OR REPLACE INTO settings (key, value) VALUES ('vector_dtype', ?)",
+        [json.dumps("float16")],
+    )
+    db.execute("CREATE TABLE tombstones (id INTEGER PRIMARY KEY)")
+
+
+MIGRATIONS = (_m001_initial, _m002_fp16_vectors)
+# Snapshots are compacted (rebuilt from SQLite) when tombstones pass this share of the index.
+COMPACT_TOMBSTONES = 0.25
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -126,18 +164,26 @@ class StoredDocument:
 class Store:
     """One index folder: read it, search it, and (as the writer) change it."""
 
-    def __init__(self, folder: Path, db_name: str, db: sqlite_utils.Database) -> None:
+    def __init__(
+        self, folder: Path, db_name: str, db: sqlite_utils.Database, *, writer: bool = False
+    ) -> None:
         self.folder = folder
         self.db_name = db_name
         self.db = db
+        # Readers map the snapshot read-only; the writer reads a copy it can change.
+        self.writer = writer
         self._faiss: faiss.Index | None = None
+        self._gpu_index: Any = None
+        # Ids still in a graph index (HNSW) that searches must skip.
+        self._tombstones = np.zeros(0, dtype=np.int64)
+        self._spec_override: IndexSpec | None = None
         self._faiss_verified = False
         # A first run publishes after its first checkpoint (see Writer).
         self.publish_on_commit = False
 
     # ------------------------------------------------------------- opening
     @classmethod
-    def open(cls, folder: str | Path, *, quick_check: bool = True) -> Store:
+    def open(cls, folder: str | Path, *, quick_check: bool = True, writer: bool = False) -> Store:
         """Open an existing index; a one-line error naming the repair if it is missing or broken."""
         folder = Path(folder)
         pointer = folder / POINTER
@@ -152,10 +198,12 @@ class Store:
             raise EngineError(
                 f"index at {folder} is corrupt: unreadable {POINTER} file; {repair_hint(folder)}"
             )
-        return cls.open_database(folder, db_name, quick_check=quick_check)
+        return cls.open_database(folder, db_name, quick_check=quick_check, writer=writer)
 
     @classmethod
-    def open_database(cls, folder: Path, db_name: str, *, quick_check: bool = True) -> Store:
+    def open_database(
+        cls, folder: Path, db_name: str, *, quick_check: bool = True, writer: bool = False
+    ) -> Store:
         """Open one database of ``folder`` (current or not), checking what is cheap to check."""
         path = folder / db_name
         if not path.is_file():
@@ -167,7 +215,7 @@ class Store:
                 f"index database at {folder} is empty (0 bytes); {rebuild_hint(folder)}"
             )
         with reporting_damage(folder):
-            store = cls(folder, db_name, _connect(path))
+            store = cls(folder, db_name, _connect(path), writer=writer)
             try:
                 store._validate(quick_check and path.stat().st_size <= QUICK_CHECK_MAX_BYTES)
             except BaseException:
@@ -204,10 +252,21 @@ class Store:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         db_name = f"index-{uuid.uuid4().hex[:12]}.db"
-        store = cls(folder, db_name, _connect(folder / db_name))
+        store = cls(folder, db_name, _connect(folder / db_name), writer=True)
         migrate(store.db)
         now = utc_now()
-        store.write_settings({**settings, "created": now, "updated": now, "generation": 0})
+        index_type = settings.get("index_type") or (settings.get("index") or {}).get("type")
+        spec = vector_index.resolve(index_type or "auto", 0, int(settings["dim"]))
+        store.write_settings(
+            {
+                **{k: v for k, v in settings.items() if k != "index_type"},
+                **spec.to_settings(),
+                "vector_dtype": "float16",
+                "created": now,
+                "updated": now,
+                "generation": 0,
+            }
+        )
         return store
 
     def publish(self) -> None:
@@ -216,6 +275,7 @@ class Store:
         The ``published`` setting is what pointer recovery trusts: only a database
         that was once current can take the pointer back.
         """
+        self.refresh_index()
         self.write_faiss()
         self.write_settings({"published": utc_now()})
         _atomic_write(self.folder / POINTER, json.dumps({"db": self.db_name}) + "\n")
@@ -247,6 +307,25 @@ class Store:
     def generation(self) -> int:
         return int(self.settings.get("generation", 0))
 
+    @property
+    def spec(self) -> IndexSpec:
+        """The FAISS index type and parameters stored with the index (or tried in memory)."""
+        return self._spec_override or IndexSpec.from_settings(self.settings)
+
+    def try_index_type(self, index_type: str) -> None:
+        """Search this open store through another index type, built in memory from the
+        stored vectors; nothing is written (benchmarks compare types on one cached index)."""
+        self._spec_override = vector_index.resolve(
+            vector_index.validate_type(index_type), self.count(), int(self.settings["dim"])
+        )
+        self._gpu_index = None
+        self._tombstones = np.zeros(0, dtype=np.int64)
+        self._faiss = self.rebuild_faiss()
+
+    @property
+    def vector_dtype(self) -> np.dtype:
+        return stored_vector_dtype(self.settings)
+
     # ----------------------------------------------------------- documents
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM documents").fetchone()[0]
@@ -272,16 +351,22 @@ class Store:
         return [rows[i] for i in wanted if i in rows]
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
-        """The stored vectors of these documents, in the order asked (for exports)."""
+        """The stored vectors (fp32) of these documents, in the order asked."""
         wanted = [int(i) for i in ids]
-        marks = ",".join("?" * len(wanted))
-        blobs = dict(
-            self.db.execute(f"SELECT id, vector FROM vectors WHERE id IN ({marks})", wanted)
-        )
+        blobs: dict[int, bytes] = {}
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            blobs.update(
+                self.db.execute(f"SELECT id, vector FROM vectors WHERE id IN ({marks})", part)
+            )
         missing = [i for i in wanted if i not in blobs]
         if missing:
             raise EngineError(f"index at {self.folder} has no vector for documents {missing[:5]}")
-        return np.vstack([np.frombuffer(blobs[i], dtype=np.float32) for i in wanted])
+        if not wanted:
+            return np.zeros((0, int(self.settings["dim"])), dtype=np.float32)
+        dtype = self.vector_dtype
+        return np.vstack([np.frombuffer(blobs[i], dtype=dtype) for i in wanted]).astype(np.float32)
 
     def stats(self) -> dict[str, Any]:
         tokens = self.db.execute("SELECT coalesce(sum(token_count), 0) FROM documents").fetchone()[
@@ -301,47 +386,102 @@ class Store:
     ) -> None:
         """Apply one checkpoint in one transaction: removals, then new/changed documents.
 
-        Rows in ``upsert`` with an ``id`` replace that document; rows without get a
-        new id. ``vectors[i]`` belongs to ``upsert[i]``.
+        Rows in ``upsert`` with an ``id`` replace that document, which gets a new id
+        (ids are never reused, so a snapshot can be caught up by comparing ids).
+        ``vectors[i]`` belongs to ``upsert[i]``.
         """
         if not remove and not upsert:
             return
+        if self._faiss is not None and not self.writer:
+            self._faiss = None  # a mapped snapshot is read-only: reload after the change
         now = utc_now()
-        index = self._faiss
+        spec = self.spec
+        stored = (
+            np.asarray(vectors, dtype=self.vector_dtype)
+            if vectors is not None
+            else np.zeros((0, 0), self.vector_dtype)
+        )
+        replaced = [int(r["id"]) for r in upsert if r.get("id") is not None]
+        gone = [int(i) for i in remove] + replaced
         with self.db.atomic():
-            if remove:
-                ids = [(int(i),) for i in remove]
+            created = {}
+            if replaced:
+                created = dict(
+                    self.db.execute(
+                        f"SELECT id, created FROM documents WHERE id IN ({','.join('?' * len(replaced))})",
+                        replaced,
+                    ).fetchall()
+                )
+            if gone:
+                ids = [(i,) for i in gone]
                 self.db.conn.executemany("DELETE FROM vectors WHERE id = ?", ids)
                 self.db.conn.executemany("DELETE FROM documents WHERE id = ?", ids)
+                if not spec.can_remove:
+                    self.db.conn.executemany(
+                        "INSERT OR IGNORE INTO tombstones (id) VALUES (?)", ids
+                    )
             new_ids = []
-            for row, vector in zip(upsert, vectors if vectors is not None else [], strict=True):
+            for row, vector in zip(upsert, stored, strict=True):
                 record = {k: v for k, v in row.items() if k != "id"}
+                record["created"] = created.get(row.get("id"), now)
                 record["updated"] = now
-                if row.get("id") is not None:
-                    self.db["documents"].update(row["id"], record)
-                    doc_id = int(row["id"])
-                else:
-                    record["created"] = now
-                    doc_id = self.db["documents"].insert(record).last_pk
+                doc_id = self.db["documents"].insert(record).last_pk
                 self.db.conn.execute(
-                    "INSERT OR REPLACE INTO vectors (id, vector) VALUES (?, ?)",
-                    (doc_id, np.asarray(vector, dtype=np.float32).tobytes()),
+                    "INSERT INTO vectors (id, vector) VALUES (?, ?)", (doc_id, vector.tobytes())
                 )
                 new_ids.append(doc_id)
             self._put_settings({"generation": self.generation + 1, "updated": now})
         self._faiss_verified = False
-        if index is not None:
-            replaced = list(remove) + [r["id"] for r in upsert if r.get("id") is not None]
-            if replaced:
-                index.remove_ids(np.asarray(replaced, dtype=np.int64))
-            if new_ids:
-                index.add_with_ids(
-                    np.ascontiguousarray(vectors, dtype=np.float32),
-                    np.asarray(new_ids, dtype=np.int64),
-                )
+        self._apply_to_index(spec, gone, new_ids, stored)
         if self.publish_on_commit:
             self.publish_on_commit = False
             self.publish()
+
+    def _apply_to_index(self, spec: IndexSpec, gone: list[int], new_ids: list[int], stored) -> None:
+        """Keep a loaded FAISS index in step with a commit (removals or tombstones, additions)."""
+        index = self._faiss
+        if index is None:
+            return
+        if gone:
+            if spec.can_remove:
+                vector_index.remove(index, gone)
+            else:
+                held = np.intersect1d(np.asarray(gone, np.int64), vector_index.index_ids(index))
+                self._tombstones = np.union1d(self._tombstones, held)
+        if new_ids:
+            if index.is_trained:
+                # The index gets exactly what SQLite holds (fp16-rounded), as a rebuild would.
+                vector_index.add(index, np.asarray(new_ids), stored.astype(np.float32))
+            else:
+                self._faiss = None  # built (trained) from SQLite on publish
+
+    def set_index_type(self, index_type: str) -> None:
+        """Switch the FAISS index type; the snapshot is rebuilt from the stored vectors."""
+        current = self.spec
+        if index_type == current.type and not vector_index.is_stale(current, self.count()):
+            return
+        self._use_spec(vector_index.resolve(index_type, self.count(), current.dim))
+
+    def refresh_index(self) -> None:
+        """Before publishing: re-resolve a stale spec (auto, IVF growth) and compact tombstones."""
+        spec = self.spec
+        count = self.count()
+        if vector_index.is_stale(spec, count):
+            self._use_spec(vector_index.resolve(spec.type, count, spec.dim))
+        elif len(self._tombstones) > COMPACT_TOMBSTONES * max(count, 1):
+            self._use_spec(spec)
+
+    def _use_spec(self, spec: IndexSpec) -> None:
+        """A new generation whose index is built afresh from SQLite (older snapshots don't apply)."""
+        generation = self.generation + 1
+        with self.db.atomic():
+            self._put_settings(
+                {**spec.to_settings(), "generation": generation, "index_generation": generation}
+            )
+            self.db.execute("DELETE FROM tombstones")
+        self._faiss = None
+        self._gpu_index = None
+        self._tombstones = np.zeros(0, dtype=np.int64)
 
     # --------------------------------------------------------------- FAISS
     def faiss_path(self, generation: int | None = None) -> Path:
@@ -349,17 +489,21 @@ class Store:
         return self.folder / f"{Path(self.db_name).stem}.{generation}.faiss"
 
     def load_faiss(self) -> faiss.Index:
-        """The FAISS snapshot for the current generation, verified against its recorded checksum.
+        """The FAISS index for the current generation.
 
-        A stale snapshot (a run was killed after a commit) is rebuilt from SQLite
-        quietly; a damaged one (checksum, count or format) with a one-line warning.
+        The current snapshot, verified against its recorded checksum (mapped for
+        readers); when a run was killed after a commit, the last published snapshot
+        caught up with SQLite by id difference; else a rebuild from SQLite. Stale
+        snapshots are handled quietly, damaged ones with a one-line warning.
         """
         if self._faiss is not None:
             return self._faiss
-        problem = self.snapshot_problem()
+        spec = self.spec
         index = None
+        problem = self.snapshot_problem(hash_limit=SNAPSHOT_HASH_MAX_BYTES)
         if problem is None:
-            index = self._read_snapshot()
+            index = self._read_snapshot(self.faiss_path())
+            index = self._with_tombstones(index, spec) if index is not None else None
             if index is None:
                 problem = "unreadable"
         if problem not in (None, *QUIET_SNAPSHOT_PROBLEMS):
@@ -368,14 +512,21 @@ class Store:
                 "rebuilt it from the database"
             )
         self._faiss_verified = index is not None
-        self._faiss = index if index is not None else self.rebuild_faiss()
-        return self._faiss
+        if index is None and problem == "missing":
+            index = self._catch_up(spec)
+        if index is None:
+            index = self.rebuild_faiss()
+            self._tombstones = np.zeros(0, dtype=np.int64)
+        self._faiss = index
+        return index
 
-    def snapshot_problem(self) -> str | None:
+    def snapshot_problem(self, hash_limit: float = float("inf")) -> str | None:
         """Why the snapshot of the current generation cannot be trusted, or None if it can.
 
         "missing" and "unrecorded" (no checksum: an older engine, or a writer killed
         between writing the file and recording it) are normal; anything else is damage.
+        Files over ``hash_limit`` bytes are not hashed (opening a large index stays fast;
+        `engine check` always hashes).
         """
         path = self.faiss_path()
         if not path.is_file():
@@ -385,42 +536,106 @@ class Store:
             return "unrecorded"
         if record.get("vectors") != self.count():
             return f"{record.get('vectors')} vectors recorded, {self.count()} in the database"
-        if file_sha256(path) != record.get("sha256"):
+        if path.stat().st_size <= hash_limit and file_sha256(path) != record.get("sha256"):
             return "checksum mismatch"
         return None
 
-    def _read_snapshot(self) -> faiss.Index | None:
+    def _read_snapshot(self, path: Path, *, mmap: bool | None = None) -> faiss.Index | None:
         try:
-            index = faiss.read_index(str(self.faiss_path()))
+            return vector_index.read(path, mmap=not self.writer if mmap is None else mmap)
         except RuntimeError:
             return None
-        return index if index.ntotal == self.count() else None
+
+    def _with_tombstones(self, index: faiss.Index, spec: IndexSpec) -> faiss.Index | None:
+        """The index if its live vectors are exactly SQLite's count (graph tombstones aside)."""
+        tombstones = np.zeros(0, dtype=np.int64)
+        if not spec.can_remove:
+            rows = self.db.execute("SELECT id FROM tombstones").fetchall()
+            if rows:
+                held = vector_index.index_ids(index)
+                tombstones = np.intersect1d(np.asarray([r[0] for r in rows], np.int64), held)
+        if index.d != spec.dim or index.ntotal - len(tombstones) != self.count():
+            return None
+        self._tombstones = tombstones
+        return index
+
+    def _catch_up(self, spec: IndexSpec) -> faiss.Index | None:
+        """The last published snapshot plus what SQLite gained and lost since (a writer killed
+        mid-run): ids are never reused, so the id difference is exactly what changed."""
+        path = self._older_snapshot()
+        if path is None:
+            return None
+        index = self._read_snapshot(path, mmap=False)  # a copy we can change, never the mapped file
+        if index is None or index.d != spec.dim:
+            return None
+        held = vector_index.index_ids(index)
+        live = np.fromiter((r[0] for r in self.db.execute("SELECT id FROM vectors")), np.int64)
+        gone = np.setdiff1d(held, live)
+        missing = np.setdiff1d(live, held)
+        if spec.can_remove:
+            vector_index.remove(index, gone)
+            self._tombstones = np.zeros(0, dtype=np.int64)
+        else:
+            self._tombstones = gone
+        for start in range(0, len(missing), 8192):
+            part = missing[start : start + 8192]
+            vector_index.add(index, part, self.vectors(part.tolist()))
+        return index
+
+    def _older_snapshot(self) -> Path | None:
+        """The last recorded snapshot if it is older than the current generation, built with the
+        current index spec, and (up to the hashing limit) matches its checksum."""
+        record = self.settings.get(SNAPSHOT_KEY)
+        if not isinstance(record, dict) or not isinstance(record.get("generation"), int):
+            return None
+        usable = range(int(self.settings.get("index_generation", 0)), self.generation)
+        path = self.folder / str(record.get("file"))
+        if record["generation"] not in usable or path != self.faiss_path(record["generation"]):
+            return None
+        if not path.is_file():
+            return None
+        if path.stat().st_size <= SNAPSHOT_HASH_MAX_BYTES and file_sha256(path) != record.get(
+            "sha256"
+        ):
+            return None
+        return path
 
     def rebuild_faiss(self) -> faiss.Index:
+        """A fresh index from SQLite, streamed in chunks (never a second full copy)."""
+        spec = self.spec
         dim = int(self.settings["dim"])
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        ids, vectors = [], []
-        for doc_id, blob in self.db.execute("SELECT id, vector FROM vectors ORDER BY id"):
-            ids.append(doc_id)
-            vectors.append(np.frombuffer(blob, dtype=np.float32))
-        if ids:
-            index.add_with_ids(np.vstack(vectors), np.asarray(ids, dtype=np.int64))
-        return index
+        sample = None
+        if spec.needs_training:
+            size = vector_index.training_size(spec)
+            ids = [r[0] for r in self.db.execute("SELECT id FROM vectors")]
+            rng = np.random.default_rng(0)
+            chosen = rng.choice(ids, size=min(size, len(ids)), replace=False) if ids else []
+            sample = self.vectors(sorted(int(i) for i in chosen))
+        rows = self.db.execute("SELECT id, vector FROM vectors ORDER BY id")
+        try:
+            return vector_index.build(
+                spec, vector_index.iter_chunks(rows, self.vector_dtype, dim), sample=sample
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(
+                f"cannot build a {spec.factory} index on {self.count()} documents: "
+                f"{str(exc).strip().splitlines()[-1]}"
+            ) from None
 
     def write_faiss(self) -> None:
         """Write the snapshot for the current generation (temp file + atomic rename) and record
-        its checksum, vector count and generation; a verified snapshot is kept as it is."""
+        its checksum, live vector count and generation; a verified snapshot is kept as it is."""
         index = self.load_faiss()
         path = self.faiss_path()
         if self._faiss_verified and path.is_file() and self.snapshot_problem() is None:
             return
         tmp = path.with_suffix(".faiss.tmp")
-        faiss.write_index(index, str(tmp))
+        vector_index.write(index, tmp)
         _fsync_file(tmp)
         record = {
             "file": path.name,
             "generation": self.generation,
-            "vectors": int(index.ntotal),
+            "vectors": int(index.ntotal) - len(self._tombstones),
             "sha256": file_sha256(tmp),
         }
         os.replace(tmp, path)
@@ -431,6 +646,7 @@ class Store:
     def rewrite_snapshot(self) -> None:
         """Rebuild the snapshot from SQLite and write it, whatever is on disk (repair)."""
         self._faiss = self.rebuild_faiss()
+        self._tombstones = np.zeros(0, dtype=np.int64)
         self._faiss_verified = False
         self.write_faiss()
 
@@ -442,20 +658,28 @@ class Store:
             if file.is_file() and file.name not in keep and file.name.startswith("index-"):
                 file.unlink(missing_ok=True)
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner-product search; on a GPU when a faiss GPU build is present."""
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some."""
         index = self._search_index()
-        k = max(1, min(k, index.ntotal))
-        if index.ntotal == 0:
+        live = index.ntotal - len(self._tombstones)
+        if live <= 0:
             empty = np.zeros((len(vectors), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
-        return index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        k = max(1, min(k, live))
+        return vector_index.search(
+            index, self.spec, vectors, k, knobs=knobs, tombstones=self._tombstones
+        )
 
-    def _search_index(self) -> faiss.Index:
+    def _search_index(self) -> Any:
         index = self.load_faiss()
-        if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            if getattr(self, "_gpu_index", None) is None:
-                self._gpu_index = faiss.index_cpu_to_all_gpus(index)
+        if vector_index.gpu_count() > 0:
+            if self._gpu_index is None:
+                self._gpu_index = vector_index.to_gpus(index, self.spec, self._tombstones) or index
             return self._gpu_index
         return index
 
@@ -495,10 +719,12 @@ class Writer:
             store = Store.create(self.folder, self.settings)
             store.publish_on_commit = not (self.folder / POINTER).is_file()
             return store
-        store = Store.open(self.folder)
+        store = Store.open(self.folder, writer=True)
         check_compatible(store.settings, self.settings, f"index at {self.folder}")
         with reporting_damage(self.folder):
             store.write_settings({"engine_version": self.settings["engine_version"]})
+            if self.settings.get("index_type"):
+                store.set_index_type(self.settings["index_type"])
         return store
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -622,6 +848,11 @@ def quick_check_problems(db: sqlite_utils.Database) -> list[str]:
     return [] if rows == ["ok"] else rows
 
 
+def stored_vector_dtype(settings: dict[str, Any]) -> np.dtype:
+    """How vectors are stored in SQLite: fp16 since migration 2, fp32 before."""
+    return np.dtype(settings.get("vector_dtype", "float32"))
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -651,13 +882,19 @@ def check_compatible(
             raise EngineError(f"{where} has {key}={stored.get(key)}, not {wanted.get(key)}; {fix}")
 
 
-def index_settings(describe: dict[str, Any], default_instruction: str | None) -> dict[str, Any]:
-    """Settings stored with a new index (from the encoder's description)."""
+def index_settings(
+    describe: dict[str, Any], default_instruction: str | None, index_type: str | None = None
+) -> dict[str, Any]:
+    """Settings stored with a new index (from the encoder's description).
+
+    ``index_type`` None keeps an existing index's type (``auto`` for a new one).
+    """
     return {
         **describe,
         "engine_version": __version__,
         "metric": "inner_product",
         "default_instruction": default_instruction,
+        "index_type": index_type,
     }
 
 

@@ -1,0 +1,398 @@
+"""How vectors are searched: the FAISS index types, built from the store's vectors.
+
+The store (SQLite) keeps every vector; a FAISS index is a derived, rebuildable
+snapshot. This module owns everything FAISS-specific: which index a type name
+means, building and training it from a stream of vectors, adding and removing
+ids, search-time knobs, reading (memory-mapped) and writing snapshots, GPUs.
+
+Types (``engine index --index-type``)::
+
+    flat       exact inner product over fp32 (IndexFlatIP), today's default below AUTO_EXACT_LIMIT
+    flat-fp16  exact scan over fp16 codes: half the memory, scores within ~1e-3
+    sq8        exact scan over 8-bit scalar codes: a quarter of the memory
+    hnsw       HNSW32 graph over fp16 codes; no training; knob --ef-search
+    ivf-flat   IVF, nlist ~ 4*sqrt(n) trained on a sample, fp32 lists; knob --nprobe
+    ivf-pq     IVF + product quantisation (dim/4 bytes a vector); knob --nprobe
+    auto       flat while documents x dim <= AUTO_EXACT_LIMIT, hnsw above
+    other      any faiss index_factory string, e.g. "IVF1024,SQ8" or "HNSW16,Flat"
+
+Removing ids: flat, SQ and IVF indexes remove in place (``remove_ids``). An HNSW
+graph cannot drop nodes, so removed ids become tombstones: the store lists them
+and every search filters them out with an ``IDSelector`` (exact, no over-fetch
+needed, as faiss applies the selector during the graph walk). The store compacts
+(rebuilds from SQLite) when tombstones pass a quarter of the index.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from engine.errors import EngineError
+
+# Exact search while documents x dim stays at or below this (about 50k x 384 or 5k x 4096):
+# a flat scan of 2e7 floats takes ~15 ms on the 2-core reference machine (bench/results/ann-*).
+AUTO_EXACT_LIMIT = 20_000_000
+NAMED_TYPES = ("flat", "flat-fp16", "sq8", "hnsw", "ivf-flat", "ivf-pq")
+TYPE_CHOICES = ("auto", *NAMED_TYPES)
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+# Defaults chosen on the benchmark to reach recall@10 >= 0.95 (bench/results/ann-*.json).
+DEFAULT_EF_SEARCH = 128
+DEFAULT_NPROBE_FRACTION = 1 / 32  # of nlist, at least 16
+# IVF training sample: faiss wants 39..256 points per centroid.
+TRAIN_POINTS_PER_LIST = 64
+MIN_TRAIN_POINTS = 1024
+# An IVF index trained for n vectors is retrained when the corpus grows past RETRAIN_GROWTH x n.
+RETRAIN_GROWTH = 4
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What to build: the type asked for and the faiss factory string it resolved to."""
+
+    type: str
+    factory: str
+    dim: int
+    trained_for: int = 0  # corpus size the IVF parameters were chosen for
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_ivf(self) -> bool:
+        return "IVF" in self.factory
+
+    @property
+    def is_hnsw(self) -> bool:
+        return "HNSW" in self.factory
+
+    @property
+    def can_remove(self) -> bool:
+        """False where removal needs tombstones (graph indexes)."""
+        return not (self.is_hnsw or "NSG" in self.factory)
+
+    @property
+    def needs_training(self) -> bool:
+        """IVF lists, PQ codebooks, SQ8 ranges: learnt from a sample before adding."""
+        return not faiss.index_factory(
+            self.dim, self.factory, faiss.METRIC_INNER_PRODUCT
+        ).is_trained
+
+    def to_settings(self) -> dict[str, Any]:
+        return {"index": asdict(self)}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> IndexSpec:
+        """The stored spec; indexes from before index types were exact fp32 flat."""
+        stored = settings.get("index")
+        if not stored:
+            return resolve("flat", 0, int(settings["dim"]))
+        return cls(**stored)
+
+    def describe(self) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.type} ({self.factory}{'; ' + knobs if knobs else ''})"
+
+
+def validate_type(index_type: str) -> str:
+    """A named type, ``auto``, or a factory string faiss accepts; else a one-line error."""
+    name = index_type.strip()
+    if name.lower() in TYPE_CHOICES:
+        return name.lower()
+    try:
+        faiss.index_factory(8, name.replace("{dim}", "8"), faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        raise EngineError(
+            f"unknown --index-type {index_type!r}: use one of {', '.join(TYPE_CHOICES)} "
+            "or a faiss index_factory string such as 'IVF256,SQ8'"
+        ) from None
+    return name
+
+
+def choose_nlist(count: int) -> int:
+    """About 4 sqrt(n) lists (a power of two), with enough training points for each."""
+    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
+    return max(1, min(nlist, count // 39))
+
+
+def resolve(index_type: str, count: int, dim: int) -> IndexSpec:
+    """The concrete spec for ``index_type`` on ``count`` vectors of ``dim``."""
+    if index_type == "auto":
+        chosen = "flat" if count * dim <= AUTO_EXACT_LIMIT else "hnsw"
+        spec = resolve(chosen, count, dim)
+        return IndexSpec("auto", spec.factory, dim, spec.trained_for, spec.params)
+    if index_type == "flat":
+        return IndexSpec(index_type, "Flat", dim)
+    if index_type == "flat-fp16":
+        return IndexSpec(index_type, "SQfp16", dim)
+    if index_type == "sq8":
+        return IndexSpec(index_type, "SQ8", dim)
+    if index_type == "hnsw":
+        return IndexSpec(
+            index_type,
+            f"HNSW{HNSW_M},SQfp16",
+            dim,
+            params={"ef_search": DEFAULT_EF_SEARCH, "ef_construction": HNSW_EF_CONSTRUCTION},
+        )
+    if index_type in ("ivf-flat", "ivf-pq"):
+        if count < MIN_TRAIN_POINTS:  # too few vectors to train lists: exact until there are
+            return IndexSpec(index_type, "Flat", dim, count)
+        nlist = choose_nlist(count)
+        nprobe = min(nlist, max(16, round(nlist * DEFAULT_NPROBE_FRACTION)))
+        if index_type == "ivf-flat":
+            factory = f"IVF{nlist},Flat"
+        else:
+            m = _pq_subquantizers(dim)
+            bits = 8 if count >= 256 * 39 else 4  # enough points to train 256 centroids
+            factory = f"IVF{nlist},PQ{m}x{bits}"
+        return IndexSpec(index_type, factory, dim, count, {"nlist": nlist, "nprobe": nprobe})
+    spec = IndexSpec(index_type, index_type.replace("{dim}", str(dim)), dim, count)
+    if spec.is_hnsw:
+        spec.params["ef_search"] = DEFAULT_EF_SEARCH
+    if spec.is_ivf:
+        nlist = int(re.search(r"IVF(\d+)", spec.factory).group(1))
+        spec.params["nprobe"] = min(nlist, max(16, round(nlist * DEFAULT_NPROBE_FRACTION)))
+    return spec
+
+
+def _pq_subquantizers(dim: int) -> int:
+    """dim/4 sub-quantizers (one byte per 4 dimensions), a divisor of dim."""
+    for m in range(max(1, dim // 4), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def is_stale(spec: IndexSpec, count: int) -> bool:
+    """Whether to re-resolve and rebuild: auto crossed its threshold, IVF outgrew its lists."""
+    fresh = resolve(spec.type, count, spec.dim)
+    if fresh.factory == spec.factory:
+        return False
+    if spec.type in ("ivf-flat", "ivf-pq") and spec.needs_training:
+        return not spec.trained_for / RETRAIN_GROWTH <= count <= spec.trained_for * RETRAIN_GROWTH
+    return True
+
+
+# ------------------------------------------------------------------ building
+def new_index(spec: IndexSpec) -> faiss.Index:
+    """An empty index that takes ids (IVF natively, the rest through IndexIDMap)."""
+    index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    if spec.is_hnsw:
+        faiss.downcast_index(index).hnsw.efConstruction = int(
+            spec.params.get("ef_construction", HNSW_EF_CONSTRUCTION)
+        )
+    if not isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+        index = faiss.IndexIDMap(index)
+    return index
+
+
+def build(
+    spec: IndexSpec,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    sample: np.ndarray | None = None,
+) -> faiss.Index:
+    """An index of ``spec`` filled from ``(ids, vectors)`` chunks (streamed, not concatenated).
+
+    Trainable types are trained on ``sample`` (a few vectors per list) first.
+    """
+    index = new_index(spec)
+    if not index.is_trained:
+        if sample is None or len(sample) == 0:
+            return index  # nothing to train on yet: the store trains it when vectors come
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    for ids, vectors in chunks:
+        add(index, ids, vectors)
+    return index
+
+
+def training_size(spec: IndexSpec) -> int:
+    """How many vectors to sample for training ``spec``."""
+    if not spec.needs_training:
+        return 0
+    nlist = int(spec.params.get("nlist", 1))
+    return max(MIN_TRAIN_POINTS, nlist * TRAIN_POINTS_PER_LIST, 256 * 39)
+
+
+def add(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray) -> None:
+    if len(ids):
+        index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+        )
+
+
+def remove(index: faiss.Index, ids: Iterable[int]) -> None:
+    """Remove ids in place (only for specs that ``can_remove``)."""
+    wanted = np.asarray(list(ids), dtype=np.int64)
+    if len(wanted):
+        index.remove_ids(wanted)
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """Every id held by the index (for catching an old snapshot up with SQLite)."""
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    lists = ivf.invlists
+    parts = [
+        faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+        for i in range(lists.nlist)
+        if lists.list_size(i)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+# ----------------------------------------------------------------- searching
+@dataclass(frozen=True)
+class SearchKnobs:
+    """Search-time accuracy/speed knobs; None keeps the index's stored default."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+
+def search(
+    index: faiss.Index,
+    spec: IndexSpec,
+    vectors: np.ndarray,
+    k: int,
+    *,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+    tombstones: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) per query; tombstoned ids never come back."""
+    params = _search_params(spec, knobs)
+    if tombstones is not None and len(tombstones):
+        params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(tombstones))
+    queries = np.ascontiguousarray(vectors, dtype=np.float32)
+    if _is_gpu(index):  # tombstones were left out when the GPU copy was made
+        _apply_gpu_knobs(index, spec, knobs)
+        return index.search(queries, k)
+    return index.search(queries, k, params=params)
+
+
+def _search_params(spec: IndexSpec, knobs: SearchKnobs) -> faiss.SearchParameters:
+    if spec.is_hnsw:
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(knobs.ef_search or spec.params.get("ef_search", DEFAULT_EF_SEARCH))
+        return params
+    if spec.is_ivf:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(knobs.nprobe or spec.params.get("nprobe", 1))
+        return params
+    return faiss.SearchParameters()
+
+
+# ------------------------------------------------------------------ snapshots
+def write(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def read(path: Path, *, mmap: bool) -> faiss.Index:
+    """Read a snapshot; ``mmap`` maps it read-only instead of copying (readers, not the writer).
+
+    ``IO_FLAG_MMAP_IFC`` maps flat codes and HNSW storage in place; IVF inverted
+    lists map with ``IO_FLAG_MMAP``.
+    """
+    if not mmap:
+        return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+
+
+def iter_chunks(
+    rows: Iterable[tuple[int, bytes]], dtype: np.dtype, dim: int, size: int = 65536
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(ids, fp32 vectors)`` chunks from ``(id, blob)`` rows, ``size`` at a time."""
+    ids: list[int] = []
+    blobs: list[bytes] = []
+    for doc_id, blob in rows:
+        ids.append(doc_id)
+        blobs.append(blob)
+        if len(ids) >= size:
+            yield _chunk(ids, blobs, dtype, dim)
+            ids, blobs = [], []
+    if ids:
+        yield _chunk(ids, blobs, dtype, dim)
+
+
+def _chunk(ids, blobs, dtype, dim) -> tuple[np.ndarray, np.ndarray]:
+    vectors = np.frombuffer(b"".join(blobs), dtype=dtype).reshape(len(ids), dim)
+    return np.asarray(ids, dtype=np.int64), vectors.astype(np.float32)
+
+
+# ----------------------------------------------------------------------- GPU
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def to_gpus(
+    index: faiss.Index, spec: IndexSpec, tombstones: np.ndarray | None = None
+) -> faiss.Index | GpuGraph | None:
+    """The index on all GPUs: flat and IVF sharded in fp16; HNSW as CAGRA where faiss has cuVS.
+
+    None when this build or type has no GPU path (the CPU index answers then).
+    """
+    if gpu_count() == 0:
+        return None
+    if spec.is_hnsw:
+        return GpuGraph.build(index, spec, tombstones) if hasattr(faiss, "GpuIndexCagra") else None
+    if not (spec.is_ivf or spec.factory in ("Flat", "SQfp16")):
+        return None
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    options.useFloat16 = True
+    options.common_ivf_quantizer = True
+    return faiss.index_cpu_to_all_gpus(index, co=options)
+
+
+class GpuGraph:
+    """A CAGRA graph on the first GPU over the live vectors of an HNSW index, ids mapped back."""
+
+    def __init__(self, cagra, ids: np.ndarray) -> None:
+        self.cagra = cagra
+        self.ids = ids
+        self.ntotal = len(ids)
+
+    @classmethod
+    def build(cls, index: faiss.Index, spec: IndexSpec, tombstones: np.ndarray | None) -> GpuGraph:
+        ids = index_ids(index)
+        vectors = index.index.reconstruct_n(0, index.ntotal)
+        if tombstones is not None and len(tombstones):
+            live = ~np.isin(ids, tombstones)
+            ids, vectors = ids[live], vectors[live]
+        cagra = faiss.GpuIndexCagra(
+            faiss.StandardGpuResources(),
+            spec.dim,
+            faiss.METRIC_INNER_PRODUCT,
+            faiss.GpuIndexCagraConfig(),
+        )
+        cagra.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        return cls(cagra, ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, positions = self.cagra.search(queries, k)
+        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+
+
+def _is_gpu(index) -> bool:
+    return (
+        isinstance(index, GpuGraph)
+        or "Gpu" in type(index).__name__
+        or ("Shards" in type(index).__name__)
+    )
+
+
+def _apply_gpu_knobs(index, spec: IndexSpec, knobs: SearchKnobs) -> None:
+    if spec.is_ivf and not isinstance(index, GpuGraph):
+        faiss.GpuParameterSpace().set_index_parameter(
+            index, "nprobe", int(knobs.nprobe or spec.params.get("nprobe", 1))
+        )
