@@ -40,10 +40,12 @@ from engine.options import (
     batch_tokens_option,
     cache_dir_option,
     device_option,
+    index_type_option,
     json_option,
     model_option,
     quiet_option,
     results_dir_option,
+    search_knob_options,
 )
 from engine.progress import progress_enabled
 
@@ -107,12 +109,27 @@ def retrieve(
     k: int,
     exclude_own_id: bool = False,
     progress: bool = False,
-) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Top-``k`` document ids and scores per query, through the Store; also the timings."""
+    index_type: str | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Top-``k`` document ids and scores per query, through the Store; also the timings.
+
+    ``index_type`` searches through that FAISS index type, built in memory from the
+    cached vectors (the shared cache keeps its own type).
+    """
     from indexer.store import Store
+    from indexer.vector_index import SearchKnobs
 
     store = Store.open(index_dir)
     try:
+        built = time.perf_counter()
+        if index_type is not None:
+            store.try_index_type(index_type)
+        else:
+            store.load_faiss()
+        built = time.perf_counter() - built
+        spec = store.spec
         query_ids = list(queries)
         started = time.perf_counter()
         vectors = encoder.encode_queries(
@@ -120,7 +137,9 @@ def retrieve(
         )
         encoded = time.perf_counter()
         # One extra hit, so dropping a query's own id still leaves k.
-        scores, ids = store.search(vectors, k + int(exclude_own_id))
+        scores, ids = store.search(
+            vectors, k + int(exclude_own_id), SearchKnobs(nprobe=nprobe, ef_search=ef_search)
+        )
         searched = time.perf_counter()
         doc_ids = store.doc_ids()
     finally:
@@ -136,6 +155,10 @@ def retrieve(
                 hits[doc_id] = float(score)
         run[query_id] = hits
     timing = {
+        "index_type": spec.describe(),
+        "index_load_seconds": round(built, 3),
+        "nprobe": nprobe,
+        "ef_search": ef_search,
         "query_encode_seconds": round(encoded - started, 3),
         "search_seconds": round(searched - encoded, 3),
         "queries_per_second": round(len(query_ids) / max(searched - started, 1e-9), 2),
@@ -153,13 +176,17 @@ def evaluate_dataset(
     k: int = DEFAULT_TOP_K,
     progress: bool = False,
     dataset: BeirDataset | None = None,
+    index_type: str | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
 ) -> dict[str, Any]:
     """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
 
     ``instruction``: ``PROFILE_DEFAULT`` (the dataset's paper instruction when the
     model is instruction-tuned, else none), ``PAPER_INSTRUCTION``, ``None`` for
     none, or a string.
-    Documents are encoded at ``encoder.max_length`` tokens.
+    Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
+    ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
     """
     from indexer.indexing import update_index
 
@@ -178,6 +205,9 @@ def evaluate_dataset(
         k=k,
         exclude_own_id=exclude_own_id,
         progress=progress,
+        index_type=index_type,
+        nprobe=nprobe,
+        ef_search=ef_search,
     )
     metrics = evaluate_run(data.qrels, run)
     return {
@@ -249,12 +279,15 @@ def overall_average(results: list[dict[str, Any]]) -> dict[str, float]:
     return average(units + list(group_averages(results).values()))
 
 
-def result_filename(model: str, datasets: list[str], max_length: int) -> str:
+def result_filename(
+    model: str, datasets: list[str], max_length: int, index_type: str | None = None
+) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
     if len(names) > 80:
         names = f"{len(datasets)}-datasets"
-    return f"beir-{model_slug}-{names}-{max_length}.json"
+    kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
+    return f"beir-{model_slug}-{names}-{max_length}{kind}.json"
 
 
 def command_line(params: dict[str, Any]) -> str:
@@ -268,6 +301,9 @@ def command_line(params: dict[str, Any]) -> str:
         ("--max-length", params.get("max_length")),
         ("--instruction", params.get("instruction")),
         ("-k", params.get("k")),
+        ("--index-type", params.get("index_type")),
+        ("--nprobe", params.get("nprobe")),
+        ("--ef-search", params.get("ef_search")),
     ]
     for flag, value in options:
         if value is not None:
@@ -332,6 +368,11 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     show_default=True,
     help="Documents retrieved per query.",
 )
+@index_type_option(
+    "Search through this FAISS index type, built in memory from the cached vectors "
+    "(default: the cached index's own, exact at BEIR sizes)."
+)
+@search_knob_options
 @batch_tokens_option()
 @device_option()
 @cache_dir_option()
@@ -347,6 +388,9 @@ def beir(
     instruct: bool | None,
     instruction: str | None,
     k: int,
+    index_type: str | None,
+    nprobe: int | None,
+    ef_search: int | None,
     batch_tokens: int | None,
     device: str | None,
     cache_dir: Path | None,
@@ -368,6 +412,7 @@ def beir(
       engine bench beir --data-dir ../shared/data/beir/scifact --max-length 256
       engine bench beir --data-dir data --datasets scifact --model ./my-model --no-instruct
       engine bench beir --data-dir data --datasets fiqa --instruction "Given a question, retrieve answers" --json
+      engine bench beir --data-dir data --datasets scifact --index-type hnsw --ef-search 64
     """
     from engine.encoder import Encoder
     from indexer.distributed import IndexingGroup
@@ -377,6 +422,10 @@ def beir(
         raise EngineError("--instruction and --no-instruct exclude each other")
     if instruction is not None and not instruction.strip():
         raise EngineError("--instruction is empty")
+    if index_type is not None:
+        from indexer.vector_index import validate_type
+
+        index_type = validate_type(index_type)
     cache_dir = cache_dir or default_cache_dir()
 
     def load_datasets() -> list[BeirDataset]:
@@ -419,6 +468,9 @@ def beir(
                     k=k,
                     progress=progress,
                     dataset=data,
+                    index_type=index_type,
+                    nprobe=nprobe,
+                    ef_search=ef_search,
                 )
             )
 
@@ -440,6 +492,9 @@ def beir(
         "ranks": group.world,
         "batch_tokens": encoder.batch_tokens,
         "k": k,
+        "index_type": index_type,
+        "nprobe": nprobe,
+        "ef_search": ef_search,
         "metrics_order": list(METRICS),
         "datasets": results,
         "groups": group_averages(results),
@@ -447,7 +502,7 @@ def beir(
     }
     out.mkdir(parents=True, exist_ok=True)
     units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
-    path = out / result_filename(encoder.name, units, encoder.max_length)
+    path = out / result_filename(encoder.name, units, encoder.max_length, index_type)
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))

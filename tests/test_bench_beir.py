@@ -387,3 +387,25 @@ def test_cqadupstack_subforums_are_averaged_into_one_group(tmp_path, tiny_bert_p
     first, second = (d["metrics"]["ndcg@10"] for d in summary["datasets"])
     assert group["ndcg@10"] == pytest.approx((first + second) / 2, abs=1e-5)
     assert (tmp_path / "out" / "beir-tiny-bert-cqadupstack-128.json").is_file()
+
+
+def test_index_type_is_tried_in_memory_on_the_cached_vectors(tmp_path, tiny_bert_path):
+    from engine.cli import cli
+    from indexer.store import Store
+
+    write_beir(tmp_path / "data" / "scifact")
+    runner = CliRunner()
+    base = [
+        "bench", "beir", "--data-dir", str(tmp_path / "data"), "--model", str(tiny_bert_path),
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--json",
+    ]  # fmt: skip
+    flat = json.loads(runner.invoke(cli, base).stdout)["datasets"][0]
+    hnsw_run = runner.invoke(cli, base + ["--index-type", "hnsw", "--ef-search", "16"])
+    assert hnsw_run.exit_code == 0, hnsw_run.output
+    hnsw = json.loads(hnsw_run.stdout)["datasets"][0]
+    assert hnsw["timing"]["encoded_documents"] == 0  # the cached vectors, not re-encoded
+    assert hnsw["timing"]["index_type"].startswith("hnsw (HNSW32,SQfp16")
+    assert hnsw["metrics"]["ndcg@10"] == pytest.approx(flat["metrics"]["ndcg@10"], abs=0.01)
+    cached = Store.open(flat["index"]["folder"])
+    assert cached.spec.type == "auto" and cached.spec.factory == "Flat"  # the cache is unchanged
+    assert (tmp_path / "out" / "beir-tiny-bert-scifact-128-hnsw.json").is_file()
