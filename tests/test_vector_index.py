@@ -136,7 +136,7 @@ def test_killed_writer_is_caught_up_from_the_last_snapshot(tmp_path):
         store.commit(remove=[ids["d0"], ids["d1"]])
         store.commit(upsert=rows(["late"]), vectors=clustered(1, seed=7))
         store.commit(upsert=rows(["d2"], ids), vectors=clustered(1, seed=8))
-        writer._lock_file.close()  # killed: no publish, no new snapshot
+        writer._lock.release()  # killed: no publish, no new snapshot
         store.close()
         reader = Store.open(folder)
         assert not reader.faiss_path().is_file()
