@@ -5,14 +5,17 @@ from __future__ import annotations
 import click
 
 from bench.beir import beir
+from bench.milvus import milvus
 from bench.passkey import passkey
+from bench.scaling import scaling
 from bench.serve import serve
 from bench.speed import speed
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def bench() -> None:
-    """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server.
+    """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
+    indexing, the Milvus backend.
 
     \b
     Examples:
@@ -20,6 +23,8 @@ def bench() -> None:
       engine bench passkey --lengths 256,512,1024,2048
       engine bench speed --data-dir ../shared/data/beir/scifact
       engine bench serve --data-dir ../shared/data/beir --dataset scifact --max-length 256
+      engine bench scaling --data-dir ../shared/data/beir/scifact --documents 600 --ranks 2
+      engine bench milvus --index ~/.cache/engine/beir/scifact-99277ff56c1d-256
     """
 
 
@@ -27,3 +32,5 @@ bench.add_command(beir)
 bench.add_command(passkey)
 bench.add_command(speed)
 bench.add_command(serve)
+bench.add_command(scaling)
+bench.add_command(milvus)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import platform
 import shlex
 import signal
 import socket
@@ -27,7 +25,7 @@ from typing import Any
 
 import click
 
-from bench.common import file_slug
+from bench.common import file_slug, machine
 from engine import __version__
 from engine.errors import EngineError
 from engine.options import (
@@ -196,28 +194,6 @@ def cold_cli_runs(
         else:
             errors += 1
     return latency_summary(latencies, time.perf_counter() - began, errors)
-
-
-def machine() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 @click.command("serve")

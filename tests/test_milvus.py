@@ -186,3 +186,28 @@ def test_unreachable_server_is_one_line(tmp_path, index_dir):
 
 def _rows(store: Store) -> dict[int, dict]:
     return {row["id"]: row for row in store.db.query("SELECT id, content_hash FROM documents")}
+
+
+def test_bench_milvus_records_cost_and_recall(tmp_path, index_dir):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "milvus",
+            "--index",
+            str(index_dir),
+            "--queries",
+            "10",
+            "--index-types",
+            "flat",
+            "--out",
+            str(tmp_path / "results"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    flat = summary["results"]["milvus-lite flat"]
+    assert flat["recall_at_10"] == 1.0  # exact search finds what FAISS finds
+    assert flat["export_docs_per_second"] > 0 and summary["documents"] == 40
+    assert (tmp_path / "results" / f"milvus-{index_dir.name}.json").is_file()
