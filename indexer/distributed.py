@@ -8,7 +8,8 @@ deals each rank a share balanced by tokens, encodes its own share, gathers the
 others' vectors and commits the round in one transaction. Incremental indexing,
 content hashes, checkpoints and crash safety are therefore those of a
 single-process run: a killed rank (the launcher then stops the rest) or a killed
-writer loses at most the round in flight, and the next run finishes the job.
+writer loses at most the two rounds in flight (one being committed, whole or not
+at all, and one being encoded), and the next run finishes the job.
 
 The other ranks run :meth:`IndexingGroup.serve`: they wait for jobs from the
 writer (one per ``update_index`` call) until it says it is done.
@@ -35,15 +36,22 @@ WRITER = 0
 
 
 def balance_by_tokens(
-    positions: Sequence[int], lengths: Sequence[int], ranks: int
+    positions: Sequence[int], lengths: Sequence[int], ranks: int, writer_share: float = 1.0
 ) -> list[list[int]]:
-    """Deal ``positions`` to ``ranks`` shares with about equal token sums (longest first, to the lightest)."""
+    """Deal ``positions`` to ``ranks`` shares with about equal token sums.
+
+    Longest first, each to the rank with the least tokens per unit of capacity
+    so far; the writer (rank 0) has ``writer_share`` of a rank's capacity (0: none).
+    """
+    capacity = [writer_share] + [1.0] * (ranks - 1)
     shares: list[list[int]] = [[] for _ in range(ranks)]
-    lightest = [(0, rank) for rank in range(ranks)]
+    loads = [0] * ranks
+    lightest = [(0.0, rank) for rank in range(ranks) if capacity[rank] > 0]
     for position in sorted(positions, key=lambda p: -lengths[p]):
-        tokens, rank = heapq.heappop(lightest)
+        _, rank = heapq.heappop(lightest)
         shares[rank].append(position)
-        heapq.heappush(lightest, (tokens + max(lengths[position], 1), rank))
+        loads[rank] += max(lengths[position], 1)
+        heapq.heappush(lightest, (loads[rank] / capacity[rank], rank))
     return shares
 
 
@@ -158,6 +166,8 @@ def encode_across_ranks(
     Each round takes the next ``round_documents`` x ranks documents, longest
     first (like the single-process batching), deals them to the ranks balanced
     by tokens, encodes the writer's own share and gathers the others' vectors.
+    The caller commits a round while the ranks already encode the next one, and
+    the writer's own share shrinks by the time its commits take.
     """
     global _workers_waiting
     if not _workers_waiting:
@@ -177,19 +187,38 @@ def encode_across_ranks(
         raise EngineError(f"the ranks loaded different encoders: {problems[0]}")
     bar = progress_bar(len(ids), f"indexing on {world} ranks", enabled=progress)
     started, tokens = time.perf_counter(), 0
+    writer_share, commit_seconds, writer_rate = 1.0, 0.0, None
+    previous = None
     try:
         for positions in rounds:
-            shares = balance_by_tokens(positions, lengths, world)
+            shares = balance_by_tokens(positions, lengths, world, writer_share)
             own: list[Any] = [None]
             dist.scatter_object_list(own, [[ids[p] for p in s] for s in shares], src=WRITER)
+            if previous is not None:
+                # The caller commits the last round while the other ranks encode this one.
+                paused = time.perf_counter()
+                yield previous
+                commit_seconds = time.perf_counter() - paused
+            encoding = time.perf_counter()
+            own_vectors = encode_share(encoder, own[0])
+            own_tokens = sum(lengths[p] for p in shares[WRITER])
+            if own_tokens:
+                writer_rate = own_tokens / max(time.perf_counter() - encoding, 1e-9)
             gathered: list[Any] = [None] * world
-            dist.gather_object(encode_share(encoder, own[0]), gathered, dst=WRITER)
+            dist.gather_object(own_vectors, gathered, dst=WRITER)
+            previous = ([p for share in shares for p in share], np.vstack(gathered))
             tokens += sum(lengths[p] for p in positions)
             if bar is not None:
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
                 bar.update(len(positions))
-            yield [p for share in shares for p in share], np.vstack(gathered)
+            # The writer commits and encodes while a rank only encodes: shrink its share by
+            # the commit time, so every rank reaches the gather together (0: a pure writer).
+            if writer_rate is not None:
+                rank_tokens = max(sum(lengths[p] for p in shares[-1]), 1)
+                writer_share = max(0.0, 1.0 - commit_seconds * writer_rate / rank_tokens)
+        if previous is not None:
+            yield previous
     finally:
         if bar is not None:
             bar.close()

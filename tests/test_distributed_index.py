@@ -72,6 +72,10 @@ def test_balance_by_tokens_evens_out_tokens_not_counts():
     shares = balance_by_tokens(range(len(lengths)), lengths, 2)
     assert sorted(p for share in shares for p in share) == list(range(len(lengths)))
     assert sorted(shares, key=len) == [[1], [5, 0, 2, 3, 4, 6, 7, 8, 9]]  # 500 vs 480 tokens
+    # A writer busy committing takes a smaller share, or none.
+    assert balance_by_tokens(range(10), lengths, 3, writer_share=0.0)[0] == []
+    half = balance_by_tokens(range(100), [10] * 100, 3, writer_share=0.5)
+    assert [len(share) for share in half] == [20, 40, 40]
 
 
 def test_two_ranks_build_the_single_process_index(tmp_path, default_encoder):
