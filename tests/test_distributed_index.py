@@ -149,3 +149,33 @@ def rank_pid(launcher: int, rank: int) -> int | None:
         if parent == launcher and f"RANK={rank}".encode() in environ:
             return int(entry.name)
     return None
+
+
+def test_bench_beir_under_torchrun(tmp_path):
+    """`torchrun -m engine bench beir`: the ranks encode, rank 0 scores and writes the results."""
+    data = tmp_path / "tiny"
+    write_corpus(tmp_path / "texts", 12)
+    (data / "qrels").mkdir(parents=True)
+    with (data / "corpus.jsonl").open("w") as corpus:
+        for n, path in enumerate(sorted((tmp_path / "texts").iterdir())):
+            corpus.write(json.dumps({"_id": f"d{n}", "title": "", "text": path.read_text()}) + "\n")
+    (data / "queries.jsonl").write_text(
+        json.dumps({"_id": "q0", "text": "bees and flowers"}) + "\n"
+    )
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td3\t1\n")
+    env = {**os.environ, "ENGINE_CHECKPOINT_DOCUMENTS": "2", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    done = subprocess.run(
+        [*command, "2", "-m", "engine", "bench", "beir", "--data-dir", str(data)]
+        + ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["ranks"] == 2
+    index = summary["datasets"][0]["index"]
+    assert (index["ranks"], index["encoded"], index["documents"]) == (2, 12, 12)
+    assert 0 <= summary["datasets"][0]["metrics"]["ndcg@10"] <= 1
