@@ -213,19 +213,20 @@ token_option = click.option(
     show_envvar=True,
     help="Milvus token (user:password or an API key) for a server that needs one.",
 )
+backend_option = click.option(
+    "--backend",
+    metavar="URI",
+    envvar="ENGINE_BACKEND",
+    show_envvar=True,
+    help="Use a Milvus collection written by `engine export milvus` instead of the local "
+    "index: a Milvus Lite path (./vectors.db) or a server (http://host:19530).",
+)
 
 
 @cli.command()
 @click.argument("query")
 @index_option
-@click.option(
-    "--backend",
-    metavar="URI",
-    envvar="ENGINE_BACKEND",
-    show_envvar=True,
-    help="Search a Milvus collection written by `engine export milvus` instead of the local "
-    "index: a Milvus Lite path (./vectors.db) or a server (http://host:19530).",
-)
+@backend_option
 @collection_option
 @token_option
 @click.option("--instruct", "instruction", help="Task instruction for this query.")
@@ -365,6 +366,9 @@ def search(
     help="Requests that may wait for the encoder; more get 503 with Retry-After.",
 )
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@backend_option
+@collection_option
+@token_option
 def serve(
     index_dir: Path,
     host: str,
@@ -375,6 +379,9 @@ def serve(
     batch_wait_ms: float,
     queue_size: int,
     access_log: bool,
+    backend: str | None,
+    collection: str,
+    token: str | None,
 ) -> None:
     """Serve search and embeddings over HTTP, with a search page at /.
 
@@ -394,10 +401,16 @@ def serve(
       engine serve --index ./my-index --port 9000
       ENGINE_API_KEY=secret engine serve --host 0.0.0.0
       curl 'http://127.0.0.1:8000/search?q=how+do+plants+make+sugar&k=3'
+      engine serve --backend http://milvus.internal:19530 --token root:Milvus
     """
     from engine.server import Limits
     from engine.server import serve as run_server
 
+    milvus = None
+    if backend:
+        from indexer.milvus import MilvusIndex
+
+        milvus = MilvusIndex.open(backend, collection, token)
     limits = Limits(queue_size=queue_size, batch_wait=batch_wait_ms / 1000)
     run_server(
         index_dir,
@@ -408,6 +421,7 @@ def serve(
         api_key=api_key or None,
         limits=limits,
         access_log=access_log,
+        backend=milvus,
     )
 
 

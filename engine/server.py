@@ -46,6 +46,7 @@ from engine import __version__
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.info import index_info
+from indexer.milvus import MilvusIndex
 from indexer.search import Hit, check_queries, hits_for, resolve_instruction
 from indexer.store import POINTER, Store, check_compatible
 
@@ -144,6 +145,42 @@ class ServedIndex:
             self.store.close()
             self.store = None
 
+    def info(self) -> dict[str, Any]:
+        return index_info(self.current(), self.folder)
+
+
+class ServedMilvus:
+    """A Milvus collection written by `engine export milvus`, served like an index folder.
+
+    Milvus makes each upsert visible by itself, so there are no generations to follow.
+    """
+
+    generation = None
+
+    def __init__(self, backend: MilvusIndex) -> None:
+        self.backend = backend
+
+    def current(self) -> MilvusIndex:
+        return self.backend
+
+    def info(self) -> dict[str, Any]:
+        settings = self.backend.settings
+        return {
+            "backend": self.backend.uri,
+            "collection": self.backend.collection,
+            "model": settings["model"],
+            "fingerprint": settings["fingerprint"],
+            "dim": settings["dim"],
+            "max_length": settings["max_length"],
+            "index_type": settings.get("index_type"),
+            "default_instruction": settings.get("default_instruction"),
+            "documents": self.backend.count(),
+            "exported": settings.get("exported"),
+        }
+
+    def close(self) -> None:
+        self.backend.close()
+
 
 # ---------------------------------------------------------------- batching
 @dataclass
@@ -176,10 +213,10 @@ class Searched:
 class Batcher:
     """The one thread that embeds and searches; requests wait on futures."""
 
-    def __init__(self, index_dir: Path, encoder: Encoder, limits: Limits) -> None:
+    def __init__(self, index: ServedIndex | ServedMilvus, encoder: Encoder, limits: Limits) -> None:
         self.encoder = encoder
         self.limits = limits
-        self.index = ServedIndex(index_dir, encoder)
+        self.index = index
         self.forward_passes = 0
         self.batches = 0
         # Requests for the encoder the HTTP side has accepted and not yet answered (changed
@@ -483,11 +520,13 @@ def create_app(
     *,
     api_key: str | None = None,
     limits: Limits | None = None,
+    backend: MilvusIndex | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``index_dir`` with ``encoder`` (already loaded)."""
+    """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``."""
     limits = limits or Limits()
     index_dir = Path(index_dir)
-    batcher = Batcher(index_dir, encoder, limits)
+    served = ServedMilvus(backend) if backend is not None else ServedIndex(index_dir, encoder)
+    batcher = Batcher(served, encoder, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -629,7 +668,7 @@ def create_app(
     @app.get("/info", tags=["server"])
     async def info() -> dict[str, Any]:
         """What `engine info --json` prints for the served index."""
-        return await run(Job(call=lambda index: index_info(index.current(), index_dir)))
+        return await run(Job(call=lambda index: index.info()))
 
     @app.get("/instructions", tags=["search"])
     async def instructions() -> dict[str, Any]:
@@ -667,22 +706,27 @@ def serve(
     api_key: str | None,
     limits: Limits,
     access_log: bool = False,
+    backend: MilvusIndex | None = None,
 ) -> None:
     """Load the encoder and the index once, then serve until SIGTERM or Ctrl-C."""
     import uvicorn
 
     from indexer.search import load_encoder_for
 
-    store = Store.open(index_dir)
-    try:
-        encoder = load_encoder_for(store, model, device)
-        documents = store.count()
-    finally:
-        store.close()
-    app = create_app(index_dir, encoder, api_key=api_key, limits=limits)
+    if backend is not None:
+        encoder = load_encoder_for(backend, model, device)
+        documents, what = backend.count(), str(backend)
+    else:
+        store = Store.open(index_dir)
+        try:
+            encoder = load_encoder_for(store, model, device)
+            documents, what = store.count(), str(index_dir)
+        finally:
+            store.close()
+    app = create_app(index_dir, encoder, api_key=api_key, limits=limits, backend=backend)
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"Serving {index_dir} ({documents} documents, {encoder.name}) at http://{shown}:{port}/"
+        f"Serving {what} ({documents} documents, {encoder.name}) at http://{shown}:{port}/"
         + (" (API key required)" if api_key else "")
         + "; Ctrl-C stops.",
         flush=True,

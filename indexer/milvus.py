@@ -32,6 +32,7 @@ from engine import __version__
 from engine.errors import EngineError
 from engine.progress import progress_bar
 from indexer.store import Store, check_compatible, utc_now
+from indexer.vector_index import SearchKnobs
 
 DEFAULT_COLLECTION = "engine"
 SETTINGS_PROPERTY = "engine.settings"
@@ -154,9 +155,18 @@ class MilvusIndex:
         with milvus_errors(self.uri):
             return int(self.client.get_collection_stats(self.collection)["row_count"])
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) per query, -1 for empty slots, as FAISS returns them."""
+    def search(
+        self, vectors: np.ndarray, k: int, knobs: SearchKnobs | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` (scores, ids) per query, -1 for empty slots, as FAISS returns them.
+
+        ``knobs``: ``nprobe`` for IVF, ``ef_search`` for HNSW (None: the collection's).
+        """
         params = dict(self._settings.get("search_params") or {})
+        if knobs is not None and knobs.nprobe is not None and "nprobe" in params:
+            params["nprobe"] = knobs.nprobe
+        if knobs is not None and knobs.ef_search is not None and "ef" in params:
+            params["ef"] = knobs.ef_search
         if "ef" in params:
             params["ef"] = max(params["ef"], k)
         with milvus_errors(self.uri):

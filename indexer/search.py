@@ -123,14 +123,11 @@ def hits_for(
 ) -> list[list[Hit]]:
     """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server.
 
-    ``knobs`` (nprobe for IVF, ef_search for HNSW) apply to a Store's FAISS index.
+    ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS index or a Milvus one).
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
-        if isinstance(index, Store):
-            scores, ids = index.search(vectors, k, knobs)
-        else:
-            scores, ids = index.search(vectors, k)
+        scores, ids = index.search(vectors, k, knobs)
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
 
@@ -149,7 +146,7 @@ def search(
 
     ``index`` is an index folder, an open :class:`Store`, or an open
     :class:`indexer.milvus.MilvusIndex`. ``nprobe`` (IVF) and ``ef_search`` (HNSW)
-    trade speed for recall on a Store (None: the index's defaults). Only the hits'
+    trade speed for recall (None: the index's defaults). Only the hits'
     rows are read from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index

@@ -116,6 +116,8 @@ def test_index_type_swap_keeps_the_data(tmp_path, index_dir, default_encoder):
         exact = search(store, QUERIES, k=1, encoder=default_encoder)
         approximate = search(milvus, QUERIES, k=1, encoder=default_encoder)
         assert [h[0].doc_id for h in approximate] == [h[0].doc_id for h in exact]
+        wider = search(milvus, QUERIES, k=1, encoder=default_encoder, ef_search=256)
+        assert [h[0].doc_id for h in wider] == [h[0].doc_id for h in exact]
         milvus.close()
         with pytest.raises(EngineError, match="unknown --index-type"):
             export_index(store, uri, index_type="annoy", progress=False)
@@ -211,3 +213,25 @@ def test_bench_milvus_records_cost_and_recall(tmp_path, index_dir):
     assert flat["recall_at_10"] == 1.0  # exact search finds what FAISS finds
     assert flat["export_docs_per_second"] > 0 and summary["documents"] == 40
     assert (tmp_path / "results" / f"milvus-{index_dir.name}.json").is_file()
+
+
+def test_server_answers_from_milvus(tmp_path, index_dir, default_encoder):
+    """`engine serve --backend URI`: the same hits as the local index, /info names the collection."""
+    import httpx
+
+    from engine.server import create_app
+    from tests.test_server import LiveServer
+
+    uri = str(tmp_path / "vectors.db")
+    with closing(Store.open(index_dir)) as store:
+        export_index(store, uri, index_type="flat", progress=False)
+        expected = search(store, QUERIES[:1], k=5, encoder=default_encoder)[0]
+    server = LiveServer(create_app(index_dir, default_encoder, backend=MilvusIndex.open(uri)))
+    try:
+        got = httpx.get(f"{server.url}/search", params={"q": QUERIES[0], "k": 5}).json()
+        assert [hit["doc_id"] for hit in got["results"][0]] == [hit.doc_id for hit in expected]
+        assert got["results"][0][0]["snippet"] == expected[0].snippet
+        info = httpx.get(f"{server.url}/info").json()
+        assert (info["collection"], info["documents"], info["index_type"]) == ("engine", 40, "flat")
+    finally:
+        server.stop()
