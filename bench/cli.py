@@ -7,6 +7,7 @@ import click
 from bench.beir import beir
 from bench.milvus import milvus
 from bench.passkey import passkey
+from bench.reliability import reliability
 from bench.scaling import scaling
 from bench.serve import serve
 from bench.speed import speed
@@ -15,7 +16,7 @@ from bench.speed import speed
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def bench() -> None:
     """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
-    indexing, the Milvus backend.
+    indexing, the Milvus backend, reliability under kill -9 and damaged files.
 
     \b
     Examples:
@@ -25,11 +26,13 @@ def bench() -> None:
       engine bench serve --data-dir ../shared/data/beir --dataset scifact --max-length 256
       engine bench scaling --data-dir ../shared/data/beir/scifact --documents 600 --ranks 2
       engine bench milvus --index ~/.cache/engine/beir/scifact-99277ff56c1d-256
+      engine bench reliability --kill-rounds 30 --out bench/results
     """
 
 
 bench.add_command(beir)
 bench.add_command(passkey)
+bench.add_command(reliability)
 bench.add_command(speed)
 bench.add_command(serve)
 bench.add_command(scaling)
