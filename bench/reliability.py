@@ -100,7 +100,7 @@ def filler_corpus(count: int, *, prefix: str = "notes", seed: int = 0) -> dict[s
     rng = random.Random(seed)
     return {
         f"{prefix}/{i:04d}.txt": f"Entry {i}. {rng.choice(_FILLER_SUBJECTS)} "
-        + " ".join(rng.choice(_FILLER_FACTS) for _ in range(3))
+        + " ".join(rng.choice(_FILLER_FACTS) for _ in range(12))
         for i in range(count)
     }
 
@@ -225,7 +225,7 @@ def kill_round(
     # plus a random fraction of a checkpoint's encoding time.
     before = committed_documents(index_dir)
     target = rng.randrange(0, documents)
-    extra = rng.uniform(0.0, 0.4)
+    extra = rng.uniform(0.0, 0.1)
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     started = time.monotonic()
     deadline = started + (rng.uniform(0.2, 3.0) if target == 0 else max_wait_s)

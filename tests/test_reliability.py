@@ -62,8 +62,9 @@ def test_damaged_file_never_crashes_or_answers_wrongly_and_is_repaired(fault_bas
         assert result.encoded_by_next_run == 0, result  # nothing was re-encoded
 
 
-@pytest.mark.parametrize(("kind", "seed"), [("first", 1), ("first", 2), ("incremental", 3)])
+@pytest.mark.parametrize(("kind", "seed"), [("first", 1), ("first", 9), ("incremental", 3)])
 def test_kill_minus_nine_loses_nothing_and_resumes(tmp_path, kind, seed):
+    """Seeds whose random kill point falls inside the encoding (8 and 29 of 60 committed)."""
     round_ = kill_round(
         tmp_path / "round",
         kind=kind,
@@ -73,6 +74,7 @@ def test_kill_minus_nine_loses_nothing_and_resumes(tmp_path, kind, seed):
         checkpoint_documents=8,
     )
     assert not round_.finished_before_kill, round_
+    assert round_.missing_before_next_run > 0, round_  # killed before the end of its encoding
     assert (round_.lost, round_.duplicated, round_.wrong_answers) == (0, 0, 0), round_
     assert round_.faiss_consistent, round_
     assert round_.reencoded == 0, round_  # the next run encoded only what was missing
@@ -83,7 +85,7 @@ def test_kill_minus_nine_loses_nothing_and_resumes(tmp_path, kind, seed):
 def test_first_run_answers_searches_from_its_first_checkpoint(tmp_path):
     """While a first run is going, searches answer from what it has committed."""
     corpus, index_dir = tmp_path / "corpus", tmp_path / "index"
-    write_corpus(corpus, planted_files() | filler_corpus(120))
+    write_corpus(corpus, planted_files() | filler_corpus(400))
     env = {**os.environ, "ENGINE_CHECKPOINT_DOCUMENTS": "4", "ENGINE_NO_PROGRESS": "1"}
     command = [sys.executable, "-m", "engine", "index", str(corpus), "--index", str(index_dir)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -92,16 +94,14 @@ def test_first_run_answers_searches_from_its_first_checkpoint(tmp_path):
         while committed_documents(index_dir) < 4 and time.time() < deadline:
             assert process.poll() is None, process.stderr.read().decode()
             time.sleep(0.05)
-        # Planted documents sort first: the first checkpoint holds them.
-        outcome = click_run(
-            ["search", PLANTED["planted/chess.md"][1], "--index", str(index_dir), "--json"]
-        )
+        outcome = click_run(["search", "river delta", "--index", str(index_dir), "--json"])
         still_running = process.poll() is None
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert still_running, "the run ended before the search: nothing was tested"
     assert outcome.exit_code == 0, outcome.stderr
-    assert json.loads(outcome.stdout.splitlines()[0])["doc_id"] == "planted/chess.md"
+    hits = [json.loads(line)["doc_id"] for line in outcome.stdout.splitlines()]
     state = index_state(index_dir)
+    assert 4 <= len(hits) and set(hits) <= set(state.doc_ids)  # answered from what is committed
     assert state.faiss_consistent and state.duplicated() == 0
