@@ -43,6 +43,7 @@ from engine.options import (
     index_type_option,
     json_option,
     model_option,
+    precision_option,
     quiet_option,
     results_dir_option,
     search_knob_options,
@@ -80,9 +81,14 @@ def default_cache_dir() -> Path:
 
 
 def index_dir_for(cache_dir: Path, name: str, encoder: Encoder) -> Path:
-    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>``: one index per model and length."""
+    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>]``.
+
+    One index per model, length and precision (fp32 keeps the suffix-free name),
+    so a bf16 evaluation never scores vectors encoded in fp32 or the other way round.
+    """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
-    return cache_dir / "beir" / f"{slug}-{encoder.fingerprint[:12]}-{encoder.max_length}"
+    suffix = "" if encoder.precision == "fp32" else f"-{encoder.precision}"
+    return cache_dir / "beir" / f"{slug}-{encoder.fingerprint[:12]}-{encoder.max_length}{suffix}"
 
 
 def resolve_instruction(encoder: Encoder, name: str, instruction: Any) -> str | None:
@@ -280,14 +286,19 @@ def overall_average(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def result_filename(
-    model: str, datasets: list[str], max_length: int, index_type: str | None = None
+    model: str,
+    datasets: list[str],
+    max_length: int,
+    index_type: str | None = None,
+    precision: str = "fp32",
 ) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
     if len(names) > 80:
         names = f"{len(datasets)}-datasets"
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
-    return f"beir-{model_slug}-{names}-{max_length}{kind}.json"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}.json"
 
 
 def command_line(params: dict[str, Any]) -> str:
@@ -299,6 +310,7 @@ def command_line(params: dict[str, Any]) -> str:
         ("--split", params.get("split")),
         ("--model", params.get("model")),
         ("--max-length", params.get("max_length")),
+        ("--precision", params.get("precision")),
         ("--instruction", params.get("instruction")),
         ("-k", params.get("k")),
         ("--index-type", params.get("index_type")),
@@ -375,6 +387,7 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
 @search_knob_options
 @batch_tokens_option()
 @device_option()
+@precision_option()
 @cache_dir_option()
 @results_dir_option("results JSON")
 @quiet_option()
@@ -393,6 +406,7 @@ def beir(
     ef_search: int | None,
     batch_tokens: int | None,
     device: str | None,
+    precision: str | None,
     cache_dir: Path | None,
     out: Path,
     quiet: bool,
@@ -436,7 +450,9 @@ def beir(
     # Under torchrun every rank encodes; rank 0 alone reads the data, writes the indexes, scores.
     with IndexingGroup() as group:
         loaded = group.writer_decides(load_datasets, share=False)
-        encoder = Encoder.load(model, device=group.device(device), batch_tokens=batch_tokens)
+        encoder = Encoder.load(
+            model, device=group.device(device), batch_tokens=batch_tokens, precision=precision
+        )
         encoder.set_max_length(min(max_length, encoder.model_max_positions))
         if not group.is_writer:
             group.serve(encoder)
@@ -490,6 +506,7 @@ def beir(
         "max_length": encoder.max_length,
         "device": str(encoder.device),
         "ranks": group.world,
+        "precision": encoder.precision,
         "batch_tokens": encoder.batch_tokens,
         "k": k,
         "index_type": index_type,
@@ -502,7 +519,9 @@ def beir(
     }
     out.mkdir(parents=True, exist_ok=True)
     units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
-    path = out / result_filename(encoder.name, units, encoder.max_length, index_type)
+    path = out / result_filename(
+        encoder.name, units, encoder.max_length, index_type, encoder.precision
+    )
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))

@@ -34,3 +34,27 @@ def machine() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def command_line(context) -> str:
+    """The ``engine ...`` command that reproduces a click invocation (options that differ
+    from their defaults), for the JSON records benchmarks write."""
+    import shlex
+
+    import click
+
+    words = ["engine", *context.command_path.split()[1:]]
+    for param in context.command.params:
+        value = context.params.get(param.name)
+        if param.param_type_name == "argument":
+            words.append(str(value))
+            continue
+        if value is None or value == param.default or param.name in ("as_json", "quiet"):
+            continue
+        if isinstance(param, click.Option) and param.is_flag:
+            flags = param.opts if value else param.secondary_opts
+            if flags:
+                words.append(flags[0])
+            continue
+        words += [param.opts[0], str(value)]
+    return " ".join(shlex.quote(word) for word in words)

@@ -28,13 +28,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import file_slug
+from bench.common import command_line, file_slug, machine
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
     device_option,
     json_option,
     model_option,
+    precision_option,
     quiet_option,
     results_dir_option,
 )
@@ -250,7 +251,13 @@ def corpus_documents(data_dir: Path, limit: int | None):
 
 
 # ------------------------------------------------------------ random model
-def build_random_encoder(shape: str, device: str | None, *, batch_tokens: int | None = None):
+def build_random_encoder(
+    shape: str,
+    device: str | None,
+    *,
+    batch_tokens: int | None = None,
+    precision: str | None = None,
+):
     """A random-weight Mistral of ``shape`` with the e5-mistral profile (bf16 on CUDA).
 
     There is no tokenizer offline for Mistral; a three-token stand-in supplies the
@@ -281,7 +288,12 @@ def build_random_encoder(shape: str, device: str | None, *, batch_tokens: int | 
         model_max_length=config.max_position_embeddings,
     )
     return Encoder.from_model(
-        model, tokenizer, E5_MISTRAL, name=f"random-{shape}", batch_tokens=batch_tokens
+        model,
+        tokenizer,
+        E5_MISTRAL,
+        name=f"random-{shape}",
+        batch_tokens=batch_tokens,
+        precision=precision,
     )
 
 
@@ -516,6 +528,7 @@ def run_index_benchmark(
             engine_hits[query_id] = [(hit.doc_id, hit.score) for hit in hits]
         store.close()
         engine["query_latency"] = latency_summary(latencies)
+        engine["ndcg@10"] = ndcg_at_10(dataset.qrels, engine_hits)
         result["engine"] = engine
     if baseline is None:
         return result
@@ -523,8 +536,17 @@ def run_index_benchmark(
         baseline, texts, lengths, documents, queries, query_texts, encoder.device, progress
     )
     baseline_hits = result["baseline"].pop("_hits")
+    result["baseline"]["ndcg@10"] = ndcg_at_10(dataset.qrels, baseline_hits)
     result["retrieval"] = compare_rankings(engine_hits, baseline_hits)
     return result
+
+
+def ndcg_at_10(qrels, hits: dict[str, list[tuple[str, float]]]) -> float:
+    """nDCG@10 of top-10 lists (all that nDCG@10 reads), as `engine bench beir` scores it."""
+    from bench.metrics import evaluate_run
+
+    run = {query_id: dict(ranked) for query_id, ranked in hits.items()}
+    return evaluate_run(qrels, run)["ndcg@10"]
 
 
 def baseline_index_run(
@@ -612,7 +634,8 @@ def format_report(report: dict) -> str:
                 latency = side["query_latency"]
                 lines.append(
                     f"query latency, {label}: p50 {latency['p50_ms']:.1f} ms, "
-                    f"p95 {latency['p95_ms']:.1f} ms over {latency['queries']} queries"
+                    f"p95 {latency['p95_ms']:.1f} ms over {latency['queries']} queries; "
+                    f"nDCG@10 {side['ndcg@10']:.4f}"
                 )
         retrieval = report.get("retrieval")
         if retrieval:
@@ -652,6 +675,7 @@ def format_report(report: dict) -> str:
 @batch_tokens_option()
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N documents.")
 @device_option()
+@precision_option()
 @click.option(
     "--baseline/--no-baseline",
     default=True,
@@ -690,6 +714,7 @@ def speed(
     batch_tokens: int | None,
     limit: int | None,
     device: str | None,
+    precision: str | None,
     baseline: bool,
     index_mode: bool,
     split: str | None,
@@ -735,9 +760,11 @@ def speed(
         if limit:
             dataset.corpus = dataset.corpus[:limit]
     if random_model:
-        encoder = build_random_encoder(random_model, device, batch_tokens=batch_tokens)
+        encoder = build_random_encoder(
+            random_model, device, batch_tokens=batch_tokens, precision=precision
+        )
     else:
-        encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
+        encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens, precision=precision)
     encoder.set_max_length(document_tokens(encoder, max_length))
 
     sentence_transformer, skipped = None, None
@@ -750,12 +777,15 @@ def speed(
 
     report: dict = {
         "benchmark": "speed",
+        "command": command_line(click.get_current_context()),
+        "machine": machine(),
         "mode": "index" if index_mode else "encode",
         "model": encoder.name,
         "device": str(encoder.device),
         "threads": torch.get_num_threads(),
         "max_length": encoder.max_length,
         "dtype": str(next(encoder.model.parameters()).dtype).replace("torch.", ""),
+        "precision": encoder.precision,
     }
     if index_mode:
         from bench.datasets import instruction_for, known_name
@@ -826,6 +856,7 @@ def speed(
             f"bt{encoder.batch_tokens}",
             encoder.device.type,
         ]
+        + ([] if encoder.precision == "fp32" else [encoder.precision])
     )
     path = out / f"{name}.json"
     report["json"] = str(path)

@@ -19,6 +19,7 @@ from engine.options import (
     index_type_option,
     json_option,
     model_option,
+    precision_option,
     quiet_option,
     search_knob_options,
 )
@@ -85,6 +86,7 @@ def cli() -> None:
 )
 @batch_tokens_option()
 @device_option()
+@precision_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
 @quiet_option()
 @json_option()
@@ -98,6 +100,7 @@ def index(
     index_type: str | None,
     batch_tokens: int | None,
     device: str | None,
+    precision: str | None,
     verbose: bool,
     quiet: bool,
     as_json: bool,
@@ -142,7 +145,12 @@ def index(
     # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
     with IndexingGroup() as group:
         chosen_model, chosen_length = group.writer_decides(model_and_length)
-        encoder = Encoder.load(chosen_model, device=group.device(device), batch_tokens=batch_tokens)
+        encoder = Encoder.load(
+            chosen_model,
+            device=group.device(device),
+            batch_tokens=batch_tokens,
+            precision=precision,
+        )
         encoder.set_max_length(document_tokens(encoder, chosen_length))
         if not group.is_writer:
             group.serve(encoder)

@@ -7,6 +7,7 @@ fed and read the same way everywhere. What is model-specific lives in its
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import EngineError
+from engine.precision import BF16, FP32, MIXED, resolve_precision
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
 from engine.progress import progress_bar
 
@@ -220,6 +222,7 @@ class Encoder:
         fingerprint: str,
         device: torch.device | str | None = None,
         batch_tokens: int | None = None,
+        precision: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -231,6 +234,10 @@ class Encoder:
         self.model_max_positions = _max_positions(model, tokenizer)
         self.profile = profile.with_max_length(min(profile.max_length, self.model_max_positions))
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
+        weights = next(model.parameters()).dtype
+        cpu_fp32 = self.device.type == "cpu" and weights == torch.float32
+        # On CPU the weights stay fp32; mixed/bf16 change how inference computes with them.
+        self.precision = resolve_precision(precision, "cpu") if cpu_fp32 else _dtype_name(weights)
         self.bos_id = tokenizer.bos_token_id
         eos_token = profile.eos_token or tokenizer.eos_token
         self.eos_id = tokenizer.convert_tokens_to_ids(eos_token) if eos_token else None
@@ -251,14 +258,24 @@ class Encoder:
         max_length: int | None = None,
         dtype: torch.dtype | None = None,
         batch_tokens: int | None = None,
+        precision: str | None = None,
     ) -> Encoder:
-        """Load a model by name, folder, PEFT adapter folder or hub id (cached or online)."""
+        """Load a model by name, folder, PEFT adapter folder or hub id (cached or online).
+
+        ``precision`` (``auto``/``fp32``/``mixed``/``bf16``; None: ``$ENGINE_PRECISION``,
+        else ``auto``; see engine/precision.py): on CUDA the weights' dtype (bf16 for
+        auto/bf16); on CPU the weights stay fp32 and it sets how inference computes.
+        ``dtype`` overrides the weights' dtype.
+        """
         quiet_libraries()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         source = locate_model(model)
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+        resolved = resolve_precision(precision, target.type)
+        if dtype is None:
+            cuda_bf16 = target.type == "cuda" and resolved == BF16
+            dtype = torch.bfloat16 if cuda_bf16 else torch.float32
         location = source.location
         folder = source.folder
         if folder is not None:
@@ -294,6 +311,7 @@ class Encoder:
             fingerprint=fingerprint,
             device=target,
             batch_tokens=batch_tokens,
+            precision=resolved,
         )
         if max_length is not None:
             encoder.set_max_length(max_length)
@@ -308,6 +326,7 @@ class Encoder:
         *,
         name: str | None = None,
         batch_tokens: int | None = None,
+        precision: str | None = None,
     ) -> Encoder:
         """Wrap an in-memory model (random-weight speed runs, tests, training)."""
         return cls(
@@ -317,6 +336,7 @@ class Encoder:
             name=name or profile.name,
             fingerprint=_hub_fingerprint(model),
             batch_tokens=batch_tokens,
+            precision=precision,
         )
 
     def set_max_length(self, max_length: int) -> None:
@@ -561,12 +581,27 @@ class Encoder:
             if bar is not None:
                 bar.close()
 
+    def inference_precision(self) -> contextlib.AbstractContextManager:
+        """How a CPU forward pass computes (engine/precision.py); inference only, never training."""
+        if self.device.type != "cpu":
+            return contextlib.nullcontext()
+        if self.precision == BF16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        if self.precision == MIXED:
+            return onednn_bf16_matmuls()
+        return contextlib.nullcontext()
+
     def _encode_batch(
         self, ids: list[Sequence[int]], instruction_spans: list[tuple[int, int]] | None = None
     ) -> np.ndarray:
         """One batch; on a CUDA out-of-memory error, retry in halves."""
         try:
-            return self.embed(self.pad(ids, instruction_spans)).cpu().numpy()
+            batch = self.pad(ids, instruction_spans)
+            # Entered per batch, not around the generator: the caller's code between
+            # batches must not run under autocast.
+            with self.inference_precision():
+                vectors = self.embed(batch)
+            return vectors.cpu().numpy()
         except torch.OutOfMemoryError:
             if len(ids) == 1:
                 raise EngineError(
@@ -593,6 +628,7 @@ class Encoder:
             "fingerprint": self.fingerprint,
             "dim": self.dim,
             "max_length": self.max_length,
+            "precision": self.precision,
             "profile": self.profile.to_dict(),
         }
 
@@ -616,6 +652,30 @@ def _prompt_token_span(offsets: Sequence[tuple[int, int]], prompt_chars: int) ->
     if start is None or stop is None:
         return (0, 0)
     return (start, stop)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: FP32, torch.float16: "fp16", torch.bfloat16: BF16}.get(
+        dtype, str(dtype).replace("torch.", "")
+    )
+
+
+@contextlib.contextmanager
+def onednn_bf16_matmuls() -> Iterator[None]:
+    """Let oneDNN compute fp32 matrix products with bf16 instructions, for this block only.
+
+    A process-wide torch setting, restored on exit (torch builds without it: no-op).
+    """
+    setting = getattr(torch.backends.mkldnn, "matmul", None)
+    if setting is None or not hasattr(setting, "fp32_precision"):
+        yield
+        return
+    previous = setting.fp32_precision
+    setting.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        setting.fp32_precision = previous
 
 
 def _max_positions(model: torch.nn.Module, tokenizer) -> int:

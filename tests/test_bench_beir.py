@@ -213,7 +213,9 @@ def test_evaluate_dataset_scores_and_reuses_the_cached_index(tmp_path, tiny_bert
     assert first["metrics"]["recall@1000"] == 1.0  # every document retrieved
     index_dir = Path(first["index"]["folder"])
     assert index_dir.parent == tmp_path / "cache" / "beir"
-    assert index_dir.name == f"scifact-{tiny_bert.fingerprint[:12]}-{tiny_bert.max_length}"
+    # One cache per precision; fp32 keeps the suffix-free name of older caches.
+    suffix = "" if tiny_bert.precision == "fp32" else f"-{tiny_bert.precision}"
+    assert index_dir.name == f"scifact-{tiny_bert.fingerprint[:12]}-{tiny_bert.max_length}{suffix}"
     second = evaluate_dataset(tiny_bert, folder, cache_dir=tmp_path / "cache")
     assert second["timing"]["encoded_documents"] == 0
     assert second["timing"]["docs_per_second"] is None

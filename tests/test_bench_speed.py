@@ -110,6 +110,23 @@ def test_index_mode_matches_the_baseline_rankings(tmp_path, beir_folder):
     assert report["retrieval"]["identical_top_k_share"] == 1.0
     assert report["retrieval"]["max_abs_score_difference"] < 1e-4
     assert Path(report["json"]).name.startswith("index-all-MiniLM-L6-v2-tinybeir")
+    # nDCG@10 of each side's index: every query finds its one relevant document first.
+    assert report["engine"]["ndcg@10"] == report["baseline"]["ndcg@10"] == 1.0
+    assert (
+        report["command"] == f"engine bench speed --data-dir {beir_folder} --index --out {tmp_path}"
+    )
+    assert report["precision"] in ("fp32", "mixed")
+    assert "torch" in report["machine"]
+
+
+def test_precision_option_reaches_the_encoder(tmp_path, beir_folder):
+    report = run_speed(
+        ["--data-dir", str(beir_folder), "--max-length", "64", "--no-baseline"]
+        + ["--precision", "bf16", "--out", str(tmp_path)]
+    )
+    assert report["precision"] == "bf16"
+    assert Path(report["json"]).name.endswith("-cpu-bf16.json")
+    assert "--precision bf16" in report["command"]
 
 
 def test_synthetic_texts_follow_the_requested_lengths(default_encoder):
