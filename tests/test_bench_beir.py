@@ -214,8 +214,8 @@ def test_evaluate_dataset_scores_and_reuses_the_cached_index(tmp_path, tiny_bert
     index_dir = Path(first["index"]["folder"])
     assert index_dir.parent == tmp_path / "cache" / "beir"
     # One cache per precision; fp32 keeps the suffix-free name of older caches.
-    suffix = "" if tiny_bert.precision == "fp32" else f"-{tiny_bert.precision}"
-    assert index_dir.name == f"scifact-{tiny_bert.fingerprint[:12]}-{tiny_bert.max_length}{suffix}"
+    expected = f"scifact-{tiny_bert.fingerprint[:12]}-{tiny_bert.max_length}{precision_suffix()}"
+    assert index_dir.name == expected
     second = evaluate_dataset(tiny_bert, folder, cache_dir=tmp_path / "cache")
     assert second["timing"]["encoded_documents"] == 0
     assert second["timing"]["docs_per_second"] is None
@@ -225,6 +225,14 @@ def test_evaluate_dataset_scores_and_reuses_the_cached_index(tmp_path, tiny_bert
     theirs = pytrec_eval.RelevanceEvaluator(QRELS, {"ndcg_cut.10"}).evaluate(run)
     expected = sum(r["ndcg_cut_10"] for r in theirs.values()) / len(theirs)
     assert first["metrics"]["ndcg@10"] == pytest.approx(expected, abs=1e-5)
+
+
+def precision_suffix() -> str:
+    """Result files and caches name a precision other than fp32 (this CPU's auto choice)."""
+    from engine.precision import resolve_precision
+
+    precision = resolve_precision(None, "cpu")
+    return "" if precision == "fp32" else f"-{precision}"
 
 
 def second_queries(folder: Path) -> dict[str, str]:
@@ -388,7 +396,7 @@ def test_cqadupstack_subforums_are_averaged_into_one_group(tmp_path, tiny_bert_p
     assert summary["average"] == group
     first, second = (d["metrics"]["ndcg@10"] for d in summary["datasets"])
     assert group["ndcg@10"] == pytest.approx((first + second) / 2, abs=1e-5)
-    assert (tmp_path / "out" / "beir-tiny-bert-cqadupstack-128.json").is_file()
+    assert (tmp_path / "out" / f"beir-tiny-bert-cqadupstack-128{precision_suffix()}.json").is_file()
 
 
 def test_index_type_is_tried_in_memory_on_the_cached_vectors(tmp_path, tiny_bert_path):
@@ -410,4 +418,6 @@ def test_index_type_is_tried_in_memory_on_the_cached_vectors(tmp_path, tiny_bert
     assert hnsw["metrics"]["ndcg@10"] == pytest.approx(flat["metrics"]["ndcg@10"], abs=0.01)
     cached = Store.open(flat["index"]["folder"])
     assert cached.spec.type == "auto" and cached.spec.factory == "Flat"  # the cache is unchanged
-    assert (tmp_path / "out" / "beir-tiny-bert-scifact-128-hnsw.json").is_file()
+    assert (
+        tmp_path / "out" / f"beir-tiny-bert-scifact-128-hnsw{precision_suffix()}.json"
+    ).is_file()
