@@ -663,6 +663,8 @@ def create_app(
             "generation": batcher.index.generation,
             "model": encoder.name,
             "waiting": batcher.waiting,
+            "batches": batcher.batches,
+            "forward_passes": batcher.forward_passes,
         }
 
     @app.get("/info", tags=["server"])
