@@ -146,10 +146,14 @@ async def load_run(
                 if ok:
                     latencies.append(time.perf_counter() - started)
 
+        before = (await client.get("/health")).json()
         began = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
         wall = time.perf_counter() - began
+        after = (await client.get("/health")).json()
     summary = latency_summary(latencies, wall, len(errors))
+    passes = after.get("forward_passes", 0) - before.get("forward_passes", 0)
+    summary["queries_per_forward_pass"] = round(summary["requests"] / passes, 2) if passes else None
     return {"clients": clients, **summary, "error_examples": sorted(set(errors))[:5]}
 
 
