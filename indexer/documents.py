@@ -33,7 +33,7 @@ SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | JSON_SUFFIXES | PDF_SUFFIXE
 
 # A whole-file JSON corpus above this is read line by line instead; JSON lines
 # corpora stream and have no limit.
-MAX_FILE_BYTES = int(os.environ.get("ENGINE_MAX_FILE_BYTES", str(16 * 2**20)))
+MAX_FILE_BYTES = 16 * 2**20
 MAX_RECORD_BYTES = 16 * 2**20
 # A generous bound on the bytes of text one token covers (English is about 4-5):
 # a file's first ``max_tokens * BYTES_PER_TOKEN`` bytes hold all that gets encoded.

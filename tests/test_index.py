@@ -240,3 +240,54 @@ def _committed_new_documents(index_dir: Path) -> int:
             ).fetchone()[0]
     except (sqlite3.Error, OSError, ValueError):
         return 0
+
+
+def test_lost_pointer_is_recovered_by_the_next_run_never_replaced(tmp_path, default_encoder):
+    corpus = write_corpus(tmp_path / "corpus", TOPICS)
+    index_dir = tmp_path / "index"
+    runner = CliRunner()
+    first = runner.invoke(
+        cli, ["index", str(corpus), "--index", str(index_dir), "--max-length", "64"]
+    )
+    assert first.exit_code == 0, first.output
+    database = json.loads((index_dir / "CURRENT").read_text())["db"]
+    (index_dir / "CURRENT").unlink()
+
+    refused = runner.invoke(cli, ["search", "castling", "--index", str(index_dir)])
+    assert refused.exit_code == 1 and "engine check --repair" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    again = runner.invoke(cli, ["index", str(corpus), "--index", str(index_dir), "--json"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert (summary["encoded"], summary["max_length"]) == (0, 64)  # same index, same settings
+    assert "recovered it from " + database in again.stderr
+    assert json.loads((index_dir / "CURRENT").read_text())["db"] == database
+    assert_consistent(index_dir, set(TOPICS))
+
+
+def test_empty_database_and_bad_options_fail_in_one_line(tmp_path, default_encoder, monkeypatch):
+    corpus = write_corpus(tmp_path / "corpus", TOPICS)
+    index_dir = tmp_path / "index"
+    runner = CliRunner()
+    for args in (["--max-length", "0"], ["--max-length", "-5"], ["--batch-tokens", "0"]):
+        bad = runner.invoke(cli, ["index", str(corpus), "--index", str(index_dir), *args])
+        assert bad.exit_code == 2 and "Invalid value" in bad.stderr, args
+    assert not index_dir.exists()  # nothing was created
+    monkeypatch.setenv("ENGINE_CHECKPOINT_DOCUMENTS", "0")
+    bad = runner.invoke(cli, ["index", str(corpus), "--index", str(index_dir)])
+    assert bad.exit_code == 1 and "ENGINE_CHECKPOINT_DOCUMENTS" in bad.stderr
+    monkeypatch.delenv("ENGINE_CHECKPOINT_DOCUMENTS")
+
+    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    for database in index_dir.glob("index-*.db"):
+        database.write_bytes(b"")
+    for command in (
+        ["search", "castling", "--index", str(index_dir)],
+        ["info", "--index", str(index_dir)],
+        ["index", str(corpus), "--index", str(index_dir)],
+    ):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 1 and not isinstance(result.exception, Exception), command
+        assert result.stderr.startswith("Error:") and "--rebuild" in result.stderr, command
+        assert len(result.stderr.strip().splitlines()) == 1, command
