@@ -3,7 +3,8 @@
 What is verified: the ``CURRENT`` pointer names a database that exists; SQLite's
 own structure (``PRAGMA quick_check``); the settings an index needs (model,
 fingerprint, dimension, max length); documents and vectors one to one, every
-vector of the right size; the FAISS snapshot against the checksum, vector count
+vector of the right size, every text matching its stored content hash (damage
+inside a row passes quick_check); the FAISS snapshot against the checksum, vector count
 and generation recorded when it was written.
 
 What is repaired, always from what is sound: a lost pointer is pointed back at
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
+from indexer.documents import Document
 from indexer.store import (
     POINTER,
     QUIET_SNAPSHOT_PROBLEMS,
@@ -222,6 +224,12 @@ def _check_rows(conn: sqlite3.Connection, width: int) -> Finding:
         bad_size = conn.execute(
             "SELECT count(*) FROM vectors WHERE length(vector) != ?", (width,)
         ).fetchone()[0]
+        altered = sum(
+            not _text_matches_hash(title, text, content_hash)
+            for title, text, content_hash in conn.execute(
+                "SELECT title, text, content_hash FROM documents"
+            )
+        )
     except sqlite3.DatabaseError as exc:
         return Finding("documents", False, f"documents or vectors unreadable ({exc})")
     problems = []
@@ -231,10 +239,19 @@ def _check_rows(conn: sqlite3.Connection, width: int) -> Finding:
         problems.append(f"{no_document} vectors without a document")
     if bad_size:
         problems.append(f"{bad_size} vectors of the wrong size")
+    if altered:
+        problems.append(f"{altered} documents whose text no longer matches its content hash")
     detail = f"{documents} documents, {vectors} vectors"
     if problems:
         return Finding("documents", False, f"{detail}: {'; '.join(problems)}")
     return Finding("documents", True, f"{detail}, one to one")
+
+
+def _text_matches_hash(title: object, text: object, content_hash: object) -> bool:
+    """Damage inside a row's payload passes quick_check; the stored content hash does not."""
+    if not isinstance(title, str) or not isinstance(text, str):
+        return False
+    return Document("", "", title, text).content_hash == content_hash
 
 
 def _check_snapshot(folder: Path, name: str) -> Finding:
@@ -312,7 +329,11 @@ def _salvage(folder: Path, name: str) -> str:
             with store.db.atomic():
                 for row in _readable_rows(conn):
                     vector = _vector(conn, row[0])
-                    if vector is None or len(vector) != width:
+                    if (
+                        vector is None
+                        or len(vector) != width
+                        or not _text_matches_hash(row[3], row[4], row[5])
+                    ):
                         dropped += 1
                         continue
                     store.db["documents"].insert(dict(zip(_DOCUMENT_COLUMNS, row, strict=True)))
@@ -327,7 +348,7 @@ def _salvage(folder: Path, name: str) -> str:
             store.close()
     finally:
         conn.close()
-    lost = f"; {dropped} without a sound vector left out" if dropped else ""
+    lost = f"; {dropped} without a sound vector or text left out" if dropped else ""
     return (
         f"salvaged {kept} documents from the damaged {name} into {store.db_name}{lost} "
         "(the next `engine index` run re-encodes whatever is missing)"

@@ -291,3 +291,24 @@ def test_empty_database_and_bad_options_fail_in_one_line(tmp_path, default_encod
         assert result.exit_code == 1 and not isinstance(result.exception, Exception), command
         assert result.stderr.startswith("Error:") and "--rebuild" in result.stderr, command
         assert len(result.stderr.strip().splitlines()) == 1, command
+
+
+def test_check_finds_text_altered_inside_a_sound_database(tmp_path, default_encoder):
+    """quick_check sees structure only: the stored content hash catches an altered row."""
+    corpus = write_corpus(tmp_path / "corpus", TOPICS)
+    index_dir = tmp_path / "index"
+    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    store = Store.open(index_dir)
+    with store.db.atomic():
+        store.db.execute("UPDATE documents SET text = 'zzz' WHERE doc_id = 'chess.md'")
+    store.close()
+    runner = CliRunner()
+    found = runner.invoke(cli, ["check", "--index", str(index_dir), "--json"])
+    assert found.exit_code == 1
+    assert "1 documents whose text no longer matches" in found.stdout
+    repaired = runner.invoke(cli, ["check", "--repair", "--index", str(index_dir), "--json"])
+    assert repaired.exit_code == 0, repaired.output
+    assert "1 without a sound vector or text left out" in json.loads(repaired.stdout)["repairs"][0]
+    again = update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    assert again.added == 1 and again.unchanged == 3  # only the dropped document is re-encoded
+    assert_consistent(index_dir, set(TOPICS))
