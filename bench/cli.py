@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from bench.ann import ann
 from bench.beir import beir
+from bench.memory import memory
 from bench.milvus import milvus
 from bench.passkey import passkey
 from bench.reliability import reliability
@@ -16,7 +18,8 @@ from bench.speed import speed
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def bench() -> None:
     """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
-    indexing, the Milvus backend, reliability under kill -9 and damaged files.
+    indexing, the Milvus backend, reliability under kill -9 and damaged files, FAISS index
+    types (ann), indexing memory.
 
     \b
     Examples:
@@ -27,10 +30,13 @@ def bench() -> None:
       engine bench scaling --data-dir ../shared/data/beir/scifact --documents 600 --ranks 2
       engine bench milvus --index ~/.cache/engine/beir/scifact-99277ff56c1d-256
       engine bench reliability --kill-rounds 30 --out bench/results
+      engine bench ann --synthetic 1000000 --types hnsw --store
     """
 
 
+bench.add_command(ann)
 bench.add_command(beir)
+bench.add_command(memory)
 bench.add_command(passkey)
 bench.add_command(reliability)
 bench.add_command(speed)

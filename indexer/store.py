@@ -671,9 +671,15 @@ class Store:
             empty = np.zeros((len(vectors), 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         k = max(1, min(k, live))
-        return vector_index.search(
-            index, self.spec, vectors, k, knobs=knobs, tombstones=self._tombstones
+        spec = self.spec
+        factor = int(spec.params.get("rerank", 0))
+        fetch = min(live, k * factor) if factor else k
+        scores, ids = vector_index.search(
+            index, spec, vectors, fetch, knobs=knobs, tombstones=self._tombstones
         )
+        if factor:  # compressed codes rank candidates; the stored vectors score them exactly
+            return vector_index.rerank(vectors, ids, self.vectors, k)
+        return scores, ids
 
     def _search_index(self) -> Any:
         index = self.load_faiss()

@@ -11,8 +11,9 @@ Types (``engine index --index-type``)::
     flat-fp16  exact scan over fp16 codes: half the memory, scores within ~1e-3
     sq8        exact scan over 8-bit scalar codes: a quarter of the memory
     hnsw       HNSW32 graph over fp16 codes; no training; knob --ef-search
-    ivf-flat   IVF, nlist ~ 4*sqrt(n) trained on a sample, fp32 lists; knob --nprobe
-    ivf-pq     IVF + product quantisation (dim/4 bytes a vector); knob --nprobe
+    ivf-flat   IVF, nlist ~ 2*sqrt(n) trained on a sample, fp32 lists; knob --nprobe
+    ivf-pq     IVF + product quantisation (dim/4 bytes a vector), the top candidates re-scored
+               exactly with the stored vectors (RERANK_FACTOR x k); knob --nprobe
     auto       flat while documents x dim <= AUTO_EXACT_LIMIT, hnsw above
     other      any faiss index_factory string, e.g. "IVF1024,SQ8" or "HNSW16,Flat"
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,12 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 # Defaults chosen on the benchmark to reach recall@10 >= 0.95 (bench/results/ann-*.json).
 DEFAULT_EF_SEARCH = 128
-DEFAULT_NPROBE_FRACTION = 1 / 32  # of nlist, at least 16
+DEFAULT_NPROBE_FRACTION = 1 / 32  # of nlist, at least MIN_NPROBE
+MIN_NPROBE = 64
+# ivf-pq fetches this many times k candidates and re-scores them with the stored vectors.
+RERANK_FACTOR = 10
 # IVF training sample: faiss wants 39..256 points per centroid.
-TRAIN_POINTS_PER_LIST = 64
+TRAIN_POINTS_PER_LIST = 40
 MIN_TRAIN_POINTS = 1024
 # An IVF index trained for n vectors is retrained when the corpus grows past RETRAIN_GROWTH x n.
 RETRAIN_GROWTH = 4
@@ -116,8 +120,8 @@ def validate_type(index_type: str) -> str:
 
 
 def choose_nlist(count: int) -> int:
-    """About 4 sqrt(n) lists (a power of two), with enough training points for each."""
-    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
+    """About 2 sqrt(n) lists (a power of two; training stays minutes on 2 cores at 1M)."""
+    nlist = 2 ** round(math.log2(2 * math.sqrt(count)))
     return max(1, min(nlist, count // 39))
 
 
@@ -144,21 +148,28 @@ def resolve(index_type: str, count: int, dim: int) -> IndexSpec:
         if count < MIN_TRAIN_POINTS:  # too few vectors to train lists: exact until there are
             return IndexSpec(index_type, "Flat", dim, count)
         nlist = choose_nlist(count)
-        nprobe = min(nlist, max(16, round(nlist * DEFAULT_NPROBE_FRACTION)))
+        nprobe = default_nprobe(nlist)
         if index_type == "ivf-flat":
             factory = f"IVF{nlist},Flat"
         else:
             m = _pq_subquantizers(dim)
             bits = 8 if count >= 256 * 39 else 4  # enough points to train 256 centroids
             factory = f"IVF{nlist},PQ{m}x{bits}"
-        return IndexSpec(index_type, factory, dim, count, {"nlist": nlist, "nprobe": nprobe})
+        params = {"nlist": nlist, "nprobe": nprobe}
+        if index_type == "ivf-pq":
+            params["rerank"] = RERANK_FACTOR
+        return IndexSpec(index_type, factory, dim, count, params)
     spec = IndexSpec(index_type, index_type.replace("{dim}", str(dim)), dim, count)
     if spec.is_hnsw:
         spec.params["ef_search"] = DEFAULT_EF_SEARCH
     if spec.is_ivf:
         nlist = int(re.search(r"IVF(\d+)", spec.factory).group(1))
-        spec.params["nprobe"] = min(nlist, max(16, round(nlist * DEFAULT_NPROBE_FRACTION)))
+        spec.params["nprobe"] = default_nprobe(nlist)
     return spec
+
+
+def default_nprobe(nlist: int) -> int:
+    return min(nlist, max(MIN_NPROBE, round(nlist * DEFAULT_NPROBE_FRACTION)))
 
 
 def _pq_subquantizers(dim: int) -> int:
@@ -277,6 +288,26 @@ def search(
     return index.search(queries, k, params=params)
 
 
+def rerank(
+    queries: np.ndarray, ids: np.ndarray, stored: Callable[[list[int]], np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores for candidate ``ids`` (-1: none) from the ``stored`` vectors; the top ``k``."""
+    wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best = np.full((len(queries), k), -1, dtype=np.int64)
+    if not wanted:
+        return scores, best
+    position = {doc: row for row, doc in enumerate(wanted)}
+    vectors = stored(wanted)
+    for q, (query, row) in enumerate(zip(queries, ids, strict=True)):
+        candidates = [int(i) for i in row if i >= 0]
+        exact = vectors[[position[c] for c in candidates]] @ np.asarray(query, dtype=np.float32)
+        order = np.argsort(-exact)[:k]
+        scores[q, : len(order)] = exact[order]
+        best[q, : len(order)] = np.asarray(candidates, dtype=np.int64)[order]
+    return scores, best
+
+
 def _search_params(spec: IndexSpec, knobs: SearchKnobs) -> faiss.SearchParameters:
     if spec.is_hnsw:
         params = faiss.SearchParametersHNSW()
@@ -351,7 +382,10 @@ def to_gpus(
     options.shard = True
     options.useFloat16 = True
     options.common_ivf_quantizer = True
-    return faiss.index_cpu_to_all_gpus(index, co=options)
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=options)
+    except RuntimeError:  # a type this faiss build cannot clone: the CPU index answers
+        return None
 
 
 class GpuGraph:

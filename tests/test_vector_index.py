@@ -83,7 +83,7 @@ def recall_at_10(store: Store, queries: np.ndarray, **knobs) -> float:
         ("sq8", "SQ8", 0.85),
         ("hnsw", "HNSW32", 0.95),
         ("ivf-flat", "IVF", 0.9),
-        ("ivf-pq", "IVF", 0.3),  # 4-bit codes at this size: coarse, far above chance
+        ("ivf-pq", "IVF", 0.9),  # coarse 4-bit codes, re-scored with the stored vectors
         ("IVF16,SQ8", "IVF16", 0.8),
     ],
 )
@@ -187,8 +187,9 @@ def test_auto_is_exact_when_small_and_hnsw_when_large():
     assert not vector_index.is_stale(small, 2000)
     assert vector_index.is_stale(small, 1_000_000)
     ivf = vector_index.resolve("ivf-flat", 100_000, 384)
-    assert ivf.params["nlist"] == 1024 and ivf.params["nprobe"] == 32
+    assert ivf.params["nlist"] == 512 and ivf.params["nprobe"] == 64
     assert not vector_index.is_stale(ivf, 300_000) and vector_index.is_stale(ivf, 500_000)
+    assert vector_index.resolve("ivf-pq", 100_000, 384).params["rerank"] == 10
     assert vector_index.resolve("ivf-pq", 500, 384).factory == "Flat"  # too few to train
     with pytest.raises(EngineError, match="unknown --index-type"):
         vector_index.validate_type("nonsense-type")
