@@ -39,7 +39,8 @@ import numpy as np
 from engine.errors import EngineError
 
 # Exact search while documents x dim stays at or below this (about 50k x 384 or 5k x 4096):
-# a flat scan of 2e7 floats takes ~15 ms on the 2-core reference machine (bench/results/ann-*).
+# a flat scan of 2e7 floats takes ~3 ms on the 2-core reference machine (59 ms at 1M x 384,
+# bench/results/ann-synthetic-1000000x384.json), where an exact answer is still cheap.
 AUTO_EXACT_LIMIT = 20_000_000
 NAMED_TYPES = ("flat", "flat-fp16", "sq8", "hnsw", "ivf-flat", "ivf-pq")
 TYPE_CHOICES = ("auto", *NAMED_TYPES)
