@@ -53,9 +53,8 @@ from indexer.store import POINTER, Store, check_compatible
 log = logging.getLogger("engine.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
-# Reachable without the API key: liveness, and the page and API description (no index data).
-OPEN_PATHS = ("/health", "/", "/docs", "/openapi.json", "/favicon.ico")
-OPEN_PREFIXES = ("/static/",)
+# The one route reachable without the API key: liveness, for load balancers and probes.
+OPEN_PATHS = ("/health",)
 
 
 @dataclass(frozen=True)
@@ -470,7 +469,7 @@ class Guard:
             return
         path = scope["path"]
         headers = dict(scope["headers"])
-        if self.api_key is not None and not (path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)):
+        if self.api_key is not None and path not in OPEN_PATHS:
             scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
                 message = "missing or wrong API key: send Authorization: Bearer <key>"

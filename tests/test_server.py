@@ -287,8 +287,9 @@ def test_api_key_guards_every_route_but_health(served):
     server = LiveServer(create_app(index_dir, encoder, api_key="s3cret"))
     try:
         assert httpx.get(f"{server.url}/health").status_code == 200
-        assert "swagger" in httpx.get(f"{server.url}/docs").text.lower()  # no data, no key
-        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        key = {"Authorization": "Bearer s3cret"}
+        assert "swagger" in httpx.get(f"{server.url}/docs", headers=key).text.lower()
+        paths = httpx.get(f"{server.url}/openapi.json", headers=key).json()["paths"]
         assert {"/search", "/v1/embeddings", "/health", "/info"} <= set(paths)
         for method, path, body in [
             ("GET", "/search?q=lava", None),
@@ -296,6 +297,10 @@ def test_api_key_guards_every_route_but_health(served):
             ("POST", "/v1/embeddings", {"input": "lava"}),
             ("GET", "/info", None),
             ("GET", "/instructions", None),
+            ("GET", "/", None),
+            ("GET", "/docs", None),
+            ("GET", "/openapi.json", None),
+            ("GET", "/static/app.js", None),
         ]:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
                 response = httpx.request(method, server.url + path, json=body, headers=headers)
@@ -431,16 +436,26 @@ def chromium_driver():
 
 
 def test_search_page_in_a_real_browser(served):
-    server, _, _ = served
+    """The page on a server with --api-key, in a browser that sends the key on every request."""
+    _, index_dir, encoder = served
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = chromium_driver()
+    server = LiveServer(create_app(index_dir, encoder, api_key="s3cret"))
     try:
+        driver.get(server.url + "/")  # no key yet: the page itself is refused
+        assert "API key" in driver.find_element(By.TAG_NAME, "body").text
+        # What a reverse proxy adding the header does: every request the page makes carries it.
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd(
+            "Network.setExtraHTTPHeaders", {"headers": {"Authorization": "Bearer s3cret"}}
+        )
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 30)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#preset option")) > 10)
+        wait.until(lambda d: "5 documents" in d.find_element(By.ID, "index-info").text)
         box = driver.find_element(By.ID, "query")
         box.send_keys("why does bread rise with yeast")
         driver.find_element(By.ID, "submit").click()
@@ -462,3 +477,4 @@ def test_search_page_in_a_real_browser(served):
             driver.save_screenshot(os.environ["ENGINE_SCREENSHOT"])
     finally:
         driver.quit()
+        server.stop()

@@ -6,19 +6,14 @@ const $ = (id) => document.getElementById(id);
 const STOP_WORDS = new Set(["a", "an", "and", "are", "as", "at", "be", "by", "do", "does", "for",
   "from", "how", "in", "is", "it", "of", "on", "or", "the", "to", "what", "when", "why", "with"]);
 
-function headers() {
-  const key = sessionStorage.getItem("engine-api-key");
-  const result = { "Content-Type": "application/json" };
-  if (key) result.Authorization = "Bearer " + key;
-  return result;
-}
-
+// With --api-key the page itself loads only for a browser (or a proxy in front of the
+// server) that sends "Authorization: Bearer <key>" on every request; these fetches carry
+// it the same way, so the page sets no header of its own.
 async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: headers() });
+  const response = await fetch(path, { ...options, headers: { "Content-Type": "application/json" } });
   const body = await response.json().catch(() => ({}));
   if (response.status === 401) {
-    $("key-row").hidden = false;
-    throw new Error("This server needs an API key: enter it above and search again.");
+    throw new Error("This server needs its API key on every request (Authorization: Bearer <key>).");
   }
   if (!response.ok) {
     throw new Error((body.error && body.error.message) || response.statusText);
@@ -75,8 +70,6 @@ function showHits(hits, query) {
 
 async function search(event) {
   event.preventDefault();
-  const key = $("api-key").value.trim();
-  if (key) sessionStorage.setItem("engine-api-key", key);
   const query = $("query").value.trim();
   if (!query) return;
   const instruct = $("instruct").value.trim();
