@@ -295,7 +295,9 @@ def search(
     if server:
         from engine.client import search_server
 
-        answer = search_server(server, query, instruction, no_instruct, k, api_key)
+        answer = search_server(
+            server, query, instruction, no_instruct, k, api_key, nprobe=nprobe, ef_search=ef_search
+        )
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
         from indexer.search import load_encoder_for, resolve_instruction
@@ -400,6 +402,7 @@ def serve(
     \b
     API (OpenAPI at /docs):
       GET  /search?q=...&k=10      POST /search {"query": "...", "instruct": "...", "k": 10}
+      (both take nprobe / ef_search for an IVF / HNSW index)
       POST /v1/embeddings          OpenAI-compatible (+ input_type query|document, instruct)
       GET  /health                 GET /info
 

@@ -16,13 +16,23 @@ def search_server(
     no_instruct: bool,
     k: int,
     api_key: str | None = None,
+    *,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
 ) -> dict[str, Any]:
-    """``POST /search`` for one query; the server's answer, or its error as an EngineError."""
+    """``POST /search`` for one query; the server's answer, or its error as an EngineError.
+
+    ``nprobe``/``ef_search`` (None: the served index's defaults) go to the server's search.
+    """
     import httpx
 
     body: dict[str, Any] = {"query": query, "k": k, "no_instruct": no_instruct}
     if instruction is not None:
         body["instruct"] = instruction
+    if nprobe is not None:
+        body["nprobe"] = nprobe
+    if ef_search is not None:
+        body["ef_search"] = ef_search
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     endpoint = url.rstrip("/") + "/search"
     try:

@@ -49,6 +49,7 @@ from indexer.info import index_info
 from indexer.milvus import MilvusIndex
 from indexer.search import Hit, check_queries, hits_for, resolve_instruction
 from indexer.store import POINTER, Store, check_compatible
+from indexer.vector_index import SearchKnobs
 
 log = logging.getLogger("engine.server")
 
@@ -65,6 +66,8 @@ class Limits:
     max_input_chars: int = 100_000  # one /v1/embeddings input (a document)
     max_inputs: int = 256  # queries or embedding inputs per request
     max_k: int = 1000
+    max_nprobe: int = 65_536  # IVF lists scanned per query (nlist is ~2 sqrt(n))
+    max_ef_search: int = 4096  # HNSW candidates per query
     max_body_bytes: int = 4 * 2**20
     queue_size: int = 512  # jobs waiting for the encoder; beyond it 503 + Retry-After
     batch_wait: float = 0.002  # seconds a batch waits for more requests to join it
@@ -192,6 +195,7 @@ class Job:
     titles: Sequence[str] | None = None  # documents
     k: int | None = None  # a search: answer hits, not vectors
     no_instruct: bool = False  # a search: not even the index's default instruction
+    knobs: SearchKnobs = SearchKnobs()  # a search: nprobe (IVF), ef_search (HNSW)
     call: Callable[[ServedIndex], Any] | None = None  # work on the index, no encoding
     future: Future = field(default_factory=Future)
 
@@ -365,7 +369,8 @@ class Batcher:
 
     def _search(self, job: Job, vectors: np.ndarray) -> Searched:
         store = self.index.current()
-        return Searched(hits_for(store, vectors, job.k), job.instruction, self.index.generation)
+        hits = hits_for(store, vectors, job.k, job.knobs)
+        return Searched(hits, job.instruction, self.index.generation)
 
     def _tokenize(self, job: Job) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
         if job.side == "document":
@@ -400,6 +405,12 @@ class SearchRequest(BaseModel):
     )
     no_instruct: bool = Field(False, description="No instruction, not even the index's default.")
     k: int = Field(10, ge=1, description="Hits per query.")
+    nprobe: int | None = Field(
+        None, ge=1, description="IVF index: lists scanned per query (default: the index's)."
+    )
+    ef_search: int | None = Field(
+        None, ge=1, description="HNSW index: candidates kept per query (default: the index's)."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -576,7 +587,7 @@ def create_app(
         return await asyncio.wrap_future(batcher.submit(job))
 
     async def search_queries(
-        queries: list[str], instruct: str | None, no_instruct: bool, k: int
+        queries: list[str], instruct: str | None, no_instruct: bool, k: int, knobs: SearchKnobs
     ) -> SearchResponse:
         if not queries:
             raise ApiError(422, "give `query` or `queries`")
@@ -584,6 +595,10 @@ def create_app(
             raise ApiError(413, f"at most {limits.max_inputs} queries per request")
         if k > limits.max_k:
             raise ApiError(422, f"k must be at most {limits.max_k}")
+        if knobs.nprobe is not None and knobs.nprobe > limits.max_nprobe:
+            raise ApiError(422, f"nprobe must be at most {limits.max_nprobe}")
+        if knobs.ef_search is not None and knobs.ef_search > limits.max_ef_search:
+            raise ApiError(422, f"ef_search must be at most {limits.max_ef_search}")
         if any(len(q) > limits.max_query_chars for q in queries):
             raise ApiError(413, f"a query is over {limits.max_query_chars} characters")
         if instruct is not None and len(instruct) > limits.max_query_chars:
@@ -592,7 +607,7 @@ def create_app(
         if instruct and no_instruct:
             raise ApiError(422, "instruct and no_instruct exclude each other")
         searched: Searched = await run(
-            Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k)
+            Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs)
         )
         return SearchResponse(
             model=encoder.name,
@@ -605,7 +620,10 @@ def create_app(
     async def search_post(request: SearchRequest) -> SearchResponse:
         """Top-k hits per query: the hits `engine search --json` prints."""
         queries = ([request.query] if request.query is not None else []) + (request.queries or [])
-        return await search_queries(queries, request.instruct, request.no_instruct, request.k)
+        knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
+        return await search_queries(
+            queries, request.instruct, request.no_instruct, request.k, knobs
+        )
 
     @app.get("/search", response_model=SearchResponse, tags=["search"])
     async def search_get(
@@ -613,9 +631,12 @@ def create_app(
         instruct: str | None = Query(None, description="Task instruction."),
         no_instruct: bool = Query(False, description="No instruction at all."),
         k: int = Query(10, ge=1, description="Hits."),
+        nprobe: int | None = Query(None, ge=1, description="IVF: lists scanned per query."),
+        ef_search: int | None = Query(None, ge=1, description="HNSW: candidates per query."),
     ) -> SearchResponse:
-        """The same search for browsers and curl: `/search?q=...&k=5`."""
-        return await search_queries([q], instruct, no_instruct, k)
+        """The same search for browsers and curl: `/search?q=...&k=5&ef_search=256`."""
+        knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
+        return await search_queries([q], instruct, no_instruct, k, knobs)
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
     async def embeddings(request: EmbeddingRequest) -> EmbeddingResponse:

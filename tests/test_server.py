@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +22,13 @@ import uvicorn
 from click.testing import CliRunner
 
 from engine.cli import cli
+from engine.encoder import Encoder
 from engine.server import Job, Limits, create_app
 from indexer.documents import Document
 from indexer.indexing import update_index
 from indexer.search import search
 from indexer.store import Store
+from tests.models import WORDS
 
 SCRIPT_DOC = '<script>document.title="pwned"</script> Bread rises because yeast makes gas.'
 DOCUMENTS = [
@@ -123,6 +126,57 @@ def test_search_cli_through_the_server(served):
     assert human.exit_code == 0 and human.stdout.startswith(f"Instruction: {INSTRUCTION}\n  1. ")
     down = runner.invoke(cli, ["search", "x", "--server", "http://127.0.0.1:9"])
     assert down.exit_code == 1 and "cannot reach the server" in down.stderr
+
+
+def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
+    """nprobe (IVF) and ef_search (HNSW) over HTTP and `engine search --server` equal in-process."""
+    encoder = Encoder.load(str(tiny_bert_path), device="cpu")
+    rng = random.Random(0)
+    documents = [
+        Document(f"d{i}", "c.jsonl", "", " ".join(rng.choices(WORDS, k=8))) for i in range(320)
+    ]
+    queries = [" ".join(rng.choices(WORDS, k=4)) for _ in range(20)]
+    runner = CliRunner()
+    for index_type, knob, values in [
+        ("IVF8,Flat", "nprobe", (1, 8)),
+        ("HNSW4,Flat", "ef_search", (10, 512)),
+    ]:
+        folder = tmp_path / knob
+        update_index(folder, encoder, documents, index_type=index_type, progress=False)
+        server = LiveServer(create_app(folder, encoder))
+        try:
+            answers = []
+            for value in values:
+                expected = [
+                    [hit.to_dict() for hit in hits]
+                    for hits in search(folder, queries, k=10, encoder=encoder, **{knob: value})
+                ]
+                got = httpx.post(
+                    f"{server.url}/search", json={"queries": queries, "k": 10, knob: value}
+                )
+                assert got.status_code == 200 and got.json()["results"] == expected, got.text
+                one = httpx.get(
+                    f"{server.url}/search", params={"q": queries[0], "k": 10, knob: value}
+                )
+                assert one.json()["results"] == expected[:1]
+                answers.append(expected)
+            assert answers[0] != answers[1]  # the knob changed what the index answered
+            option, low = "--" + knob.replace("_", "-"), str(values[0])
+            common = [queries[0], "-k", "10", option, low, "--json"]
+            remote = runner.invoke(cli, ["search", *common, "--server", server.url])
+            local = runner.invoke(
+                cli, ["search", *common, "--index", str(folder), "--model", str(tiny_bert_path)]
+            )
+            assert remote.exit_code == local.exit_code == 0, remote.output
+            assert remote.stdout == local.stdout
+            assert [json.loads(line) for line in remote.stdout.splitlines()] == answers[0][0]
+            for bad, words in [(0, "greater than or equal to 1"), (10**6, "at most"), ("x", knob)]:
+                posted = httpx.post(f"{server.url}/search", json={"query": "sun", knob: bad})
+                assert words in assert_one_line_error(posted, 422)
+                asked = httpx.get(f"{server.url}/search", params={"q": "sun", knob: bad})
+                assert words in assert_one_line_error(asked, 422)
+        finally:
+            server.stop()
 
 
 def test_search_cli_through_the_server_imports_no_torch(served):
