@@ -1,18 +1,25 @@
 """`engine bench memory`: peak RSS of indexing N synthetic documents as a stream.
 
-The documents are generated on the fly (never a list), so what grows with N is
-what the indexer itself keeps. Use a small or tiny random model: the point is the
-indexer's memory, not the encoder's speed. Also runnable as a script
-(``python bench/memory.py``) so an older engine on ``PYTHONPATH`` can be
-measured the same way; only the encoder, indexing and document APIs are used.
+``--corpus stream`` (default) hands ``update_index`` documents generated on the
+fly (never a list), in this process. ``--corpus folder`` writes N small text
+files and ``--corpus jsonl`` one N-line BEIR-style ``corpus.jsonl``, then runs
+the real ``python -m engine index CORPUS`` in a child process, whose own peak
+RSS (``wait4``) is compared with a child indexing a one-document corpus (the
+model loaded). What grows with N is what the indexer itself keeps. Use a small
+or tiny random model: the point is the indexer's memory, not the encoder's speed.
+Also runnable as a script (``python bench/memory.py``) so an older engine on
+``PYTHONPATH`` can be measured the same way; only the encoder, indexing and
+document APIs (stream) or the ``engine index`` command (folder, jsonl) are used.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,37 +34,124 @@ WORDS = (
 ).split()
 
 
+def synthetic_texts(count: int, words: int, seed: int) -> Iterator[str]:
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield " ".join(rng.choice(WORDS) for _ in range(words))
+
+
 def synthetic_documents(count: int, words: int, seed: int, sizes: list[int]) -> Iterator:
     """Documents made one at a time; ``sizes`` collects the bytes of text made."""
     from indexer.documents import Document
 
-    rng = random.Random(seed)
-    for i in range(count):
-        text = " ".join(rng.choice(WORDS) for _ in range(words))
+    for i, text in enumerate(synthetic_texts(count, words, seed)):
         sizes.append(len(text))
         yield Document(f"doc-{i}", "synthetic.jsonl", f"Title {i}", text)
+
+
+def write_folder(folder: Path, count: int, words: int, seed: int) -> int:
+    """``count`` Markdown files (a ``# title`` and the text), 1,000 per subfolder; returns bytes."""
+    size = 0
+    for i, text in enumerate(synthetic_texts(count, words, seed)):
+        file = folder / f"{i // 1000:04}" / f"doc-{i:06}.md"
+        if i % 1000 == 0:
+            file.parent.mkdir(parents=True)
+        content = f"# Title {i}\n{text}\n"
+        file.write_text(content)
+        size += len(content)
+    return size
+
+
+def write_jsonl(file: Path, count: int, words: int, seed: int) -> int:
+    """One BEIR-style ``corpus.jsonl`` of ``count`` records; returns bytes."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with file.open("w") as out:
+        for i, text in enumerate(synthetic_texts(count, words, seed)):
+            out.write(json.dumps({"_id": f"doc-{i}", "title": f"Title {i}", "text": text}) + "\n")
+    return file.stat().st_size
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def engine_index(corpus: Path, index_dir: Path, model: str, max_length: int) -> tuple[dict, float]:
+    """``python -m engine index CORPUS --json`` in a child: its summary and its own peak RSS (MB)."""
+    command = [sys.executable, "-m", "engine", "index", str(corpus), "--index", str(index_dir)]
+    command += ["--model", model, "--max-length", str(max_length), "--json"]
+    env = {**os.environ, "ENGINE_NO_PROGRESS": "1"}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise click.ClickException(f"engine index failed: {err.read().decode()[-2000:]}")
+        summary = json.loads(out.read().decode().strip().splitlines()[-1])
+    return summary, usage.ru_maxrss / 1024
+
+
 @click.command()
 @click.option("--model", required=True, help="Model folder (e.g. a tiny random model).")
 @click.option("--documents", type=click.IntRange(min=1), default=100_000, show_default=True)
+@click.option(
+    "--corpus",
+    "kind",
+    type=click.Choice(["stream", "folder", "jsonl"]),
+    default="stream",
+    show_default=True,
+    help="stream: documents generated in this process into update_index; folder: N text "
+    "files, jsonl: one N-line corpus.jsonl, each indexed by a real `engine index` child.",
+)
 @click.option("--words", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--max-length", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the figures to this JSON file.")
 def memory(
-    model: str, documents: int, words: int, max_length: int, seed: int, out: Path | None
+    model: str,
+    documents: int,
+    kind: str,
+    words: int,
+    max_length: int,
+    seed: int,
+    out: Path | None,
 ) -> None:
-    """Peak RSS of `engine index` on N streamed synthetic documents (vs the model alone).
+    """Peak RSS of indexing N synthetic documents (vs the model alone).
 
     \b
-    Example:
+    Examples:
       engine bench memory --model /tmp/tiny-bert --documents 100000 --out results/memory.json
+      engine bench memory --model /tmp/tiny-bert --corpus folder --documents 100000
+      engine bench memory --model /tmp/tiny-bert --corpus jsonl --documents 20000
     """
+    from bench.common import machine
+
+    folder = Path(tempfile.mkdtemp(prefix="engine-memory-"))
+    try:
+        if kind == "stream":
+            result = _in_process(folder, model, documents, words, max_length, seed)
+        else:
+            result = _engine_index(folder, kind, model, documents, words, max_length, seed)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result = {
+        "command": " ".join(["engine bench memory", *sys.argv[1:]]),
+        "corpus": kind,
+        "documents": documents,
+        "words_per_document": words,
+        **result,
+        "machine": machine(),
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(json.dumps(result))
+
+
+def _in_process(
+    folder: Path, model: str, documents: int, words: int, max_length: int, seed: int
+) -> dict:
     from engine.encoder import Encoder
     from indexer.indexing import update_index
 
@@ -65,18 +159,12 @@ def memory(
     encoder.set_max_length(max_length)
     encoder.encode_texts(["warm up the model once"])
     before = peak_rss_mb()
-    folder = Path(tempfile.mkdtemp(prefix="engine-memory-"))
     started = time.perf_counter()
     sizes: list[int] = []
-    try:
-        stream = synthetic_documents(documents, words, seed, sizes)
-        report = update_index(folder / "index", encoder, stream, progress=False)
-        size = sum(f.stat().st_size for f in (folder / "index").iterdir() if f.is_file())
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    result = {
-        "documents": documents,
-        "words_per_document": words,
+    stream = synthetic_documents(documents, words, seed, sizes)
+    report = update_index(folder / "index", encoder, stream, progress=False)
+    size = sum(f.stat().st_size for f in (folder / "index").iterdir() if f.is_file())
+    return {
         "text_mb": round(sum(sizes) / 2**20, 1),
         "vectors_mb": round(documents * encoder.dim * 4 / 2**20, 1),
         "model": model,
@@ -88,12 +176,47 @@ def memory(
         "peak_rss_mb_model_loaded": round(before, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_rss_growth_mb": round(peak_rss_mb() - before, 1),
-        "python": sys.version.split()[0],
     }
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(json.dumps(result))
+
+
+def _engine_index(
+    folder: Path, kind: str, model: str, documents: int, words: int, max_length: int, seed: int
+) -> dict:
+    one = folder / "one"
+    one.mkdir()
+    (one / "one.txt").write_text("warm up the model once")
+    _, baseline = engine_index(one, folder / "one-index", model, max_length)
+    if kind == "folder":
+        corpus = folder / "corpus"
+        text = write_folder(corpus, documents, words, seed)
+    else:
+        corpus = folder / "corpus" / "corpus.jsonl"
+        text = write_jsonl(corpus, documents, words, seed)
+    started = time.perf_counter()
+    summary, peak = engine_index(corpus, folder / "index", model, max_length)
+    seconds = time.perf_counter() - started
+    size = sum(f.stat().st_size for f in (folder / "index").rglob("*") if f.is_file())
+    info = subprocess.run(
+        [sys.executable, "-m", "engine", "info", "--index", str(folder / "index"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dim = json.loads(info.stdout)["dim"]
+    return {
+        "corpus_mb": round(text / 2**20, 1),
+        "vectors_mb": round(documents * dim * 4 / 2**20, 1),
+        "model": model,
+        "dim": dim,
+        "max_length": max_length,
+        "encoded": summary["encoded"],
+        "skipped": summary["skipped"],
+        "seconds": round(seconds, 1),
+        "index_mb": round(size / 2**20, 1),
+        "peak_rss_mb_one_document": round(baseline, 1),
+        "peak_rss_mb": round(peak, 1),
+        "peak_rss_growth_mb": round(peak - baseline, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ CUDA) and, on a GPU, model FLOP utilisation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import tempfile
@@ -244,10 +245,10 @@ def corpus_documents(data_dir: Path, limit: int | None):
     if not data_dir.exists():
         raise EngineError(f"--data-dir not found: {data_dir}")
     path = data_dir / CORPUS_FILE if is_beir_folder(data_dir) else data_dir
-    documents = read_corpus(path).documents
+    documents = list(itertools.islice(read_corpus(path), limit))  # limit None: all
     if not documents:
         raise EngineError(f"no readable documents in {data_dir}")
-    return documents[:limit] if limit else documents
+    return documents
 
 
 # ------------------------------------------------------------ random model

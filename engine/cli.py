@@ -155,11 +155,11 @@ def index(
         if not group.is_writer:
             group.serve(encoder)
             return
-        scan = read_corpus(corpus, max_tokens=encoder.max_length)
+        scan = read_corpus(corpus, max_tokens=encoder.max_length)  # lazy: read as indexed
         report = update_index(
             index_dir,
             encoder,
-            scan.documents,
+            scan,
             rebuild=rebuild,
             default_instruction=default_instruction,
             keep_sources=scan.failed_sources,

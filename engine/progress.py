@@ -14,10 +14,12 @@ def progress_enabled(requested: bool = True) -> bool:
     return requested and not os.environ.get("ENGINE_NO_PROGRESS")
 
 
-def progress_bar(total: int, desc: str, *, enabled: bool, unit: str = "doc"):
-    """A tqdm bar, or None when progress output is off."""
+def progress_bar(total: int | None, desc: str, *, enabled: bool, unit: str = "doc"):
+    """A tqdm bar, or None when progress output is off (``total`` None: unknown;
+    ``unit`` "B": bytes, shown as kB/MB/GB)."""
     if not progress_enabled(enabled):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+    scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, **scale)

@@ -2,24 +2,26 @@
 
 Started by ``torchrun --nnodes M --nproc_per_node N -m engine index ...`` (or
 ``... -m engine bench beir ...``), every rank loads the encoder on its own
-device. Rank 0 is the only writer: it reads the corpus, diffs it against the
-index, tokenizes what is pending, and then, one checkpoint round at a time,
-deals each rank a share balanced by tokens, encodes its own share, gathers the
-others' vectors and commits the round in one transaction. Incremental indexing,
+device. Rank 0 is the only writer: it reads the corpus as a stream, diffs it
+against the index and, one checkpoint round at a time, tokenizes the round's
+pending documents, deals each rank a share balanced by tokens, encodes its own
+share, gathers the others' vectors and commits the round in one transaction
+(while it holds at most two rounds, never the whole pending corpus). Incremental indexing,
 content hashes, checkpoints and crash safety are therefore those of a
 single-process run: a killed rank (the launcher then stops the rest) or a killed
 writer loses at most the two rounds in flight (one being committed, whole or not
 at all, and one being encoded), and the next run finishes the job.
 
 The other ranks run :meth:`IndexingGroup.serve`: they wait for jobs from the
-writer (one per ``update_index`` call) until it says it is done.
+writer (one per ``update_index`` call that has something to encode), encode the
+shares of each round until the writer ends the job, until it says it is done.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -28,9 +30,9 @@ import torch.distributed as dist
 from engine.distributed import join_launched_group, rank_and_world, rank_device
 from engine.encoder import Encoder
 from engine.errors import EngineError
-from engine.progress import progress_bar
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 WRITER = 0
 
@@ -148,78 +150,69 @@ class IndexingGroup:
             dist.gather_object(problem, None, dst=WRITER)
             if _broadcast(None):
                 raise SystemExit(1)  # the writer reports it
-            for _ in range(job["rounds"]):
+            while True:  # rounds until the writer deals None: the end of the job
                 share: list[Any] = [None]
                 dist.scatter_object_list(share, None, src=WRITER)
+                if share[0] is None:
+                    break
                 dist.gather_object(encode_share(encoder, share[0]), None, dst=WRITER)
 
 
 def encode_across_ranks(
-    encoder: Encoder,
-    ids: Sequence[Sequence[int]],
-    round_documents: int,
-    *,
-    progress: bool,
-) -> Iterator[tuple[list[int], np.ndarray]]:
-    """On the writer: yield ``(positions, vectors)`` one checkpoint round at a time.
+    encoder: Encoder, rounds: Iterable[tuple[P, Sequence[Sequence[int]]]]
+) -> Iterator[tuple[P, Sequence[Sequence[int]], list[int], np.ndarray]]:
+    """On the writer: yield ``(payload, ids, positions, vectors)`` one round at a time.
 
-    Each round takes the next ``round_documents`` x ranks documents, longest
-    first (like the single-process batching), deals them to the ranks balanced
-    by tokens, encodes the writer's own share and gathers the others' vectors.
-    The caller commits a round while the ranks already encode the next one, and
-    the writer's own share shrinks by the time its commits take.
+    ``rounds`` gives each round's token id lists with a payload of the caller's (its
+    documents), read lazily: the next round is drawn while the ranks encode this one.
+    Each round is dealt to the ranks balanced by tokens, longest first (like the
+    single-process batching); the writer encodes its own share and gathers the others'
+    vectors. The caller commits a round while the ranks already encode the next one,
+    and the writer's own share shrinks by the time its commits and reads take.
     """
     global _workers_waiting
     if not _workers_waiting:
         raise EngineError("distributed indexing needs the ranks started through IndexingGroup")
     _, world = rank_and_world()
-    lengths = [len(x) for x in ids]
-    order = sorted(range(len(ids)), key=lambda i: -lengths[i])
-    per_round = round_documents * world
-    rounds = [order[start : start + per_round] for start in range(0, len(order), per_round)]
+    rounds = iter(rounds)
+    upcoming = next(rounds, None)
+    if upcoming is None:
+        return  # nothing to encode: no job
     _workers_waiting = False
-    _broadcast({"job": "encode", "rounds": len(rounds), **encoder.describe()})
+    _broadcast({"job": "encode", **encoder.describe()})
     problems: list[Any] = [None] * world
     dist.gather_object(None, problems, dst=WRITER)
     problems = [p for p in problems if p is not None]
     _broadcast(problems)
     if problems:
         raise EngineError(f"the ranks loaded different encoders: {problems[0]}")
-    bar = progress_bar(len(ids), f"indexing on {world} ranks", enabled=progress)
-    started, tokens = time.perf_counter(), 0
-    writer_share, commit_seconds, writer_rate = 1.0, 0.0, None
+    writer_share, busy_seconds, writer_rate = 1.0, 0.0, None
     previous = None
-    try:
-        for positions in rounds:
-            shares = balance_by_tokens(positions, lengths, world, writer_share)
-            own: list[Any] = [None]
-            dist.scatter_object_list(own, [[ids[p] for p in s] for s in shares], src=WRITER)
-            if previous is not None:
-                # The caller commits the last round while the other ranks encode this one.
-                paused = time.perf_counter()
-                yield previous
-                commit_seconds = time.perf_counter() - paused
-            encoding = time.perf_counter()
-            own_vectors = encode_share(encoder, own[0])
-            own_tokens = sum(lengths[p] for p in shares[WRITER])
-            if own_tokens:
-                writer_rate = own_tokens / max(time.perf_counter() - encoding, 1e-9)
-            gathered: list[Any] = [None] * world
-            dist.gather_object(own_vectors, gathered, dst=WRITER)
-            previous = ([p for share in shares for p in share], np.vstack(gathered))
-            tokens += sum(lengths[p] for p in positions)
-            if bar is not None:
-                elapsed = max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
-                bar.update(len(positions))
-            # The writer commits and encodes while a rank only encodes: shrink its share by
-            # the commit time, so every rank reaches the gather together (0: a pure writer).
-            if writer_rate is not None:
-                rank_tokens = max(sum(lengths[p] for p in shares[-1]), 1)
-                writer_share = max(0.0, 1.0 - commit_seconds * writer_rate / rank_tokens)
+    while upcoming is not None:
+        payload, ids = upcoming
+        lengths = [len(x) for x in ids]
+        shares = balance_by_tokens(range(len(ids)), lengths, world, writer_share)
+        own: list[Any] = [None]
+        dist.scatter_object_list(own, [[ids[p] for p in s] for s in shares], src=WRITER)
+        paused = time.perf_counter()
         if previous is not None:
+            # The caller commits the last round while the other ranks encode this one...
             yield previous
-    finally:
-        if bar is not None:
-            bar.close()
+        upcoming = next(rounds, None)  # ... and reads and tokenizes the next one
+        busy_seconds = time.perf_counter() - paused
+        encoding = time.perf_counter()
+        own_vectors = encode_share(encoder, own[0])
+        own_tokens = sum(lengths[p] for p in shares[WRITER])
+        if own_tokens:
+            writer_rate = own_tokens / max(time.perf_counter() - encoding, 1e-9)
+        gathered: list[Any] = [None] * world
+        dist.gather_object(own_vectors, gathered, dst=WRITER)
+        previous = (payload, ids, [p for share in shares for p in share], np.vstack(gathered))
+        # The writer commits, reads and encodes while a rank only encodes: shrink its share
+        # by that time, so every rank reaches the gather together (0: a pure writer).
+        if writer_rate is not None:
+            rank_tokens = max(sum(lengths[p] for p in shares[-1]), 1)
+            writer_share = max(0.0, 1.0 - busy_seconds * writer_rate / rank_tokens)
+    dist.scatter_object_list([None], [None] * world, src=WRITER)  # the end of the job
     _workers_waiting = True
+    yield previous

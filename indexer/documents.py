@@ -17,9 +17,9 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -75,41 +75,96 @@ class Note:
     message: str
 
 
-@dataclass
-class CorpusScan:
-    documents: list[Document] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    notes: list[Note] = field(default_factory=list)
-    # Files with an extension engine does not read (images, code, ...): not errors.
-    ignored: int = 0
-    # Files that could not be opened this time (permission, I/O): their previously
-    # indexed documents are kept instead of being removed.
-    failed_sources: set[str] = field(default_factory=set)
-
-
 class Unreadable(Exception):
     """A file or record that cannot become a document; the message is the reason."""
 
 
+class CorpusScan:
+    """The documents under a path, read lazily: iterating walks the files and yields each
+    document as it is read, so memory holds one document (or one JSON record) at a time,
+    never the corpus.
+
+    The reports fill as the walk goes and are complete when it ends; each pass starts
+    them afresh (in place, so a reference taken before the pass sees them fill).
+    """
+
+    def __init__(self, path: str | Path, *, max_tokens: int | None = None) -> None:
+        self.root = Path(path)
+        # Bytes of a file's head that the first max_tokens tokens can need.
+        self.head = (max_tokens or DEFAULT_DOCUMENT_TOKENS) * BYTES_PER_TOKEN
+        self.skipped: list[Skipped] = []
+        self.notes: list[Note] = []
+        # Files with an extension engine does not read (images, code, ...): not errors.
+        self.ignored = 0
+        # Files that could not be opened this time (permission, I/O): their previously
+        # indexed documents are kept instead of being removed.
+        self.failed_sources: set[str] = set()
+        # Bytes of the corpus files walked so far in this pass (progress, see size()).
+        self.bytes_read = 0
+
+    def size(self) -> int:
+        """Bytes of the files a pass reads, from a walk that stats them but reads nothing."""
+        return sum(_file_size(file) for file, _ in self._files(count_ignored=False))
+
+    def __iter__(self) -> Iterator[Document]:
+        self.skipped.clear()
+        self.notes.clear()
+        self.failed_sources.clear()
+        self.ignored = self.bytes_read = 0
+        for file, source in self._files():
+            yield from self._read(file, source)
+
+    def _files(self, *, count_ignored: bool = True) -> Iterator[tuple[Path, str]]:
+        """Supported files with their source names (the others counted as ignored)."""
+        if not self.root.is_dir():
+            yield self.root, self.root.name
+            return
+        for file in _walk(self.root):
+            if file.suffix.lower() not in SUPPORTED_SUFFIXES:
+                self.ignored += count_ignored
+                continue
+            yield file, file.relative_to(self.root).as_posix()
+
+    def _read(self, file: Path, source: str) -> Iterator[Document]:
+        start = self.bytes_read
+        try:
+            if file.suffix.lower() in JSON_SUFFIXES:
+                reported, records = len(self.skipped), 0
+                for document in json_records(file, source, self.skipped, self._advance):
+                    records += 1
+                    yield document
+                if not records and len(self.skipped) == reported:
+                    self.skipped.append(Skipped(source, "no records"))
+            else:
+                with _library_noise(self.notes, source):
+                    document = read_file_document(file, source, self.head)
+                self.bytes_read = start + _file_size(file)
+                yield document
+        except Unreadable as exc:
+            self.skipped.append(Skipped(source, str(exc)))
+        except OSError as exc:
+            self.skipped.append(Skipped(source, f"cannot read: {exc.strerror or exc}"))
+            self.failed_sources.add(source)
+        self.bytes_read = start + _file_size(file)
+
+    def _advance(self, count: int) -> None:
+        self.bytes_read += count
+
+
 def read_corpus(path: str | Path, *, max_tokens: int | None = None) -> CorpusScan:
-    """All documents under ``path`` (a folder, walked recursively, or a single file).
+    """The documents under ``path`` (a folder, walked recursively, or a single file), lazily.
 
     Hidden files and folders (``.git``, the ``.engine`` index) are not read.
     ``max_tokens`` (default 512) bounds how much of each file is read.
     """
-    root = Path(path)
-    head = (max_tokens or DEFAULT_DOCUMENT_TOKENS) * BYTES_PER_TOKEN
-    scan = CorpusScan()
-    if not root.is_dir():
-        _read_into(scan, root, root.name, head)
-        return scan
-    for file in _walk(root):
-        relative = file.relative_to(root).as_posix()
-        if file.suffix.lower() not in SUPPORTED_SUFFIXES:
-            scan.ignored += 1
-            continue
-        _read_into(scan, file, relative, head)
-    return scan
+    return CorpusScan(path, max_tokens=max_tokens)
+
+
+def _file_size(file: Path) -> int:
+    try:
+        return os.stat(file).st_size
+    except OSError:
+        return 0
 
 
 def _walk(root: Path) -> Iterator[Path]:
@@ -118,25 +173,6 @@ def _walk(root: Path) -> Iterator[Path]:
         for name in sorted(files):
             if not name.startswith("."):
                 yield Path(folder) / name
-
-
-def _read_into(scan: CorpusScan, file: Path, source: str, head: int) -> None:
-    suffix = file.suffix.lower()
-    try:
-        if suffix in JSON_SUFFIXES:
-            documents, skipped = read_json_corpus(file, source)
-            scan.documents.extend(documents)
-            scan.skipped.extend(skipped)
-            if not documents and not skipped:
-                scan.skipped.append(Skipped(source, "no records"))
-            return
-        with _library_noise(scan, source):
-            scan.documents.append(read_file_document(file, source, head))
-    except Unreadable as exc:
-        scan.skipped.append(Skipped(source, str(exc)))
-    except OSError as exc:
-        scan.skipped.append(Skipped(source, f"cannot read: {exc.strerror or exc}"))
-        scan.failed_sources.add(source)
 
 
 def read_file_document(
@@ -199,7 +235,7 @@ def _non_regular_kind(mode: int) -> str | None:
 
 
 @contextmanager
-def _library_noise(scan: CorpusScan, source: str) -> Iterator[None]:
+def _library_noise(notes: list[Note], source: str) -> Iterator[None]:
     """Warnings that parsers (pypdf) log or raise while reading a file go into the report."""
     messages: list[str] = []
 
@@ -220,26 +256,39 @@ def _library_noise(scan: CorpusScan, source: str) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.propagate = propagate
         for message in dict.fromkeys(messages):
-            scan.notes.append(Note(source, " ".join(message.split())))
+            notes.append(Note(source, " ".join(message.split())))
 
 
 def read_json_corpus(file: Path, source: str) -> tuple[list[Document], list[Skipped]]:
-    """BEIR corpus records (``_id``, ``title``, ``text``): JSON lines, or a JSON list/object."""
-    documents: list[Document] = []
+    """All the records of a JSON corpus file at once (see :func:`json_records`)."""
     skipped: list[Skipped] = []
+    return list(json_records(file, source, skipped)), skipped
+
+
+def json_records(
+    file: Path,
+    source: str,
+    skipped: list[Skipped],
+    advance: Callable[[int], None] | None = None,
+) -> Iterator[Document]:
+    """BEIR corpus records (``_id``, ``title``, ``text``): JSON lines, or a JSON list/object.
+
+    Yielded one at a time (JSON lines are read line by line); records that cannot be
+    documents go into ``skipped``; ``advance`` is told the bytes of each line read.
+    """
     seen: set[str] = set()
 
-    def add(record: object, where: str, fallback_id: str) -> None:
+    def check(record: object, where: str, fallback_id: str) -> Document | None:
         try:
             document = record_document(record, source, fallback_id)
         except Unreadable as exc:
             skipped.append(Skipped(f"{source}:{where}", str(exc)))
-            return
+            return None
         if document.doc_id in seen:
             skipped.append(Skipped(f"{source}:{where}", f"duplicate _id {document.doc_id!r}"))
-            return
+            return None
         seen.add(document.doc_id)
-        documents.append(document)
+        return document
 
     if file.suffix.lower() == ".json" and os.stat(file).st_size <= MAX_FILE_BYTES:
         try:
@@ -247,16 +296,22 @@ def read_json_corpus(file: Path, source: str) -> tuple[list[Document], list[Skip
                 whole = json.loads(_decode(handle.read()))
         except (Unreadable, ValueError):
             whole = None  # maybe JSON lines under a .json name: read line by line below
+        if isinstance(whole, dict):
+            whole = [whole]
+            fallback = [source]
+        elif isinstance(whole, list):
+            fallback = [f"{source}#{number}" for number in range(1, len(whole) + 1)]
         if isinstance(whole, list):
             for number, record in enumerate(whole, start=1):
-                add(record, f"record {number}", f"{source}#{number}")
-            return documents, skipped
-        if isinstance(whole, dict):
-            add(whole, "record 1", source)
-            return documents, skipped
+                document = check(record, f"record {number}", fallback[number - 1])
+                if document is not None:
+                    yield document
+            return
 
     with open_regular(file) as handle:
         for number, line in enumerate(handle, start=1):
+            if advance is not None:
+                advance(len(line))
             where = f"line {number}"
             if not line.strip():
                 continue
@@ -271,8 +326,9 @@ def read_json_corpus(file: Path, source: str) -> tuple[list[Document], list[Skip
             except ValueError as exc:
                 skipped.append(Skipped(f"{source}:{where}", f"invalid JSON ({exc.msg})"))
                 continue
-            add(record, where, f"{source}#{number}")
-    return documents, skipped
+            document = check(record, where, f"{source}#{number}")
+            if document is not None:
+                yield document
 
 
 def record_document(record: object, source: str, fallback_id: str) -> Document:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +20,9 @@ import numpy as np
 from engine.distributed import rank_and_world
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from engine.progress import progress_bar, progress_enabled
 from indexer.distributed import encode_across_ranks
-from indexer.documents import Document
+from indexer.documents import CorpusScan, Document
 from indexer.store import Writer, index_settings, reporting_damage
 
 
@@ -92,15 +93,20 @@ def update_index(
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
 
-    ``documents`` is consumed as a stream: new and changed documents are tokenized,
-    encoded and committed ``STREAM_DOCUMENTS`` at a time, so memory holds one chunk
-    of text, not the corpus. ``keep_sources`` names sources that could not be read
-    this time (looked at after the stream ends, so a reader may fill it as it goes):
-    their previously indexed documents are kept rather than deleted. ``index_type``
-    (None: keep the index's) switches the FAISS index type, re-using stored vectors.
+    ``documents`` is consumed as a stream (a :class:`~indexer.documents.CorpusScan`
+    reads files as it goes): new and changed documents are tokenized, encoded and
+    committed ``STREAM_DOCUMENTS`` at a time (under ``torchrun``: one round of
+    ``ENGINE_CHECKPOINT_DOCUMENTS`` per rank at a time), so memory holds a chunk of
+    text, not the corpus; what is kept for the whole run is the (source, id) -> hash
+    map of the index and the keys seen, for the diff. ``keep_sources`` names sources
+    that could not be read this time (looked at after the stream ends, so a reader may
+    fill it as it goes): their previously indexed documents are kept rather than
+    deleted. ``index_type`` (None: keep the index's) switches the FAISS index type,
+    re-using stored vectors.
     """
     started = time.perf_counter()
-    report = IndexReport(ranks=rank_and_world()[1])
+    world = rank_and_world()[1]
+    report = IndexReport(ranks=world)
     settings = index_settings(encoder.describe(), default_instruction, index_type)
     with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
         if default_instruction is not None:
@@ -108,24 +114,20 @@ def update_index(
         store.load_faiss()
         existing = store.existing()
         seen: set[tuple[str, str]] = set()
-        pending: list[tuple[Document, int | None]] = []
-        for doc in documents:
-            key = (doc.source, doc.doc_id)
-            if key in seen:
-                report.duplicates += 1
-                continue
-            seen.add(key)
-            stored = existing.get(key)
-            if stored is not None and stored.content_hash == doc.content_hash:
-                report.unchanged += 1
-                continue
-            pending.append((doc, stored.id if stored else None))
-            if len(pending) >= STREAM_DOCUMENTS:
-                report.encoded_tokens += _encode_and_commit(
-                    store, encoder, pending, progress, report
-                )
-                pending = []
-        report.encoded_tokens += _encode_and_commit(store, encoder, pending, progress, report)
+        desc = f"indexing on {world} ranks" if world > 1 else "indexing"
+        with RunProgress(documents, desc, enabled=progress) as bar:
+            pending = _pending(documents, existing, seen, report, bar)
+            checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
+            if world > 1:
+                rounds = _tokenized(encoder, _chunks(pending, checkpoint_documents * world))
+                encoded = encode_across_ranks(encoder, rounds)
+            else:
+                chunks = _tokenized(encoder, _chunks(pending, STREAM_DOCUMENTS))
+                encoded = _checkpoints(encoder, chunks, checkpoint_documents, bar)
+            for chunk, ids, positions, vectors in encoded:
+                _commit(store, chunk, ids, positions, vectors, report)
+                if world > 1:
+                    bar.encoded(len(positions), sum(len(ids[p]) for p in positions))
         kept = set(keep_sources)
         removed = [s.id for key, s in existing.items() if key not in seen and key[0] not in kept]
         report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
@@ -138,65 +140,153 @@ def update_index(
     return report
 
 
-def _encode_and_commit(
-    store, encoder: Encoder, pending, progress: bool, report: IndexReport
-) -> int:
-    """Encode pending documents and commit them in checkpoints; returns tokens encoded.
+Pending = list[tuple[Document, int | None]]  # documents to encode, with their stored id
 
-    Under a launcher (``torchrun``) the ranks share the encoding and this
-    process, rank 0, stays the one writer (:mod:`indexer.distributed`).
-    """
-    if not pending:
-        return 0
-    texts = [encoder.format_document(doc.title, doc.text) for doc, _ in pending]
-    ids = encoder.tokenize(texts)
-    del texts
-    checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
-    if rank_and_world()[1] > 1:
-        chunks = encode_across_ranks(encoder, ids, checkpoint_documents, progress=progress)
-    else:
-        chunks = _checkpoints(encoder, ids, checkpoint_documents, progress)
-    tokens = 0
-    for positions, vectors in chunks:
-        rows = []
-        for position in positions:
-            doc, stored_id = pending[position]
-            rows.append(
-                {
-                    "id": stored_id,
-                    "doc_id": doc.doc_id,
-                    "source": doc.source,
-                    "title": doc.title,
-                    "text": doc.text,
-                    "content_hash": doc.content_hash,
-                    "token_count": len(ids[position]),
-                }
-            )
-            tokens += len(ids[position])
-            if stored_id is None:
-                report.added += 1
-            else:
-                report.updated += 1
-        store.commit(upsert=rows, vectors=vectors)
-    return tokens
+
+def _pending(
+    documents: Iterable[Document],
+    existing: dict,
+    seen: set[tuple[str, str]],
+    report: IndexReport,
+    bar: RunProgress,
+) -> Iterator[tuple[Document, int | None]]:
+    """New and changed documents, with their stored id (None: new); unchanged ones are counted."""
+    for doc in documents:
+        key = (doc.source, doc.doc_id)
+        if key in seen:
+            report.duplicates += 1
+            bar.read(pending=False)
+            continue
+        seen.add(key)
+        stored = existing.get(key)
+        if stored is not None and stored.content_hash == doc.content_hash:
+            report.unchanged += 1
+            bar.read(pending=False)
+            continue
+        bar.read(pending=True)
+        yield doc, stored.id if stored else None
+
+
+def _chunks(pending: Iterator[tuple[Document, int | None]], size: int) -> Iterator[Pending]:
+    chunk: Pending = []
+    for item in pending:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _tokenized(encoder: Encoder, chunks: Iterable[Pending]) -> Iterator[tuple[Pending, list]]:
+    """Each chunk with the token ids of its documents, tokenized when the chunk is reached."""
+    for chunk in chunks:
+        yield chunk, encoder.tokenize([encoder.format_document(d.title, d.text) for d, _ in chunk])
+
+
+def _commit(store, chunk: Pending, ids, positions, vectors, report: IndexReport) -> None:
+    """One checkpoint: the documents at ``positions`` of ``chunk`` with their vectors."""
+    rows = []
+    for position in positions:
+        doc, stored_id = chunk[position]
+        rows.append(
+            {
+                "id": stored_id,
+                "doc_id": doc.doc_id,
+                "source": doc.source,
+                "title": doc.title,
+                "text": doc.text,
+                "content_hash": doc.content_hash,
+                "token_count": len(ids[position]),
+            }
+        )
+        report.encoded_tokens += len(ids[position])
+        if stored_id is None:
+            report.added += 1
+        else:
+            report.updated += 1
+    store.commit(upsert=rows, vectors=vectors)
 
 
 def _checkpoints(
-    encoder: Encoder, ids, checkpoint_documents: int, progress: bool
-) -> Iterator[tuple[list[int], np.ndarray]]:
-    """``(positions, vectors)`` per checkpoint: every ``checkpoint_documents`` or 30 seconds."""
-    positions: list[int] = []
-    vectors: list[np.ndarray] = []
-    last_commit = time.perf_counter()
-    for batch_positions, batch in encoder.iter_encode(ids, progress=progress, desc="indexing"):
-        positions.extend(batch_positions)
-        vectors.append(batch)
-        if (
-            len(positions) >= checkpoint_documents
-            or time.perf_counter() - last_commit > CHECKPOINT_SECONDS
-        ):
-            yield positions, np.vstack(vectors)
-            positions, vectors = [], []
-            last_commit = time.perf_counter()
-    if positions:
-        yield positions, np.vstack(vectors)
+    encoder: Encoder,
+    chunks: Iterable[tuple[Pending, list]],
+    checkpoint_documents: int,
+    bar: RunProgress,
+) -> Iterator[tuple[Pending, list, list[int], np.ndarray]]:
+    """``(chunk, ids, positions, vectors)`` per checkpoint: every ``checkpoint_documents``
+    or 30 seconds. A chunk is encoded in token-budget batches of similar lengths."""
+    for chunk, ids in chunks:
+        positions: list[int] = []
+        vectors: list[np.ndarray] = []
+        last_commit = time.perf_counter()
+        for batch_positions, batch in encoder.iter_encode(ids):
+            positions.extend(batch_positions)
+            vectors.append(batch)
+            bar.encoded(len(batch_positions), sum(len(ids[p]) for p in batch_positions))
+            if (
+                len(positions) >= checkpoint_documents
+                or time.perf_counter() - last_commit > CHECKPOINT_SECONDS
+            ):
+                yield chunk, ids, positions, np.vstack(vectors)
+                positions, vectors = [], []
+                last_commit = time.perf_counter()
+        if positions:
+            yield chunk, ids, positions, np.vstack(vectors)
+
+
+class RunProgress:
+    """One progress bar for a whole run, over the corpus bytes when the documents come
+    from a :class:`CorpusScan` (its total from a walk that reads nothing), else over
+    documents (a total when ``documents`` has a length).
+
+    The bar follows the reader, but documents read and not yet encoded hold it back:
+    as they are encoded it moves toward the reader's position in proportion.
+    """
+
+    def __init__(self, documents: Iterable[Document], desc: str, *, enabled: bool) -> None:
+        self.scan = documents if isinstance(documents, CorpusScan) else None
+        self.bar = None
+        if progress_enabled(enabled):
+            if self.scan is not None:
+                self.bar = progress_bar(self.scan.size(), desc, enabled=True, unit="B")
+            else:
+                total = len(documents) if isinstance(documents, Sized) else None
+                self.bar = progress_bar(total, desc, enabled=True)
+        self.documents = 0  # read so far
+        self.position = 0.0  # the reader's position: bytes or documents
+        self.done = 0.0  # where the bar stands
+        self.waiting = 0  # documents read, not yet encoded
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> RunProgress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def read(self, *, pending: bool) -> None:
+        self.documents += 1
+        self.position = self.scan.bytes_read if self.scan is not None else self.documents
+        if pending:
+            self.waiting += 1
+        elif not self.waiting:
+            self._show(self.position)
+
+    def encoded(self, count: int, tokens: int) -> None:
+        self.tokens += tokens
+        share = min(count / self.waiting, 1.0) if self.waiting else 1.0
+        self.waiting = max(self.waiting - count, 0)
+        self._show(self.done + (self.position - self.done) * share)
+
+    def _show(self, done: float) -> None:
+        self.done = done
+        if self.bar is None:
+            return
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.bar.set_postfix_str(
+            f"{self.documents:,} docs, {self.tokens / elapsed:,.0f} tok/s", refresh=False
+        )
+        self.bar.update(int(done) - self.bar.n)

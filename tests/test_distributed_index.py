@@ -81,7 +81,7 @@ def test_balance_by_tokens_evens_out_tokens_not_counts():
 def test_two_ranks_build_the_single_process_index(tmp_path, default_encoder):
     corpus = write_corpus(tmp_path / "corpus", 30)
     single = tmp_path / "single"
-    update_index(single, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(single, default_encoder, read_corpus(corpus), progress=False)
 
     distributed = tmp_path / "distributed"
     first = run_json(str(corpus), "--index", str(distributed))

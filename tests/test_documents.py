@@ -32,13 +32,38 @@ def test_every_format_becomes_documents(tmp_path):
     (tmp_path / ".hidden" / "secret.txt").write_text("never read")
 
     scan = read_corpus(tmp_path)
-    docs = {d.doc_id: d for d in scan.documents}
+    docs = {d.doc_id: d for d in scan}
     assert set(docs) == {"notes/a.txt", "b.md", "c.rst", "d.html", "r1", "7", "x"}
     assert docs["b.md"].title == "Heading Title" and docs["b.md"].text == "Markdown body."
     assert docs["d.html"].title == "Page" and docs["d.html"].text == "Visible words ."
     assert "hidden" not in docs["d.html"].text and "color" not in docs["d.html"].text
     assert (docs["r1"].source, docs["r1"].title, docs["r1"].text) == ("e.jsonl", "T1", "first")
     assert scan.ignored == 1 and scan.skipped == []
+
+
+def test_reader_is_lazy_and_its_reports_fill_as_it_goes(tmp_path):
+    """A file is read when the walk reaches it, a JSON lines file line by line."""
+    from indexer.documents import Skipped
+
+    (tmp_path / "a.txt").write_text("Tides follow the moon.")
+    (tmp_path / "b.txt").write_bytes(b"\x00 binary")
+    (tmp_path / "c.txt").write_text("written before the walk")
+    lines = [json.dumps({"_id": f"r{n}", "text": f"record {n}"}) + "\n" for n in range(3)]
+    (tmp_path / "d.jsonl").write_text("".join(lines))
+    scan = read_corpus(tmp_path)
+    assert scan.size() == sum(f.stat().st_size for f in tmp_path.iterdir())
+    documents = iter(scan)
+    assert next(documents).doc_id == "a.txt"
+    assert (scan.skipped, scan.bytes_read) == ([], len("Tides follow the moon."))
+    (tmp_path / "c.txt").write_text("changed after the walk began")
+    assert next(documents).text == "changed after the walk began"
+    assert scan.skipped == [Skipped("b.txt", "binary file")]
+    before = scan.bytes_read
+    assert next(documents).doc_id == "r0" and scan.bytes_read == before + len(lines[0])
+    assert [d.doc_id for d in documents] == ["r1", "r2"]
+    assert scan.bytes_read == scan.size()
+    assert [d.doc_id for d in scan] == ["a.txt", "c.txt", "r0", "r1", "r2"]  # a new pass
+    assert len(scan.skipped) == 1
 
 
 def test_content_hash_follows_title_and_text():
@@ -63,7 +88,7 @@ def test_bad_files_are_skipped_with_reasons(tmp_path):
         '{"_id": "ok2", "title": "Second", "text": "another fine record"}\n'
     )
     scan = read_corpus(tmp_path)
-    assert sorted(d.doc_id for d in scan.documents) == ["good.txt", "ok1", "ok2"]
+    assert sorted(d.doc_id for d in scan) == ["good.txt", "ok1", "ok2"]
     reasons = {s.source: s.reason for s in scan.skipped}
     assert reasons["binary.txt"] == "binary file"
     assert reasons["empty.md"] == "empty"
@@ -86,7 +111,7 @@ def test_other_encodings_are_detected_and_true_binaries_skipped(tmp_path):
     (tmp_path / "utf16.txt").write_bytes("Grüße aus Köln".encode("utf-16"))
     (tmp_path / "random.txt").write_bytes(bytes(range(256)) * 8)
     scan = read_corpus(tmp_path)
-    docs = {d.doc_id: d for d in scan.documents}
+    docs = {d.doc_id: d for d in scan}
     assert docs["latin1.txt"].text == french.strip()
     assert docs["cp1252.md"].title == "Notes" and docs["cp1252.md"].text == quotes.strip()
     assert docs["utf16.txt"].text == "Grüße aus Köln"
@@ -101,13 +126,13 @@ def test_large_text_file_is_read_by_its_head(tmp_path):
     (tmp_path / "huge.txt").write_text("START " + line * 200_000)  # ~13 MB
     (tmp_path / "huge.md").write_text("# Délta\n" + "é" * (64 * BYTES_PER_TOKEN))  # cut mid-char?
     scan = read_corpus(tmp_path, max_tokens=64)
-    docs = {d.doc_id: d for d in scan.documents}
+    docs = {d.doc_id: d for d in scan}
     assert scan.skipped == []
     head = docs["huge.txt"].text
     assert head.startswith("START Sediment") and len(head.encode()) <= 64 * BYTES_PER_TOKEN
     assert len(head) > 64 * 4  # more than 64 tokens' worth of English
     assert docs["huge.md"].title == "Délta" and set(docs["huge.md"].text) == {"é"}
-    bigger = read_corpus(tmp_path, max_tokens=128).documents
+    bigger = list(read_corpus(tmp_path, max_tokens=128))
     assert len(next(d for d in bigger if d.doc_id == "huge.txt").text) > len(head)
 
 
@@ -124,13 +149,14 @@ def test_pipes_sockets_and_devices_are_skipped_not_opened(tmp_path):
         scan = read_corpus(tmp_path)
     finally:
         server.close()
-    assert [d.doc_id for d in scan.documents] == ["good.txt"]
+    assert [d.doc_id for d in scan] == ["good.txt"]
     assert {s.source: s.reason for s in scan.skipped} == {
         "pipe.txt": "not a regular file (named pipe)",
         "socket.md": "not a regular file (socket)",
         "device.txt": "not a regular file (character device)",
     }
     alone = read_corpus(tmp_path / "pipe.txt")  # a pipe given as the corpus itself
+    assert list(alone) == []
     assert [s.reason for s in alone.skipped] == ["not a regular file (named pipe)"]
 
 
@@ -167,7 +193,7 @@ def test_unreadable_file_keeps_its_indexed_documents(tmp_path, default_encoder):
     target = corpus / "flaky.txt"
     target.write_text("Basalt lava builds shield volcanoes.")
     index_dir = tmp_path / "index"
-    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
 
     target.unlink()
     target.symlink_to(corpus / "missing-target.txt")  # now fails to open, like a permission error
@@ -175,7 +201,7 @@ def test_unreadable_file_keeps_its_indexed_documents(tmp_path, default_encoder):
     report = update_index(
         index_dir,
         default_encoder,
-        scan.documents,
+        scan,
         keep_sources=scan.failed_sources,
         progress=False,
     )

@@ -64,7 +64,7 @@ def assert_consistent(index_dir: Path, expected_doc_ids: set[str]) -> None:
 def test_incremental_runs_encode_only_changes(tmp_path, default_encoder):
     corpus = write_corpus(tmp_path / "corpus", TOPICS)
     index_dir = tmp_path / "index"
-    first = update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    first = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert (first.added, first.encoded, first.total) == (4, 4, 4)
     before = stored_vectors(index_dir)
 
@@ -72,7 +72,7 @@ def test_incremental_runs_encode_only_changes(tmp_path, default_encoder):
     (corpus / "volcano.txt").unlink()
     (corpus / "new" / "bread.txt").parent.mkdir()
     (corpus / "new" / "bread.txt").write_text("A sourdough starter is wild yeast living in flour.")
-    second = update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    second = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert (second.added, second.updated, second.removed, second.unchanged) == (1, 1, 1, 2)
     assert second.encoded == 2
     after = stored_vectors(index_dir)
@@ -80,7 +80,7 @@ def test_incremental_runs_encode_only_changes(tmp_path, default_encoder):
     assert after["tcp.md"] != before["tcp.md"]
     assert_consistent(index_dir, {"plants.txt", "tcp.md", "chess.md", "new/bread.txt"})
 
-    third = update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    third = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert (third.encoded, third.removed, third.unchanged) == (0, 0, 4)
     hits = search(index_dir, ["how does a bread starter work"], k=1, encoder=default_encoder)
     assert hits[0][0].doc_id == "new/bread.txt"
@@ -89,7 +89,7 @@ def test_incremental_runs_encode_only_changes(tmp_path, default_encoder):
 def test_instruction_changes_only_the_query(tmp_path, default_encoder):
     corpus = write_corpus(tmp_path / "corpus", TOPICS)
     index_dir = tmp_path / "index"
-    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     before = stored_vectors(index_dir)
     query = "how do plants make sugar"
     plain = default_encoder.encode_queries([query])
@@ -123,19 +123,17 @@ def test_instruction_changes_only_the_query(tmp_path, default_encoder):
 def test_rebuild_and_model_mismatch(tmp_path, default_encoder, tiny_mistral_path):
     corpus = write_corpus(tmp_path / "corpus", TOPICS)
     index_dir = tmp_path / "index"
-    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     tiny = Encoder.load(str(tiny_mistral_path))
     with pytest.raises(EngineError, match="--rebuild"):
-        update_index(index_dir, tiny, read_corpus(corpus).documents, progress=False)
+        update_index(index_dir, tiny, read_corpus(corpus), progress=False)
     result = CliRunner().invoke(
         cli, ["search", "sugar", "--index", str(index_dir), "--model", str(tiny_mistral_path)]
     )
     assert result.exit_code == 1
     assert "built with model" in result.stderr and "Traceback" not in result.output
 
-    report = update_index(
-        index_dir, tiny, read_corpus(corpus).documents, rebuild=True, progress=False
-    )
+    report = update_index(index_dir, tiny, read_corpus(corpus), rebuild=True, progress=False)
     assert report.added == 4
     store = Store.open(index_dir)
     assert store.settings["model"] == str(tiny_mistral_path.resolve())
@@ -149,6 +147,58 @@ def test_duplicate_keys_are_indexed_once(tmp_path, default_encoder):
     assert (report.added, report.duplicates) == (1, 1)
 
 
+def test_folder_is_read_encoded_and_committed_as_a_stream(tmp_path, tiny_bert_path, monkeypatch):
+    """`update_index` pulls a lazy corpus reader chunk by chunk: no document is read more
+    than one chunk ahead of what is already committed (and published), so memory holds a
+    chunk of text, never the corpus; deletions and the reader's reports still come out whole."""
+    import indexer.indexing
+
+    monkeypatch.setattr(indexer.indexing, "STREAM_DOCUMENTS", 8)
+    monkeypatch.setenv("ENGINE_CHECKPOINT_DOCUMENTS", "4")
+    words = "plants make sugar from light and water in the sun".split()
+    corpus = write_corpus(
+        tmp_path / "corpus",
+        {f"{n // 10}/doc{n:02}.txt": " ".join(words[n % 7 :] + words[: n % 5]) for n in range(40)},
+    )
+    (corpus / "3" / "binary.txt").write_bytes(b"\x00 not text")
+    encoder = Encoder.load(str(tiny_bert_path))
+    index_dir = tmp_path / "index"
+    scan = read_corpus(corpus)
+
+    committed_when_read: list[int] = []
+
+    def watched():
+        for doc in scan:
+            committed_when_read.append(committed(index_dir))
+            yield doc
+
+    report = update_index(
+        index_dir, encoder, watched(), keep_sources=scan.failed_sources, progress=False
+    )
+    assert (report.added, report.total) == (40, 40)
+    for read, stored in enumerate(committed_when_read, start=1):
+        assert read - stored <= 8, (read, stored)  # at most one chunk read ahead
+    assert committed_when_read[-1] == 32  # the first 4 chunks went in before the last was read
+    assert [(s.source, s.reason) for s in scan.skipped] == [("3/binary.txt", "binary file")]
+
+    (corpus / "0" / "doc03.txt").unlink()
+    again = update_index(index_dir, encoder, read_corpus(corpus), progress=False)
+    assert (again.encoded, again.unchanged, again.removed) == (0, 39, 1)
+    assert_consistent(index_dir, {f"{n // 10}/doc{n:02}.txt" for n in range(40) if n != 3})
+
+
+def committed(index_dir: Path) -> int:
+    """Documents a reader of the published index sees now (0 before the first publish)."""
+    try:
+        store = Store.open(index_dir)
+    except EngineError:
+        return 0
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
 def test_corrupt_and_missing_index_fail_in_one_line(tmp_path, default_encoder):
     runner = CliRunner()
     missing = runner.invoke(cli, ["search", "x", "--index", str(tmp_path / "none")])
@@ -157,7 +207,7 @@ def test_corrupt_and_missing_index_fail_in_one_line(tmp_path, default_encoder):
 
     corpus = write_corpus(tmp_path / "corpus", TOPICS)
     index_dir = tmp_path / "index"
-    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     empty = runner.invoke(cli, ["search", "  ", "--index", str(index_dir)])
     assert empty.exit_code == 1 and "empty query" in empty.stderr
 
@@ -279,7 +329,7 @@ def test_empty_database_and_bad_options_fail_in_one_line(tmp_path, default_encod
     assert bad.exit_code == 1 and "ENGINE_CHECKPOINT_DOCUMENTS" in bad.stderr
     monkeypatch.delenv("ENGINE_CHECKPOINT_DOCUMENTS")
 
-    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     for database in index_dir.glob("index-*.db"):
         database.write_bytes(b"")
     for command in (
@@ -297,7 +347,7 @@ def test_check_finds_text_altered_inside_a_sound_database(tmp_path, default_enco
     """quick_check sees structure only: the stored content hash catches an altered row."""
     corpus = write_corpus(tmp_path / "corpus", TOPICS)
     index_dir = tmp_path / "index"
-    update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     store = Store.open(index_dir)
     with store.db.atomic():
         store.db.execute("UPDATE documents SET text = 'zzz' WHERE doc_id = 'chess.md'")
@@ -309,6 +359,6 @@ def test_check_finds_text_altered_inside_a_sound_database(tmp_path, default_enco
     repaired = runner.invoke(cli, ["check", "--repair", "--index", str(index_dir), "--json"])
     assert repaired.exit_code == 0, repaired.output
     assert "1 without a sound vector or text left out" in json.loads(repaired.stdout)["repairs"][0]
-    again = update_index(index_dir, default_encoder, read_corpus(corpus).documents, progress=False)
+    again = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert again.added == 1 and again.unchanged == 3  # only the dropped document is re-encoded
     assert_consistent(index_dir, set(TOPICS))

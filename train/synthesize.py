@@ -500,8 +500,7 @@ def read_grounding_corpus(path: Path) -> tuple[list[TrainDocument], list[str]]:
     """Documents of ``--corpus`` through the indexer's reader (same formats as `engine index`)."""
     from indexer.documents import read_corpus
 
-    scan = read_corpus(path)
-    documents = [d for d in scan.documents if d.text.strip()]
+    documents = [d for d in read_corpus(path) if d.text.strip()]
     if not documents:
         raise EngineError(f"--corpus {path}: no readable documents")
     return [TrainDocument(d.title, d.text) for d in documents], [d.doc_id for d in documents]
