@@ -125,7 +125,7 @@ def memory(
       engine bench memory --model /tmp/tiny-bert --corpus folder --documents 100000
       engine bench memory --model /tmp/tiny-bert --corpus jsonl --documents 20000
     """
-    from bench.common import machine
+    from bench.common import command_line, machine
 
     folder = Path(tempfile.mkdtemp(prefix="engine-memory-"))
     try:
@@ -136,7 +136,7 @@ def memory(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = {
-        "command": " ".join(["engine bench memory", *sys.argv[1:]]),
+        "command": command_line(click.get_current_context()),
         "corpus": kind,
         "documents": documents,
         "words_per_document": words,

@@ -105,6 +105,7 @@ def update_index(
     re-using stored vectors.
     """
     started = time.perf_counter()
+    checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
     world = rank_and_world()[1]
     report = IndexReport(ranks=world)
     settings = index_settings(encoder.describe(), default_instruction, index_type)
@@ -117,7 +118,6 @@ def update_index(
         desc = f"indexing on {world} ranks" if world > 1 else "indexing"
         with RunProgress(documents, desc, enabled=progress) as bar:
             pending = _pending(documents, existing, seen, report, bar)
-            checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
             if world > 1:
                 rounds = _tokenized(encoder, _chunks(pending, checkpoint_documents * world))
                 encoded = encode_across_ranks(encoder, rounds)

@@ -57,3 +57,17 @@ def test_bench_memory_indexes_a_stream(tmp_path, tiny_bert_path):
     assert (
         figures["encoded"] == 300 and figures["peak_rss_mb"] >= figures["peak_rss_mb_model_loaded"]
     )
+
+
+def test_bench_memory_measures_a_real_engine_index_of_a_folder(tmp_path, tiny_bert_path):
+    out = tmp_path / "memory-folder.json"
+    result = CliRunner().invoke(
+        cli,
+        ["bench", "memory", "--model", str(tiny_bert_path), "--corpus", "folder", "--documents",
+         "200", "--words", "10", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    assert (figures["corpus"], figures["encoded"], figures["skipped"]) == ("folder", 200, 0)
+    assert figures["peak_rss_mb"] >= figures["peak_rss_mb_one_document"] > 0
+    assert figures["command"].startswith("engine bench memory")
