@@ -198,6 +198,7 @@ def encode_across_ranks(
         if previous is not None:
             # The caller commits the last round while the other ranks encode this one...
             yield previous
+            previous = None  # held: this round and the next, never more
         upcoming = next(rounds, None)  # ... and reads and tokenizes the next one
         busy_seconds = time.perf_counter() - paused
         encoding = time.perf_counter()

@@ -128,6 +128,7 @@ def update_index(
                 _commit(store, chunk, ids, positions, vectors, report)
                 if world > 1:
                     bar.encoded(len(positions), sum(len(ids[p]) for p in positions))
+                del chunk, ids, positions, vectors  # not held while the next is encoded
         kept = set(keep_sources)
         removed = [s.id for key, s in existing.items() if key not in seen and key[0] not in kept]
         report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
