@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shlex
 import signal
 import socket
@@ -61,6 +62,15 @@ def latency_summary(seconds: list[float], wall: float, errors: int) -> dict[str,
         "p99_ms": percentile(99),
         "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
     }
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time a process has used so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -118,8 +128,13 @@ async def load_run(
     k: int,
     clients: int,
     duration: float,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """``clients`` concurrent clients, each sending its next query as soon as one is answered."""
+    """``clients`` concurrent clients, each sending its next query as soon as one is answered.
+
+    With ``server_pid``, also the CPU time per request of the server and of this
+    client process: both share the machine's cores, so that is where the time goes.
+    """
     import httpx
 
     next_query = itertools.cycle(queries)
@@ -147,13 +162,23 @@ async def load_run(
                     latencies.append(time.perf_counter() - started)
 
         before = (await client.get("/health")).json()
+        server_cpu = process_cpu_seconds(server_pid) if server_pid else None
+        client_cpu = time.process_time()
         began = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(clients)))
         wall = time.perf_counter() - began
+        client_cpu = time.process_time() - client_cpu
+        if server_cpu is not None:
+            server_cpu = process_cpu_seconds(server_pid) - server_cpu
         after = (await client.get("/health")).json()
     summary = latency_summary(latencies, wall, len(errors))
     passes = after.get("forward_passes", 0) - before.get("forward_passes", 0)
     summary["queries_per_forward_pass"] = round(summary["requests"] / passes, 2) if passes else None
+    requests = max(summary["requests"], 1)
+    summary["client_cpu_ms_per_request"] = round(1000 * client_cpu / requests, 2)
+    summary["server_cpu_ms_per_request"] = (
+        round(1000 * server_cpu / requests, 2) if server_cpu is not None else None
+    )
     return {"clients": clients, **summary, "error_examples": sorted(set(errors))[:5]}
 
 
@@ -329,7 +354,9 @@ def serve(
         served = []
         for count in counts:
             say(f"{count} concurrent clients for {duration:.0f} s")
-            served.append(asyncio.run(load_run(url, queries, instruction, k, count, duration)))
+            served.append(
+                asyncio.run(load_run(url, queries, instruction, k, count, duration, server.pid))
+            )
         say(f"engine search --server as a new process, {cold_queries} queries")
         cold_server = cold_cli_runs(index_dir, queries[:cold_queries], instruction, k, model, url)
     finally:

@@ -34,6 +34,11 @@ DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL
 # all-MiniLM-L6-v2 on 2 cores, 4096 beat 8192 by 3-6% at 256 tokens and by 22% at
 # 512 (bench/results/README.md, "Encoding speed").
 DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 131072}
+# A smaller budget for latency-bound batches of short texts (the server's concurrent
+# queries): the same length-sorted batching then splits 16 queries into 2-3 passes of
+# similar length instead of one padded to the longest, 66 ms instead of 73-87 on 2 CPU
+# cores (bench/results/README.md, "Server"). Not on GPUs: there a pass costs little more.
+LATENCY_BATCH_TOKENS = {"cpu": 256}
 MAX_BATCH_SEQUENCES = 512
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -234,6 +239,9 @@ class Encoder:
         self.model_max_positions = _max_positions(model, tokenizer)
         self.profile = profile.with_max_length(min(profile.max_length, self.model_max_positions))
         self.batch_tokens = batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
+        self.latency_batch_tokens = min(
+            self.batch_tokens, LATENCY_BATCH_TOKENS.get(self.device.type, self.batch_tokens)
+        )
         weights = next(model.parameters()).dtype
         cpu_fp32 = self.device.type == "cpu" and weights == torch.float32
         # On CPU the weights stay fp32; mixed/bf16 change how inference computes with them.
@@ -555,10 +563,14 @@ class Encoder:
         instruction_spans: Sequence[tuple[int, int]] | None = None,
         progress: bool = False,
         desc: str = "encoding",
+        batch_tokens: int | None = None,
     ) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Yield ``(positions, vectors)`` batch by batch, for callers that commit as they go."""
+        """Yield ``(positions, vectors)`` batch by batch, for callers that commit as they go.
+
+        ``batch_tokens``: the padded tokens per pass (None: the encoder's budget).
+        """
         lengths = [len(x) for x in ids]
-        batches = token_budget_batches(lengths, self.batch_tokens)
+        batches = token_budget_batches(lengths, batch_tokens or self.batch_tokens)
         bar = progress_bar(len(ids), desc, enabled=progress)
         started = time.perf_counter()
         tokens = 0

@@ -323,10 +323,10 @@ class Batcher:
                 self._settle(job, lambda job=job: job.call(self.index))
         if not encoding:
             return
-        searching = any(job.k is not None for job in encoding)
-        if searching:
+        store = None  # the index as published now: one look per batch
+        if any(job.k is not None for job in encoding):
             try:
-                self.index.current()
+                store = self.index.current()
             except Exception as exc:
                 for job in encoding:
                     if job.k is not None:
@@ -335,7 +335,7 @@ class Batcher:
         prepared = []
         for job in encoding:
             try:
-                prepared.append((job, *self._tokenize(job)))
+                prepared.append((job, *self._tokenize(job, store)))
             except Exception as exc:
                 job.future.set_exception(exc)
         if not prepared:
@@ -348,9 +348,14 @@ class Batcher:
                 for _, job_ids, job_spans in prepared
                 for span in (job_spans or [(0, 0)] * len(job_ids))
             ]
+        # Queries only (short): passes of similar length rather than one padded pass.
+        queries_only = all(job.side == "query" for job, _, _ in prepared)
+        budget = self.encoder.latency_batch_tokens if queries_only else None
         try:
             vectors = np.zeros((len(ids), self.encoder.dim), dtype=np.float32)
-            for positions, batch in self.encoder.iter_encode(ids, instruction_spans=spans):
+            for positions, batch in self.encoder.iter_encode(
+                ids, instruction_spans=spans, batch_tokens=budget
+            ):
                 vectors[positions] = batch
                 self.forward_passes += 1
         except Exception as exc:
@@ -358,21 +363,36 @@ class Batcher:
                 job.future.set_exception(exc)
             return
         start = 0
+        searches: dict[tuple[int, SearchKnobs], list[tuple[Job, np.ndarray]]] = {}
         for job, job_ids, _ in prepared:
             own = vectors[start : start + len(job_ids)]
             start += len(job_ids)
-            tokens = sum(len(row) for row in job_ids)
             if job.k is None:
-                job.future.set_result(Embedded(own, tokens))
+                job.future.set_result(Embedded(own, sum(len(row) for row in job_ids)))
             else:
-                self._settle(job, lambda job=job, own=own: self._search(job, own))
+                searches.setdefault((job.k, job.knobs), []).append((job, own))
+        for (k, knobs), group in searches.items():
+            self._search(store, k, knobs, group)
 
-    def _search(self, job: Job, vectors: np.ndarray) -> Searched:
-        store = self.index.current()
-        hits = hits_for(store, vectors, job.k, job.knobs)
-        return Searched(hits, job.instruction, self.index.generation)
+    def _search(
+        self, store: Any, k: int, knobs: SearchKnobs, group: list[tuple[Job, np.ndarray]]
+    ) -> None:
+        """One FAISS search and one SQLite read for every job asking the same k and knobs."""
+        try:
+            hits = hits_for(store, np.concatenate([own for _, own in group]), k, knobs)
+        except Exception as exc:
+            for job, _ in group:
+                job.future.set_exception(exc)
+            return
+        start = 0
+        for job, own in group:
+            own_hits = hits[start : start + len(own)]
+            start += len(own)
+            job.future.set_result(Searched(own_hits, job.instruction, self.index.generation))
 
-    def _tokenize(self, job: Job) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
+    def _tokenize(
+        self, job: Job, store: Any
+    ) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
         if job.side == "document":
             titles = job.titles or [""] * len(job.texts)
             formatted = [
@@ -381,9 +401,7 @@ class Batcher:
             ]
             return self.encoder.tokenize(formatted), None
         if job.k is not None:  # a search falls back on the index's default instruction
-            job.instruction = resolve_instruction(
-                self.index.current(), job.instruction, job.no_instruct
-            )
+            job.instruction = resolve_instruction(store, job.instruction, job.no_instruct)
         return self.encoder.tokenize_queries(list(job.texts), job.instruction)
 
     @staticmethod

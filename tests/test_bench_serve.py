@@ -44,5 +44,7 @@ def test_bench_serve_records_every_way(tmp_path, tiny_bert_path):
     assert [run["clients"] for run in record["server"]] == [1, 4]
     for run in [*record["server"], record["in_process"], record["cli_cold"]]:
         assert run["errors"] == 0 and run["ok"] > 0 and run["p50_ms"] > 0, run
+    for run in record["server"]:  # where the time goes: the server's and the client's CPU
+        assert run["server_cpu_ms_per_request"] > 0 and run["client_cpu_ms_per_request"] > 0
     assert record["cli_cold_with_server"]["ok"] == 1
     assert record["server_exit_code"] == 0

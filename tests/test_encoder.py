@@ -137,6 +137,13 @@ def test_batching_does_not_change_vectors(default_encoder):
     np.testing.assert_allclose(
         small.encode_texts(TEXTS), default_encoder.encode_texts(TEXTS), atol=1e-5
     )
+    # A per-call budget (the server's latency budget for queries) splits the same way.
+    ids = default_encoder.tokenize(TEXTS)
+    passes = list(default_encoder.iter_encode(ids, batch_tokens=64))
+    assert len(passes) > 1 and len(list(default_encoder.iter_encode(ids))) == 1
+    for positions, _ in passes:
+        assert max(len(ids[i]) for i in positions) * len(positions) <= 64 or len(positions) == 1
+    assert default_encoder.latency_batch_tokens <= default_encoder.batch_tokens
 
 
 def test_known_profiles():
