@@ -268,7 +268,8 @@ def store_goals(
                 )
             store.commit(upsert=rows, vectors=np.asarray(base[start : start + len(rows)]))
     index_seconds = time.perf_counter() - started
-    disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    files = {f.name: f.stat().st_size for f in folder.iterdir() if f.is_file()}
+    disk = sum(files.values())
     payload = n * dim * 2 + text_bytes
     probe = (
         "import time, numpy as np; t = time.perf_counter(); "
@@ -306,12 +307,34 @@ def store_goals(
         "disk_bytes": disk,
         "fp16_vectors_plus_text_bytes": payload,
         "disk_ratio": round(disk / payload, 3),
+        "database_bytes": sum(v for k, v in files.items() if k.endswith(".db")),
+        "snapshot_bytes": sum(v for k, v in files.items() if k.endswith(".faiss")),
+        "sqlite": sqlite_space(folder),
         "cold_open_first_search_seconds": cold,
         "warm_single_query_ms": round(warm_ms, 3),
         "recall@10": round(recall, 4),
         "note": "cold = a fresh Python process: imports, Store.open, load (mapped) snapshot, one "
         "search; the page cache was warm (no root to drop it)",
     }
+
+
+def sqlite_space(folder: Path) -> dict[str, Any]:
+    """Where the current database's bytes go: page size and bytes per table/index (dbstat)."""
+    db = folder / json.loads((folder / "CURRENT").read_text())["db"]
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        space: dict[str, Any] = {
+            "page_size": conn.execute("PRAGMA page_size").fetchone()[0],
+            "free_pages": conn.execute("PRAGMA freelist_count").fetchone()[0],
+        }
+        try:
+            rows = conn.execute(
+                "SELECT name, sum(pgsize), sum(payload) FROM dbstat GROUP BY name ORDER BY 2 DESC"
+            ).fetchall()
+        except sqlite3.OperationalError:  # an SQLite built without the dbstat table
+            rows = []
+        space["tables"] = {name: {"bytes": size, "payload": used} for name, size, used in rows}
+    conn.close()
+    return space
 
 
 # ------------------------------------------------------------------- output
@@ -504,10 +527,12 @@ def ann(
             beir_folder, index_dir, max_length, model, cache_dir, type_list, sweeps, header
         )
     header["command"] = command_line(click.get_current_context())
+    for entry in entries:
+        entry["command"] = header["command"]
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ann-{name}.json"
     if store is not None:
-        header[f"store_{store['type']}"] = store
+        header[f"store_{store['type']}"] = {**store, "command": header["command"]}
     data = merge_results(
         path, {**header, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, entries
     )

@@ -12,10 +12,19 @@ Types (``engine index --index-type``)::
     sq8        exact scan over 8-bit scalar codes: a quarter of the memory
     hnsw       HNSW32 graph over fp16 codes; no training; knob --ef-search
     ivf-flat   IVF, nlist ~ 2*sqrt(n) trained on a sample, fp32 lists; knob --nprobe
-    ivf-pq     IVF + product quantisation (dim/4 bytes a vector), the top candidates re-scored
+    ivf-pq     IVF + product quantisation (dim/8 bytes a vector), the top candidates re-scored
                exactly with the stored vectors (RERANK_FACTOR x k); knob --nprobe
-    auto       flat while documents x dim <= AUTO_EXACT_LIMIT, hnsw above
+    auto       flat while documents x dim <= AUTO_EXACT_LIMIT, ivf-pq above (see below)
     other      any faiss index_factory string, e.g. "IVF1024,SQ8" or "HNSW16,Flat"
+
+Why ``auto`` picks ivf-pq at scale (bench/results/ann-synthetic-1000000x384.json, 1M x 384 on
+2 cores): ivf-pq is the one type that meets every goal of the index at scale at once: recall@10
+>= 0.95, a single query in a few ms, cold open + first search well under 1 s, and disk within
+1.3x of the fp16 vectors + text, because its 48-byte codes only pick candidates and the exact
+scores come from the fp16 vectors SQLite keeps anyway. hnsw answers faster and with higher recall
+but stores a second fp16 copy plus its graph (2.5x the payload on disk, 2 GB at 1M x 384); choose
+it with ``--index-type hnsw`` when memory and disk are cheap. Indexes that ``auto`` made hnsw
+before keep their graph (their spec is stored); only a new or exact ``auto`` index becomes ivf-pq.
 
 Removing ids: flat, SQ and IVF indexes remove in place (``remove_ids``). An HNSW
 graph cannot drop nodes, so removed ids become tombstones: the store lists them
@@ -42,6 +51,8 @@ from engine.errors import EngineError
 # a flat scan of 2e7 floats takes ~3 ms on the 2-core reference machine (59 ms at 1M x 384,
 # bench/results/ann-synthetic-1000000x384.json), where an exact answer is still cheap.
 AUTO_EXACT_LIMIT = 20_000_000
+# What auto builds above the limit (the module docstring says why).
+AUTO_APPROXIMATE_TYPE = "ivf-pq"
 NAMED_TYPES = ("flat", "flat-fp16", "sq8", "hnsw", "ivf-flat", "ivf-pq")
 TYPE_CHOICES = ("auto", *NAMED_TYPES)
 HNSW_M = 32
@@ -52,6 +63,10 @@ DEFAULT_NPROBE_FRACTION = 1 / 32  # of nlist, at least MIN_NPROBE
 MIN_NPROBE = 64
 # ivf-pq fetches this many times k candidates and re-scores them with the stored vectors.
 RERANK_FACTOR = 10
+# ivf-pq codes: one byte per this many dimensions (48 bytes at 384-d, 16x smaller than fp16).
+# The codes only pick candidates (re-scoring is exact), so they can be coarse; what they cost
+# on disk sits next to SQLite's fp16 copy (bench/results/README.md, disk goal).
+PQ_DIMS_PER_BYTE = 8
 # IVF training sample: faiss wants 39..256 points per centroid.
 TRAIN_POINTS_PER_LIST = 40
 MIN_TRAIN_POINTS = 1024
@@ -129,7 +144,7 @@ def choose_nlist(count: int) -> int:
 def resolve(index_type: str, count: int, dim: int) -> IndexSpec:
     """The concrete spec for ``index_type`` on ``count`` vectors of ``dim``."""
     if index_type == "auto":
-        chosen = "flat" if count * dim <= AUTO_EXACT_LIMIT else "hnsw"
+        chosen = "flat" if count * dim <= AUTO_EXACT_LIMIT else AUTO_APPROXIMATE_TYPE
         spec = resolve(chosen, count, dim)
         return IndexSpec("auto", spec.factory, dim, spec.trained_for, spec.params)
     if index_type == "flat":
@@ -174,19 +189,24 @@ def default_nprobe(nlist: int) -> int:
 
 
 def _pq_subquantizers(dim: int) -> int:
-    """dim/4 sub-quantizers (one byte per 4 dimensions), a divisor of dim."""
-    for m in range(max(1, dim // 4), 0, -1):
+    """dim/PQ_DIMS_PER_BYTE sub-quantizers (one byte each), a divisor of dim."""
+    for m in range(max(1, dim // PQ_DIMS_PER_BYTE), 0, -1):
         if dim % m == 0:
             return m
     return 1
 
 
 def is_stale(spec: IndexSpec, count: int) -> bool:
-    """Whether to re-resolve and rebuild: auto crossed its threshold, IVF outgrew its lists."""
+    """Whether to re-resolve and rebuild: auto crossed its threshold, IVF outgrew its lists.
+
+    An ``auto`` index that an older engine made hnsw stays hnsw while it is large.
+    """
     fresh = resolve(spec.type, count, spec.dim)
     if fresh.factory == spec.factory:
         return False
-    if spec.type in ("ivf-flat", "ivf-pq") and spec.needs_training:
+    if spec.type == "auto" and spec.is_hnsw and fresh.factory != "Flat":
+        return False
+    if spec.is_ivf and fresh.is_ivf and spec.needs_training:
         return not spec.trained_for / RETRAIN_GROWTH <= count <= spec.trained_for * RETRAIN_GROWTH
     return True
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from engine.cli import cli
 from engine.errors import EngineError
 from indexer import vector_index
-from indexer.store import Store, Writer
+from indexer.store import PAGE_SIZE, Store, Writer, quick_check_problems
 from indexer.vector_index import SearchKnobs
 
 DIM = 32
@@ -180,12 +180,20 @@ def test_fp32_index_is_migrated_to_fp16(tmp_path):
     assert top[:, 0].tolist() == sorted(migrated.doc_ids())[:3]
 
 
-def test_auto_is_exact_when_small_and_hnsw_when_large():
+def test_auto_is_exact_when_small_and_ivf_pq_when_large():
     assert vector_index.resolve("auto", 1000, 384).factory == "Flat"
-    assert vector_index.resolve("auto", 1_000_000, 384).factory.startswith("HNSW32")
+    large = vector_index.resolve("auto", 1_000_000, 384)
+    assert large.factory == "IVF2048,PQ48x8" and large.params["rerank"] == 10
     small = vector_index.resolve("auto", 1000, 384)
     assert not vector_index.is_stale(small, 2000)
     assert vector_index.is_stale(small, 1_000_000)
+    # auto's IVF lists are retrained only when the corpus grows or shrinks 4x, as ivf-pq's.
+    assert not vector_index.is_stale(large, 2_000_000) and vector_index.is_stale(large, 5_000_000)
+    assert vector_index.is_stale(large, 1000)  # back to exact
+    # An auto index an older engine made hnsw keeps its graph while it stays large.
+    old_auto = vector_index.IndexSpec("auto", "HNSW32,SQfp16", 384, 0, {"ef_search": 128})
+    assert not vector_index.is_stale(old_auto, 2_000_000)
+    assert vector_index.is_stale(old_auto, 1000)
     ivf = vector_index.resolve("ivf-flat", 100_000, 384)
     assert ivf.params["nlist"] == 512 and ivf.params["nprobe"] == 64
     assert not vector_index.is_stale(ivf, 300_000) and vector_index.is_stale(ivf, 500_000)
@@ -217,3 +225,54 @@ def test_cli_index_type_info_and_knobs(tmp_path, tiny_bert_path):
     bad = runner.invoke(cli, ["index", str(corpus), *common, "--index-type", "bogus"])
     assert bad.exit_code == 1 and "unknown --index-type" in bad.stderr
     assert "Traceback" not in bad.output
+
+
+def test_old_auto_hnsw_index_keeps_its_graph(tmp_path, monkeypatch):
+    """auto now builds ivf-pq at scale; an index an older engine made hnsw under auto still
+    updates and searches as hnsw, and a new large auto index becomes ivf-pq."""
+    monkeypatch.setattr(vector_index, "AUTO_EXACT_LIMIT", 10_000)  # 1500 x 32 is "large"
+    monkeypatch.setattr(vector_index, "AUTO_APPROXIMATE_TYPE", "hnsw")  # the older choice
+    old = tmp_path / "old"
+    vectors = fill(old, "auto")
+    assert Store.open(old).spec.factory.startswith("HNSW32")
+    monkeypatch.setattr(vector_index, "AUTO_APPROXIMATE_TYPE", "ivf-pq")
+    with Writer(old, settings(None), rebuild=False) as store:
+        store.load_faiss()
+        store.commit(upsert=rows(["late"]), vectors=clustered(1, seed=7))
+    reader = Store.open(old)
+    assert (reader.spec.type, reader.spec.factory[:6]) == ("auto", "HNSW32")
+    assert live_ids(reader) == set(reader.doc_ids()) and reader.count() == 1501
+    _, top = reader.search(clustered(1, seed=7), 1)
+    assert reader.doc_ids()[int(top[0, 0])] == "late"
+    assert recall_at_10(reader, vectors[:20]) >= 0.95
+    new = tmp_path / "new"
+    fill(new, "auto")
+    fresh = Store.open(new)
+    assert fresh.spec.type == "auto" and fresh.spec.factory.startswith("IVF")
+    assert live_ids(fresh) == set(fresh.doc_ids()) and recall_at_10(fresh, vectors[:20]) >= 0.9
+
+
+def test_new_databases_use_large_pages_and_old_ones_keep_theirs(tmp_path):
+    """16 KiB pages hold fp16 vector rows with less waste; a 4 KiB database (older engines)
+    keeps its pages and keeps working."""
+    folder = tmp_path / "index"
+    vectors = fill(folder, "flat", n=300)
+    store = Store.open(folder)
+    name = store.db_name
+    assert store.db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+    store.close()
+    with sqlite3.connect(folder / name) as conn:  # as an older engine wrote it: 4 KiB pages
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("VACUUM")
+    conn.close()
+    with Writer(folder, settings(None), rebuild=False) as writer:
+        writer.load_faiss()
+        ids = {v: k for k, v in writer.doc_ids().items()}
+        writer.commit(remove=[ids["d0"]])
+        writer.commit(upsert=rows(["late"]), vectors=clustered(1, seed=7))
+    reader = Store.open(folder)
+    assert reader.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    assert quick_check_problems(reader.db) == [] and reader.count() == 300
+    _, top = reader.search(np.vstack([clustered(1, seed=7), vectors[1:2]]), 1)
+    assert [reader.doc_ids()[int(i)] for i in top[:, 0]] == ["late", "d1"]
