@@ -63,9 +63,11 @@ DEFAULT_NPROBE_FRACTION = 1 / 32  # of nlist, at least MIN_NPROBE
 MIN_NPROBE = 64
 # ivf-pq fetches this many times k candidates and re-scores them with the stored vectors.
 RERANK_FACTOR = 10
-# ivf-pq codes: one byte per this many dimensions (48 bytes at 384-d, 16x smaller than fp16).
-# The codes only pick candidates (re-scoring is exact), so they can be coarse; what they cost
-# on disk sits next to SQLite's fp16 copy (bench/results/README.md, disk goal).
+# ivf-pq codes: one byte per this many dimensions (48 bytes at 384-d, 16x smaller than fp16):
+# PQ{dim/8}x8, or PQ{dim/4}x4 below 256 x 39 vectors (too few to train 256 centroids). The codes
+# only pick candidates (re-scoring is exact), so they can be coarse; what they cost on disk sits
+# next to SQLite's fp16 copy (bench/results/README.md, disk goal). On SciFact, PQ48x4 (24 bytes)
+# lost recall@10 (0.92); PQ96x4 and PQ48x8 kept it at 0.99.
 PQ_DIMS_PER_BYTE = 8
 # IVF training sample: faiss wants 39..256 points per centroid.
 TRAIN_POINTS_PER_LIST = 40
@@ -168,9 +170,8 @@ def resolve(index_type: str, count: int, dim: int) -> IndexSpec:
         if index_type == "ivf-flat":
             factory = f"IVF{nlist},Flat"
         else:
-            m = _pq_subquantizers(dim)
             bits = 8 if count >= 256 * 39 else 4  # enough points to train 256 centroids
-            factory = f"IVF{nlist},PQ{m}x{bits}"
+            factory = f"IVF{nlist},PQ{_pq_subquantizers(dim, bits)}x{bits}"
         params = {"nlist": nlist, "nprobe": nprobe}
         if index_type == "ivf-pq":
             params["rerank"] = RERANK_FACTOR
@@ -188,9 +189,9 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(MIN_NPROBE, round(nlist * DEFAULT_NPROBE_FRACTION)))
 
 
-def _pq_subquantizers(dim: int) -> int:
-    """dim/PQ_DIMS_PER_BYTE sub-quantizers (one byte each), a divisor of dim."""
-    for m in range(max(1, dim // PQ_DIMS_PER_BYTE), 0, -1):
+def _pq_subquantizers(dim: int, bits: int) -> int:
+    """Sub-quantizers of ``bits`` each for a code of dim/PQ_DIMS_PER_BYTE bytes, a divisor of dim."""
+    for m in range(max(1, dim * 8 // (PQ_DIMS_PER_BYTE * bits)), 0, -1):
         if dim % m == 0:
             return m
     return 1
