@@ -95,7 +95,7 @@ def cache_dir_option() -> Decorator:
 
 
 INDEX_TYPES_HELP = (
-    "auto (exact below ~2e7 documents x dimensions, hnsw above), flat, flat-fp16, sq8, hnsw, "
+    "auto (exact below ~2e7 documents x dimensions, ivf-pq above), flat, flat-fp16, sq8, hnsw, "
     "ivf-flat, ivf-pq, or a faiss index_factory string such as 'IVF1024,SQ8'"
 )
 
