@@ -281,9 +281,20 @@ def damage(path: Path, fault: str, rng: random.Random) -> None:
     else:
         span = min(8192, max(1, len(data) // 2))
         start = (len(data) - span) // 2
+        page = sqlite_page_size(data)
+        if page:  # from the start of the middle page: bytes a page leaves unused are no damage
+            start -= start % page
         filler = bytes(span) if fault == "zeros" else rng.randbytes(span)
         data[start : start + span] = filler
     path.write_bytes(bytes(data))
+
+
+def sqlite_page_size(data: bytes) -> int:
+    """The page size in an SQLite database header, or 0 for any other file."""
+    if not data.startswith(b"SQLite format 3\x00") or len(data) < 18:
+        return 0
+    size = int.from_bytes(data[16:18], "big")
+    return 65536 if size == 1 else size
 
 
 def index_file(index_dir: Path, which: str) -> Path:

@@ -22,7 +22,7 @@ Why ``auto`` picks ivf-pq at scale (bench/results/ann-synthetic-1000000x384.json
 >= 0.95, a single query in a few ms, cold open + first search well under 1 s, and disk within
 1.3x of the fp16 vectors + text, because its 48-byte codes only pick candidates and the exact
 scores come from the fp16 vectors SQLite keeps anyway. hnsw answers faster and with higher recall
-but stores a second fp16 copy plus its graph (2.5x the payload on disk, 2 GB at 1M x 384); choose
+but stores a second fp16 copy plus its graph (2.4x the payload on disk, 2 GB at 1M x 384); choose
 it with ``--index-type hnsw`` when memory and disk are cheap. Indexes that ``auto`` made hnsw
 before keep their graph (their spec is stored); only a new or exact ``auto`` index becomes ivf-pq.
 
