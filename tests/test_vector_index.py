@@ -199,6 +199,9 @@ def test_auto_is_exact_when_small_and_ivf_pq_when_large():
     assert not vector_index.is_stale(ivf, 300_000) and vector_index.is_stale(ivf, 500_000)
     assert vector_index.resolve("ivf-pq", 100_000, 384).params["rerank"] == 10
     assert vector_index.resolve("ivf-pq", 500, 384).factory == "Flat"  # too few to train
+    # 48-byte codes at 384-d either way: 4-bit below 256 x 39 vectors, 8-bit above.
+    assert vector_index.resolve("ivf-pq", 5000, 384).factory == "IVF128,PQ96x4"
+    assert vector_index.resolve("ivf-pq", 100_000, 384).factory == "IVF512,PQ48x8"
     with pytest.raises(EngineError, match="unknown --index-type"):
         vector_index.validate_type("nonsense-type")
 
