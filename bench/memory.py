@@ -75,11 +75,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def engine_index(corpus: Path, index_dir: Path, model: str, max_length: int) -> tuple[dict, float]:
-    """``python -m engine index CORPUS --json`` in a child: its summary and its own peak RSS (MB)."""
-    command = [sys.executable, "-m", "engine", "index", str(corpus), "--index", str(index_dir)]
+def engine_index(
+    corpus: Path, index_dir: Path, model: str, max_length: int, ranks: int = 1
+) -> tuple[dict, float]:
+    """``python -m engine index CORPUS --json`` in a child (under ``torchrun`` with ``ranks``
+    > 1): its summary and the peak RSS (MB) of its largest process (``wait4`` reports the
+    child's own or, for the launcher, the largest of the ranks it waited for)."""
+    command = [sys.executable, "-m"]
+    if ranks > 1:
+        command += ["torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks), "-m"]
+    command += ["engine", "index", str(corpus), "--index", str(index_dir)]
     command += ["--model", model, "--max-length", str(max_length), "--json"]
     env = {**os.environ, "ENGINE_NO_PROGRESS": "1"}
+    if ranks > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env)
         _, status, usage = os.wait4(child.pid, 0)
@@ -104,6 +113,14 @@ def engine_index(corpus: Path, index_dir: Path, model: str, max_length: int) -> 
     help="stream: documents generated in this process into update_index; folder: N text "
     "files, jsonl: one N-line corpus.jsonl, each indexed by a real `engine index` child.",
 )
+@click.option(
+    "--ranks",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="folder/jsonl: run `engine index` under torchrun with this many CPU ranks "
+    "(the peak is the largest process's: the writer, rank 0).",
+)
 @click.option("--words", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--max-length", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -112,6 +129,7 @@ def memory(
     model: str,
     documents: int,
     kind: str,
+    ranks: int,
     words: int,
     max_length: int,
     seed: int,
@@ -127,12 +145,15 @@ def memory(
     """
     from bench.common import command_line, machine
 
+    if ranks > 1 and kind == "stream":
+        raise click.UsageError("--ranks needs --corpus folder or jsonl (a real engine index)")
+
     folder = Path(tempfile.mkdtemp(prefix="engine-memory-"))
     try:
         if kind == "stream":
             result = _in_process(folder, model, documents, words, max_length, seed)
         else:
-            result = _engine_index(folder, kind, model, documents, words, max_length, seed)
+            result = _engine_index(folder, kind, model, documents, words, max_length, seed, ranks)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = {
@@ -180,12 +201,19 @@ def _in_process(
 
 
 def _engine_index(
-    folder: Path, kind: str, model: str, documents: int, words: int, max_length: int, seed: int
+    folder: Path,
+    kind: str,
+    model: str,
+    documents: int,
+    words: int,
+    max_length: int,
+    seed: int,
+    ranks: int,
 ) -> dict:
     one = folder / "one"
     one.mkdir()
     (one / "one.txt").write_text("warm up the model once")
-    _, baseline = engine_index(one, folder / "one-index", model, max_length)
+    _, baseline = engine_index(one, folder / "one-index", model, max_length, ranks)
     if kind == "folder":
         corpus = folder / "corpus"
         text = write_folder(corpus, documents, words, seed)
@@ -193,7 +221,7 @@ def _engine_index(
         corpus = folder / "corpus" / "corpus.jsonl"
         text = write_jsonl(corpus, documents, words, seed)
     started = time.perf_counter()
-    summary, peak = engine_index(corpus, folder / "index", model, max_length)
+    summary, peak = engine_index(corpus, folder / "index", model, max_length, ranks)
     seconds = time.perf_counter() - started
     size = sum(f.stat().st_size for f in (folder / "index").rglob("*") if f.is_file())
     info = subprocess.run(
@@ -211,6 +239,7 @@ def _engine_index(
         "max_length": max_length,
         "encoded": summary["encoded"],
         "skipped": summary["skipped"],
+        "ranks": summary.get("ranks", 1),
         "seconds": round(seconds, 1),
         "index_mb": round(size / 2**20, 1),
         "peak_rss_mb_one_document": round(baseline, 1),

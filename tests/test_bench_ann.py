@@ -71,3 +71,7 @@ def test_bench_memory_measures_a_real_engine_index_of_a_folder(tmp_path, tiny_be
     assert (figures["corpus"], figures["encoded"], figures["skipped"]) == ("folder", 200, 0)
     assert figures["peak_rss_mb"] >= figures["peak_rss_mb_one_document"] > 0
     assert figures["command"].startswith("engine bench memory")
+    bad = CliRunner().invoke(
+        cli, ["bench", "memory", "--model", str(tiny_bert_path), "--ranks", "2"]
+    )
+    assert bad.exit_code == 2 and "--corpus folder or jsonl" in bad.output
