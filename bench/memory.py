@@ -148,6 +148,10 @@ def memory(
     if ranks > 1 and kind == "stream":
         raise click.UsageError("--ranks needs --corpus folder or jsonl (a real engine index)")
 
+    context = click.get_current_context()
+    command = command_line(context)
+    if context.parent is None:  # run as a script: say the equivalent engine command
+        command = command.replace("engine", "engine bench memory", 1)
     folder = Path(tempfile.mkdtemp(prefix="engine-memory-"))
     try:
         if kind == "stream":
@@ -157,7 +161,7 @@ def memory(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     result = {
-        "command": command_line(click.get_current_context()),
+        "command": command,
         "corpus": kind,
         "documents": documents,
         "words_per_document": words,
