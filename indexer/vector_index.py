@@ -134,6 +134,11 @@ def validate_type(index_type: str) -> str:
             f"unknown --index-type {index_type!r}: use one of {', '.join(TYPE_CHOICES)} "
             "or a faiss index_factory string such as 'IVF256,SQ8'"
         ) from None
+    # faiss accepts these graphs but aborts the process when the first vector is added.
+    if any(int(m) < 2 for m in re.findall(r"HNSW(\d+)", name)):
+        raise EngineError(
+            f"--index-type {index_type!r}: an HNSW graph needs at least 2 links (HNSW2)"
+        )
     return name
 
 

@@ -204,6 +204,10 @@ def test_auto_is_exact_when_small_and_ivf_pq_when_large():
     assert vector_index.resolve("ivf-pq", 100_000, 384).factory == "IVF512,PQ48x8"
     with pytest.raises(EngineError, match="unknown --index-type"):
         vector_index.validate_type("nonsense-type")
+    for graph in ("HNSW0,Flat", "HNSW1", "IVF16_HNSW1,Flat"):  # faiss would abort on add
+        with pytest.raises(EngineError, match="at least 2 links"):
+            vector_index.validate_type(graph)
+    assert vector_index.validate_type("HNSW2,Flat") == "HNSW2,Flat"
 
 
 def test_cli_index_type_info_and_knobs(tmp_path, tiny_bert_path):
