@@ -26,8 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
-import shlex
 import sqlite3
 import subprocess
 import sys
@@ -39,11 +37,11 @@ from typing import Any
 import click
 import numpy as np
 
+from bench.common import command_line, machine, peak_rss_mb
 from engine import __version__
 from engine.errors import EngineError
 from engine.options import cache_dir_option, json_option, model_option, results_dir_option
 
-MACHINE = "2-core AMD EPYC CPU (AVX-512, bf16), 24 GiB, no GPU"
 DEFAULT_TYPES = "flat,flat-fp16,sq8,hnsw,ivf-flat,ivf-pq"
 EF_SWEEP = (16, 32, 64, 128, 256)
 NPROBE_SWEEP = (4, 8, 16, 32, 64, 128)
@@ -143,7 +141,7 @@ def measure_type(
     spec = vector_index.resolve(vector_index.validate_type(index_type), n, dim)
     positions = np.arange(n, dtype=np.int64)
     labels = ids if ids is not None else positions
-    rss_before = _peak_rss_mb()
+    rss_before = int(peak_rss_mb())
     started = time.perf_counter()
     sample = None
     if spec.needs_training:
@@ -215,15 +213,11 @@ def measure_type(
         "build_seconds": round(build_seconds, 2),
         "index_bytes": index_bytes,
         "bytes_per_vector": round(index_bytes / max(n, 1), 1),
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_rss_growth_mb": _peak_rss_mb() - rss_before,
+        "peak_rss_mb": int(peak_rss_mb()),
+        "peak_rss_growth_mb": int(peak_rss_mb()) - rss_before,
         "default_params": spec.params,
         "points": points,
     }
-
-
-def _peak_rss_mb() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def store_goals(
@@ -233,6 +227,7 @@ def store_goals(
     disk against fp16 vectors + text, cold open + first search in a fresh process, recall."""
     import shutil
 
+    from indexer.documents import Document
     from indexer.store import Store, Writer
 
     n, dim = base.shape
@@ -262,7 +257,7 @@ def store_goals(
                         "source": "synthetic",
                         "title": "",
                         "text": text,
-                        "content_hash": str(i),
+                        "content_hash": Document(f"d{i}", "synthetic", "", text).content_hash,
                         "token_count": 12,
                     }
                 )
@@ -379,18 +374,6 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def command_line(ctx: click.Context) -> str:
-    """The ``engine bench ann`` command of this run (options that differ from their defaults)."""
-    words = ["engine", "bench", "ann"]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if value is None or value == param.default or value is False or param.name == "as_json":
-            continue
-        flag = max(param.opts, key=len)
-        words += [flag] if value is True else [flag, str(value)]
-    return shlex.join(words)
-
-
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
@@ -497,7 +480,7 @@ def ann(
     header: dict[str, Any] = {
         "benchmark": "ann",
         "engine_version": __version__,
-        "machine": MACHINE,
+        "machine": machine(),
         "k": K,
         "single_queries": SINGLE_QUERIES,
     }
@@ -516,7 +499,7 @@ def ann(
             "vectors": synthetic,
             "dim": dim,
             "queries": len(queries),
-            "title": f"{synthetic:,} x {dim} synthetic clustered vectors, 2-core CPU",
+            "title": f"{synthetic:,} x {dim} synthetic clustered vectors, {os.cpu_count()}-core CPU",
         }
         if with_store:
             store = store_goals(base, queries, truth, type_list[0], work_dir)
@@ -619,7 +602,7 @@ def _beir_entries(beir_folder, index_dir, max_length, model, cache_dir, type_lis
         "vectors": len(ids),
         "dim": int(settings["dim"]),
         "queries": len(query_ids),
-        "title": f"{data.name}: {len(ids):,} x {settings['dim']} engine vectors, 2-core CPU",
+        "title": f"{data.name}: {len(ids):,} x {settings['dim']} engine vectors, {os.cpu_count()}-core CPU",
     }
     name = f"beir-{data.name}-{settings['max_length']}"
     return entries, header, name

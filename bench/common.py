@@ -36,6 +36,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def command_line(context) -> str:
     """The ``engine ...`` command that reproduces a click invocation (options that differ
     from their defaults), for the JSON records benchmarks write."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
+
+from bench.common import peak_rss_mb
 
 WORDS = (
     "the a of and to in is it that was for on are with as be by at this from or an plants make "
@@ -69,10 +70,6 @@ def write_jsonl(file: Path, count: int, words: int, seed: int) -> int:
         for i, text in enumerate(synthetic_texts(count, words, seed)):
             out.write(json.dumps({"_id": f"doc-{i}", "title": f"Title {i}", "text": text}) + "\n")
     return file.stat().st_size
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def engine_index(

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import click
 
-from bench.common import machine
+from bench.common import command_line, machine
 from engine import __version__
 from engine.options import json_option, results_dir_option
 
@@ -97,7 +96,7 @@ def milvus(index_dir: Path, queries: int, index_types: str, out: Path, as_json: 
     summary = {
         "benchmark": "milvus",
         "engine_version": __version__,
-        "command": " ".join(["engine", "bench", *sys.argv[2:]]),
+        "command": command_line(click.get_current_context()),
         "index": str(index_dir),
         "model": store.settings["model"],
         "dim": store.settings["dim"],

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import click
 
+from bench.common import command_line
 from engine.options import results_dir_option
 
 # Documents a search must find first, with the query that finds each.
@@ -441,7 +442,7 @@ def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out
             click.echo(f"fault {file}/{faults[-1].fault}: {asdict(faults[-1])}")
     summary = summarize(kills, faults)
     summary["seconds"] = round(time.time() - started, 1)
-    summary["command"] = " ".join(["engine", *sys.argv[1:]])
+    summary["command"] = command_line(click.get_current_context())
     out.mkdir(parents=True, exist_ok=True)
     (out / "reliability.json").write_text(json.dumps(summary, indent=2) + "\n")
     click.echo(json.dumps(summary["totals"]))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from bench.common import file_slug, machine
+from bench.common import command_line, file_slug, machine
 from engine import __version__
 from engine.errors import EngineError
 from engine.options import json_option, model_option, results_dir_option
@@ -36,6 +36,7 @@ def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int
     """
     import numpy as np
 
+    from indexer.documents import Document
     from indexer.store import Writer, index_settings
 
     settings = index_settings(
@@ -49,6 +50,9 @@ def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int
             vectors = rng.standard_normal((round_documents, dim), dtype=np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             text = "x" * 1300  # about a BEIR document
+            content_hash = Document(
+                "", "synthetic", "", text
+            ).content_hash  # as engine index stores
             rows = [
                 {
                     "id": None,
@@ -56,7 +60,7 @@ def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int
                     "source": "synthetic",
                     "title": "",
                     "text": text,
-                    "content_hash": f"{round_number}-{n}",
+                    "content_hash": content_hash,
                     "token_count": 211,
                 }
                 for n in range(round_documents)
@@ -183,7 +187,7 @@ def scaling(
     summary = {
         "benchmark": "scaling",
         "engine_version": __version__,
-        "command": " ".join(["engine", "bench", *sys.argv[2:]]),
+        "command": command_line(click.get_current_context()),
         "data": str(data_dir),
         "documents": documents,
         "max_length": max_length,
