@@ -38,7 +38,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(requested: str | None, device_type: str) -> str:
-    """``fp32`` or ``bf16`` for ``requested`` (None: ``$ENGINE_PRECISION``, else ``auto``)."""
+    """``fp32``, ``mixed`` or ``bf16`` for ``requested`` (None: ``$ENGINE_PRECISION``, else ``auto``)."""
     from engine.errors import EngineError
 
     choice = (requested or os.environ.get(PRECISION_ENV) or AUTO).strip().lower()

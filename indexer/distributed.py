@@ -186,7 +186,7 @@ def encode_across_ranks(
     _broadcast(problems)
     if problems:
         raise EngineError(f"the ranks loaded different encoders: {problems[0]}")
-    writer_share, busy_seconds, writer_rate = 1.0, 0.0, None
+    writer_share, writer_rate = 1.0, None
     previous = None
     while upcoming is not None:
         payload, ids = upcoming

@@ -140,6 +140,7 @@ class CorpusScan:
                     document = read_file_document(file, source, self.head)
                 self.bytes_read = start + _file_size(file)
                 yield document
+                return
         except Unreadable as exc:
             self.skipped.append(Skipped(source, str(exc)))
         except OSError as exc:
@@ -297,13 +298,13 @@ def json_records(
         except (Unreadable, ValueError):
             whole = None  # maybe JSON lines under a .json name: read line by line below
         if isinstance(whole, dict):
-            whole = [whole]
-            fallback = [source]
-        elif isinstance(whole, list):
-            fallback = [f"{source}#{number}" for number in range(1, len(whole) + 1)]
+            document = check(whole, "record 1", source)
+            if document is not None:
+                yield document
+            return
         if isinstance(whole, list):
             for number, record in enumerate(whole, start=1):
-                document = check(record, f"record {number}", fallback[number - 1])
+                document = check(record, f"record {number}", f"{source}#{number}")
                 if document is not None:
                     yield document
             return

@@ -56,12 +56,17 @@ def test_settings_are_restored_after_encoding(default_encoder):
     """Neither autocast nor oneDNN's bf16 setting leaks to the caller (or to training)."""
     matmul = torch.backends.mkldnn.matmul
     before = matmul.fp32_precision
-    for precision in (MIXED, BF16):
-        default_encoder.precision = precision
-        for _positions, _vectors in default_encoder.iter_encode(default_encoder.tokenize(TEXTS)):
-            assert not torch.is_autocast_enabled("cpu")
-            assert matmul.fp32_precision == before
-    default_encoder.precision = resolve_precision(None, "cpu")
+    saved = default_encoder.precision
+    try:
+        for precision in (MIXED, BF16):
+            default_encoder.precision = precision
+            for _positions, _vectors in default_encoder.iter_encode(
+                default_encoder.tokenize(TEXTS)
+            ):
+                assert not torch.is_autocast_enabled("cpu")
+                assert matmul.fp32_precision == before
+    finally:
+        default_encoder.precision = saved  # the shared fixture, as other tests expect it
 
 
 def test_auto_follows_the_cpu_and_the_environment(monkeypatch):
