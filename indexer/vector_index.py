@@ -18,9 +18,9 @@ Types (``engine index --index-type``)::
     other      any faiss index_factory string, e.g. "IVF1024,SQ8" or "HNSW16,Flat"
 
 Why ``auto`` picks ivf-pq at scale (bench/results/ann-synthetic-1000000x384.json, 1M x 384 on
-2 cores): ivf-pq is the one type that meets every goal of the index at scale at once: recall@10
->= 0.95, a single query in a few ms, cold open + first search well under 1 s, and disk within
-1.3x of the fp16 vectors + text, because its 48-byte codes only pick candidates and the exact
+2 cores): ivf-pq is the one type that comes near every goal of the index at scale at once:
+recall@10 >= 0.95, a single query in a few ms, cold open + first search well under 1 s, and
+disk 1.303x of the fp16 vectors + text (goal 1.3x), because its 48-byte codes only pick candidates and the exact
 scores come from the fp16 vectors SQLite keeps anyway. hnsw answers faster and with higher recall
 but stores a second fp16 copy plus its graph (2.4x the payload on disk, 2 GB at 1M x 384); choose
 it with ``--index-type hnsw`` when memory and disk are cheap. Indexes that ``auto`` made hnsw
