@@ -45,10 +45,12 @@ from bench.datasets import INSTRUCTIONS
 from engine import __version__
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from indexer.folder import POINTER
 from indexer.info import index_info
 from indexer.milvus import MilvusIndex
+from indexer.schema import check_compatible
 from indexer.search import Hit, check_queries, hits_for, resolve_instruction
-from indexer.store import POINTER, Store, check_compatible
+from indexer.store import Store
 from indexer.vector_index import SearchKnobs
 
 log = logging.getLogger("engine.server")
