@@ -19,8 +19,7 @@ def write_dataset(folder, seed: int):
     rng = random.Random(seed)
     rare = [f"marker{seed}x{i}" for i in range(30)]
     corpus = {
-        f"d{i}": (f"title {i}", " ".join(rng.choices(FILLER, k=40) + [rare[i]]))
-        for i in range(30)
+        f"d{i}": (f"title {i}", " ".join(rng.choices(FILLER, k=40) + [rare[i]])) for i in range(30)
     }
     queries = {f"q{i}": f"which study found {rare[i]} in cells" for i in range(30)}
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(30)}
