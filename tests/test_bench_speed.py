@@ -18,7 +18,7 @@ from bench.speed import (
     synthetic_lengths,
     synthetic_texts,
 )
-from engine.cli import cli
+from engine.app.cli import cli
 
 
 def run_speed(args: list[str]) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 
@@ -139,7 +139,7 @@ def test_bad_input_is_one_line(tmp_path):
 # Runs the CLI in a fresh interpreter and reports which heavy libraries it imported.
 COLD_PROBE = """
 import json, sys
-from engine.cli import cli
+from engine.app.cli import cli
 try:
     cli(sys.argv[1:], prog_name="engine")
 except SystemExit as exit:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.documents import Document, read_corpus

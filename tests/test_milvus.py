@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.documents import Document
@@ -219,7 +219,7 @@ def test_server_answers_from_milvus(tmp_path, index_dir, default_encoder):
     """`engine serve --backend URI`: the same hits as the local index, /info names the collection."""
     import httpx
 
-    from engine.server import create_app
+    from engine.app.server import create_app
     from tests.test_server import LiveServer
 
     uri = str(tmp_path / "vectors.db")

@@ -21,9 +21,10 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.batcher import Job, Limits
+from engine.app.cli import cli
+from engine.app.server import create_app
 from engine.encoder import Encoder
-from engine.server import Job, Limits, create_app
 from indexer.documents import Document
 from indexer.indexing import update_index
 from indexer.search import search
@@ -182,7 +183,7 @@ def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
 def test_search_cli_through_the_server_imports_no_torch(served):
     server, _, _ = served
     probe = (
-        "import sys; from engine.cli import cli\n"
+        "import sys; from engine.app.cli import cli\n"
         "try: cli(sys.argv[1:])\n"
         "except SystemExit as exit: code = exit.code\n"
         "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"

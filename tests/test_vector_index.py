@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.errors import EngineError
 from indexer import vector_index
 from indexer.schema import PAGE_SIZE, quick_check_problems

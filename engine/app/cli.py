@@ -294,7 +294,7 @@ def search(
     if server and backend:
         raise EngineError("--server and --backend exclude each other")
     if server:
-        from engine.client import search_server
+        from engine.app.client import search_server
 
         answer = search_server(
             server, query, instruction, no_instruct, k, api_key, nprobe=nprobe, ef_search=ef_search
@@ -415,8 +415,8 @@ def serve(
       curl 'http://127.0.0.1:8000/search?q=how+do+plants+make+sugar&k=3'
       engine serve --backend http://milvus.internal:19530 --token root:Milvus
     """
-    from engine.server import Limits
-    from engine.server import serve as run_server
+    from engine.app.batcher import Limits
+    from engine.app.server import run_server
 
     milvus = None
     if backend:
