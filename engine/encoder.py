@@ -24,6 +24,7 @@ from engine.errors import EngineError
 from engine.precision import BF16, FP32, MIXED, resolve_precision
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
 from engine.progress import progress_bar
+from engine.text import repair_text
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
@@ -431,7 +432,7 @@ class Encoder:
                 "(character offsets)"
             )
         encoded = self.tokenizer(
-            list(texts),
+            [repair_text(text) for text in texts],  # a lone surrogate would raise TypeError
             add_special_tokens=True,
             truncation=True,
             max_length=limit,

@@ -29,6 +29,8 @@ from indexer import vector_index
 from indexer.folder import (
     POINTER,
     WriterLock,
+    crash_point,
+    interrupted_first_run,
     published_databases,
     read_pointer,
     rebuild_hint,
@@ -86,6 +88,11 @@ class Store:
             if published_databases(folder):
                 raise EngineError(
                     f"index at {folder} has lost its {POINTER} pointer; {repair_hint(folder)}"
+                )
+            if interrupted_first_run(folder):
+                raise EngineError(
+                    f"the first `engine index` of {folder} was killed before it published; "
+                    f"run `engine index CORPUS --index {folder}` again to resume it"
                 )
             raise EngineError(f"no index at {folder} (run `engine index` first)")
         db_name = read_pointer(folder)
@@ -151,10 +158,14 @@ class Store:
         The ``published`` setting is what pointer recovery trusts: only a database
         that was once current can take the pointer back.
         """
+        crash_point("publish:start")
         self.refresh_index()
         self.snapshots.write()
+        crash_point("publish:snapshot")
         self.write_settings({"published": utc_now()})
+        crash_point("publish:settings")
         write_pointer(self.folder, self.db_name)
+        crash_point("publish:pointer")
         remove_stale_files(self.folder, self.db_name, self.snapshots.path().name)
 
     @property
@@ -412,6 +423,8 @@ class Writer:
         if self.rebuild or not (self.folder / POINTER).is_file():
             store = Store.create(self.folder, self.settings)
             store.publish_on_commit = not (self.folder / POINTER).is_file()
+            if store.publish_on_commit:  # a kill before the publish completes resumes from it
+                store.write_settings({"first_run": True})
             return store
         store = Store.open(self.folder, writer=True)
         check_compatible(store.settings, self.settings, f"index at {self.folder}")

@@ -23,8 +23,20 @@ from engine.options import (
     quiet_option,
     search_knob_options,
 )
+from engine.text import repair_text, unencodable
 
 DEFAULT_INDEX = ".engine"
+
+
+def repaired(text: str | None, what: str) -> str | None:
+    """A command-line text whose bytes are not UTF-8 (``printf 'caf\\xe9'``), with each such
+    byte replaced by U+FFFD and one warning line; valid text as it is."""
+    if text is None or unencodable(text) is None:
+        return text
+    click.echo(
+        f"Warning: {what} is not valid UTF-8; undecodable bytes replaced by U+FFFD", err=True
+    )
+    return repair_text(text)
 
 
 def quiet_environment() -> None:
@@ -162,7 +174,7 @@ def index(
             encoder,
             scan,
             rebuild=rebuild,
-            default_instruction=default_instruction,
+            default_instruction=repaired(default_instruction, "--instruct"),
             keep_sources=scan.failed_sources,
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,
@@ -287,6 +299,8 @@ def search(
       engine search "how do plants make sugar" --server http://127.0.0.1:8000
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
     """
+    query = repaired(query, "the query")
+    instruction = repaired(instruction, "--instruct")
     if not query.strip():
         raise EngineError("empty query")
     if instruction and no_instruct:
@@ -418,6 +432,8 @@ def serve(
     from engine.app.batcher import Limits
     from engine.app.server import run_server
 
+    if api_key is None and "ENGINE_API_KEY" in os.environ:
+        api_key = os.environ["ENGINE_API_KEY"]  # set but empty: click would drop it silently
     milvus = None
     if backend:
         from indexer.milvus import MilvusIndex
@@ -430,7 +446,7 @@ def serve(
         port=port,
         model=model,
         device=device,
-        api_key=api_key or None,
+        api_key=api_key,
         limits=limits,
         access_log=access_log,
         backend=milvus,
