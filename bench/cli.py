@@ -15,6 +15,11 @@ BENCHMARKS = {
     "beir": Lazy(
         "bench.beir:beir", "Evaluate retrieval on BEIR datasets with the paper's protocol."
     ),
+    "lexical": Lazy(
+        "bench.lexical:lexical",
+        "Compare BM25 libraries for the lexical index: nDCG@10 on SciFact and NFCorpus, build "
+        "time, disk and query latency at 5k (SciFact) and N synthetic documents.",
+    ),
     "memory": Lazy(
         "bench.memory:memory", "Peak RSS of indexing N synthetic documents (vs the model alone)."
     ),
@@ -65,4 +70,5 @@ def bench() -> None:
       engine bench milvus --index ~/.cache/engine/beir/scifact-99277ff56c1d-256
       engine bench reliability --kill-rounds 30 --out bench/results
       engine bench ann --synthetic 1000000 --types hnsw --store
+      engine bench lexical --data-dir ../shared/data/beir --out bench/results
     """

@@ -28,7 +28,8 @@ from engine import __version__
 from engine.errors import EngineError
 from engine.options import json_option, model_option, results_dir_option
 from indexer.documents import Document
-from indexer.store import Writer, index_settings
+from indexer.schema import index_settings
+from indexer.store import Writer
 
 
 def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int) -> dict:

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import click
 
-from engine.app.commands import (
-    index_option,
-)
-from engine.options import (
-    json_option,
-)
+from engine.app.commands import index_option
+from engine.options import json_option
+from indexer.folder import reporting_damage
 from indexer.integrity import check_index
-from indexer.store import reporting_damage
 
 
 @click.command("check")

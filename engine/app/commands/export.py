@@ -7,15 +7,8 @@ from pathlib import Path
 
 import click
 
-from engine.app.commands import (
-    collection_option,
-    index_option,
-    token_option,
-)
-from engine.options import (
-    json_option,
-    quiet_option,
-)
+from engine.app.commands import collection_option, index_option, token_option
+from engine.options import json_option, quiet_option
 from indexer.milvus import export_index
 from indexer.store import Store
 

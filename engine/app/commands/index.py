@@ -7,10 +7,7 @@ from pathlib import Path
 
 import click
 
-from engine.app.commands import (
-    INDEX_MODEL,
-    index_option,
-)
+from engine.app.commands import INDEX_MODEL, index_option
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
@@ -86,8 +83,9 @@ def index_command(
     # Here, not at the top: `engine index --help` and argument errors load no torch.
     from engine.encoder import Encoder, document_tokens
     from indexer.distributed import IndexingGroup
+    from indexer.folder import reporting_damage
     from indexer.indexing import update_index
-    from indexer.store import indexed_settings, reporting_damage
+    from indexer.store import indexed_settings
     from indexer.vector_index import validate_type
 
     def model_and_length() -> tuple[str | None, int | None]:

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import click
 
-from engine.app.commands import (
-    index_option,
-)
-from engine.options import (
-    json_option,
-)
+from engine.app.commands import index_option
+from engine.options import json_option
+from indexer.folder import reporting_damage
 from indexer.info import index_info
-from indexer.store import Store, reporting_damage
+from indexer.store import Store
 
 
 @click.command("info")

@@ -13,11 +13,7 @@ from engine.app.commands import (
     index_option,
     token_option,
 )
-from engine.options import (
-    api_key_option,
-    device_option,
-    model_option,
-)
+from engine.options import api_key_option, device_option, model_option
 from indexer.milvus import MilvusIndex
 
 
