@@ -19,7 +19,7 @@ from bench.speed import (
     synthetic_lengths,
     synthetic_texts,
 )
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.precision import PRECISION_ENV
 from tests.tolerances import score_tolerance
 

@@ -21,12 +21,13 @@ import pytest
 import uvicorn
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.batcher import Job, Limits
+from engine.app.cli import cli
+from engine.app.server import create_app
 from engine.encoder import Encoder
-from engine.server import Job, Limits, create_app
 from indexer.documents import Document
 from indexer.indexing import update_index
-from indexer.search import search
+from indexer.search import search_queries
 from indexer.store import Store
 from tests.models import WORDS
 from tests.tolerances import assert_same_hits, assert_same_results, vector_tolerance
@@ -91,7 +92,7 @@ def test_search_answers_like_search_json(served):
     server, index_dir, encoder = served
     expected = [
         hit.to_dict()
-        for hit in search(index_dir, ["how do plants make sugar"], k=3, encoder=encoder)[0]
+        for hit in search_queries(index_dir, ["how do plants make sugar"], k=3, encoder=encoder)[0]
     ]
     got = httpx.get(f"{server.url}/search", params={"q": "how do plants make sugar", "k": 3}).json()
     assert got["results"] == [expected] and expected[0]["doc_id"] == "plants"
@@ -101,7 +102,9 @@ def test_search_answers_like_search_json(served):
     ).json()
     assert both["instruction"] == INSTRUCTION and both["generation"] >= 1
     assert [hits[0]["doc_id"] for hits in both["results"]] == ["tcp", "volcano"]
-    with_instruction = search(index_dir, ["lava"], k=2, instruction=INSTRUCTION, encoder=encoder)
+    with_instruction = search_queries(
+        index_dir, ["lava"], k=2, instruction=INSTRUCTION, encoder=encoder
+    )
     # A batch of two against one query alone: other matrix shapes, so scores within a tolerance.
     expected = [hit.to_dict() for hit in with_instruction[0]]
     assert_same_hits(both["results"][1], expected, encoder.precision)
@@ -155,7 +158,9 @@ def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
             for value in values:
                 expected = [
                     [hit.to_dict() for hit in hits]
-                    for hits in search(folder, queries, k=10, encoder=encoder, **{knob: value})
+                    for hits in search_queries(
+                        folder, queries, k=10, encoder=encoder, **{knob: value}
+                    )
                 ]
                 got = httpx.post(
                     f"{server.url}/search", json={"queries": queries, "k": 10, knob: value}
@@ -194,7 +199,7 @@ def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
 def test_search_cli_through_the_server_imports_no_torch(served):
     server, _, _ = served
     probe = (
-        "import sys; from engine.cli import cli\n"
+        "import sys; from engine.app.cli import cli\n"
         "try: cli(sys.argv[1:])\n"
         "except SystemExit as exit: code = exit.code\n"
         "print(code, 'torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)"
