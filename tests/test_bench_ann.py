@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from bench.ann import clustered_vectors, exact_top
@@ -59,6 +60,7 @@ def test_bench_memory_indexes_a_stream(tmp_path, tiny_bert_path):
     )
 
 
+@pytest.mark.slow
 def test_bench_memory_measures_a_real_engine_index_of_a_folder(tmp_path, tiny_bert_path):
     out = tmp_path / "memory-folder.json"
     result = CliRunner().invoke(

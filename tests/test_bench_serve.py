@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from engine.app.cli import cli
 from tests.test_bench_beir import QUERIES, write_beir
 
 
+@pytest.mark.slow
 def test_bench_serve_records_every_way(tmp_path, tiny_bert_path):
     data = write_beir(tmp_path / "data" / "scifact")
     result = CliRunner().invoke(
