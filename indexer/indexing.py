@@ -25,7 +25,7 @@ from indexer.distributed import encode_across_ranks
 from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
 from indexer.schema import index_settings
-from indexer.store import Writer
+from indexer.store import Writer, indexed_settings
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -80,6 +80,23 @@ class IndexReport:
             "ranks": self.ranks,
             "index_type": self.index,
         }
+
+
+def model_for_index(
+    index_dir: Path, model: str | None, max_length: int | None, *, rebuild: bool = False
+) -> tuple[str | None, int | None]:
+    """The model and max length to index ``index_dir`` with: an existing index keeps its own.
+
+    An index already there (published, or recoverable) keeps the model it was built
+    with unless ``model`` names one or ``rebuild`` starts over, and its length unless
+    ``max_length`` is given. None: the encoder's defaults.
+    """
+    if model is None and not rebuild:
+        with reporting_damage(index_dir):
+            stored = indexed_settings(index_dir)
+        if stored is not None:
+            return stored["model"], max_length or stored["max_length"]
+    return model, max_length
 
 
 def update_index(
