@@ -12,7 +12,7 @@ single-process run: a killed rank (the launcher then stops the rest) or a killed
 writer loses at most the two rounds in flight (one being committed, whole or not
 at all, and one being encoded), and the next run finishes the job.
 
-The other ranks run :meth:`IndexingGroup.serve`: they wait for jobs from the
+The other ranks run :meth:`IndexingGroup.encode_for_writer`: they wait for jobs from the
 writer (one per ``update_index`` call that has something to encode), encode the
 shares of each round until the writer ends the job, until it says it is done.
 """
@@ -80,7 +80,7 @@ class IndexingGroup:
             model = group.writer_decides(pick_model)   # the writer's choice, on every rank
             encoder = Encoder.load(model, device=group.device(device))
             if not group.is_writer:
-                group.serve(encoder)
+                group.encode_for_writer(encoder)
                 return
             ...  # the writer's own work; update_index(..., group=group) spreads encoding
     """
@@ -132,7 +132,7 @@ class IndexingGroup:
         self.workers_waiting = True
         return value
 
-    def serve(self, encoder: Encoder) -> None:
+    def encode_for_writer(self, encoder: Encoder) -> None:
         """On ranks > 0: encode the shares the writer deals until it is done."""
         while True:
             job = _broadcast(None)

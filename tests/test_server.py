@@ -27,7 +27,7 @@ from engine.app.server import create_app
 from engine.encoder import Encoder
 from indexer.documents import Document
 from indexer.indexing import update_index
-from indexer.search import search
+from indexer.search import search_queries
 from indexer.store import Store
 from tests.models import WORDS
 
@@ -90,7 +90,7 @@ def test_search_answers_like_search_json(served):
     server, index_dir, encoder = served
     expected = [
         hit.to_dict()
-        for hit in search(index_dir, ["how do plants make sugar"], k=3, encoder=encoder)[0]
+        for hit in search_queries(index_dir, ["how do plants make sugar"], k=3, encoder=encoder)[0]
     ]
     got = httpx.get(f"{server.url}/search", params={"q": "how do plants make sugar", "k": 3}).json()
     assert got["results"] == [expected] and expected[0]["doc_id"] == "plants"
@@ -100,7 +100,9 @@ def test_search_answers_like_search_json(served):
     ).json()
     assert both["instruction"] == INSTRUCTION and both["generation"] >= 1
     assert [hits[0]["doc_id"] for hits in both["results"]] == ["tcp", "volcano"]
-    with_instruction = search(index_dir, ["lava"], k=2, instruction=INSTRUCTION, encoder=encoder)
+    with_instruction = search_queries(
+        index_dir, ["lava"], k=2, instruction=INSTRUCTION, encoder=encoder
+    )
     assert both["results"][1] == [hit.to_dict() for hit in with_instruction[0]]
 
 
@@ -150,7 +152,9 @@ def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
             for value in values:
                 expected = [
                     [hit.to_dict() for hit in hits]
-                    for hits in search(folder, queries, k=10, encoder=encoder, **{knob: value})
+                    for hits in search_queries(
+                        folder, queries, k=10, encoder=encoder, **{knob: value}
+                    )
                 ]
                 got = httpx.post(
                     f"{server.url}/search", json={"queries": queries, "k": 10, knob: value}
