@@ -55,6 +55,7 @@ def manifest(index: MilvusIndex) -> dict[int, str]:
     return {int(row["id"]): row["content_hash"] for row in rows}
 
 
+@pytest.mark.precision
 def test_exact_search_matches_faiss_top10(tmp_path, index_dir, default_encoder):
     uri = str(tmp_path / "vectors.db")
     store = Store.open(index_dir)

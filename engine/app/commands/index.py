@@ -117,6 +117,7 @@ def index_command(
             keep_sources=scan.failed_sources,
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,
+            group=group,
         )
     summary = {
         "index": str(index_dir),
