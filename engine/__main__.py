@@ -1,5 +1,5 @@
 """``python -m engine`` runs the CLI."""
 
-from engine.cli import cli
+from engine.app.cli import cli
 
 cli(prog_name="engine")

@@ -8,7 +8,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from bench.ann import clustered_vectors, exact_top
-from engine.cli import cli
+from engine.app.cli import cli
 
 
 def test_exact_top_matches_a_full_sort(tmp_path):

@@ -324,7 +324,7 @@ def test_missing_dataset_is_downloaded_and_unpacked(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------- CLI
 def test_cli_prints_the_table_writes_json_and_reuses_the_cache(tmp_path, tiny_bert_path):
-    from engine.cli import cli
+    from engine.app.cli import cli
 
     write_beir(tmp_path / "data" / "scifact")
     write_beir(tmp_path / "data" / "nfcorpus")
@@ -356,7 +356,7 @@ def test_cli_prints_the_table_writes_json_and_reuses_the_cache(tmp_path, tiny_be
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    from engine.cli import cli
+    from engine.app.cli import cli
 
     runner = CliRunner()
     missing = runner.invoke(
@@ -377,7 +377,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_cqadupstack_subforums_are_averaged_into_one_group(tmp_path, tiny_bert_path):
-    from engine.cli import cli
+    from engine.app.cli import cli
 
     for forum in ("android", "gaming"):
         write_beir(tmp_path / "data" / "cqadupstack" / forum)
@@ -400,7 +400,7 @@ def test_cqadupstack_subforums_are_averaged_into_one_group(tmp_path, tiny_bert_p
 
 
 def test_index_type_is_tried_in_memory_on_the_cached_vectors(tmp_path, tiny_bert_path):
-    from engine.cli import cli
+    from engine.app.cli import cli
     from indexer.store import Store
 
     write_beir(tmp_path / "data" / "scifact")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bench.passkey import build_passkey_task, passkey_sentence, top1
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.encoder import Encoder
 
 

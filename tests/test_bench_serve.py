@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 from tests.test_bench_beir import QUERIES, write_beir
 
 

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 from indexer.documents import Document, read_corpus
 from indexer.store import Store
 

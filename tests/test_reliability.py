@@ -28,7 +28,7 @@ from bench.reliability import (
     planted_files,
     write_corpus,
 )
-from engine.cli import cli
+from engine.app.cli import cli
 
 click_run = in_process_runner(cli)
 

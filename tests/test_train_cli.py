@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.encoder import Encoder
 from tests.test_train_trainer import PROBES, make_data
 from train.data import load_examples

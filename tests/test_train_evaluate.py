@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bench.beir import evaluate_dataset
 from bench.datasets import instruction_for
-from engine.cli import cli
+from engine.app.cli import cli
 from engine.encoder import Encoder
 from tests.test_train_trainer import make_data
 from train.evaluate import beir_evaluator, format_comparison

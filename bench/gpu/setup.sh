@@ -15,7 +15,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl
 PYTHONPATH=/tmp/site:$PWD python3 - <<'EOF'
 import faiss, sqlite_utils, torch, transformers
-import engine.cli  # the whole CLI imports: nothing is missing
+import engine.app.cli  # the whole CLI imports: nothing is missing
 print(f"ready: torch {torch.__version__} (cuda {torch.cuda.is_available()}), "
       f"transformers {transformers.__version__}, faiss {faiss.__version__} "
       f"({faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0} GPUs)")

@@ -1,0 +1,73 @@
+"""The JSON bodies of `engine serve`: what /search and /v1/embeddings take and answer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(None, description="One query (or use `queries`).")
+    queries: list[str] | None = Field(None, description="Several queries, answered in order.")
+    instruct: str | None = Field(
+        None, description="Task instruction (default: the one stored with the index)."
+    )
+    no_instruct: bool = Field(False, description="No instruction, not even the index's default.")
+    k: int = Field(10, ge=1, description="Hits per query.")
+    nprobe: int | None = Field(
+        None, ge=1, description="IVF index: lists scanned per query (default: the index's)."
+    )
+    ef_search: int | None = Field(
+        None, ge=1, description="HNSW index: candidates kept per query (default: the index's)."
+    )
+
+
+class SearchResponse(BaseModel):
+    model: str
+    generation: int | None = Field(description="The index generation that answered.")
+    instruction: str | None
+    results: list[list[dict[str, Any]]] = Field(
+        description="One list per query; each hit has the fields of `engine search --json`."
+    )
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, plus ``input_type``, ``instruct`` and ``titles``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="Only the model's own dimension.")
+    user: str | None = None
+    input_type: Literal["query", "document"] = Field(
+        "document",
+        description="engine extension: `query` formats each input with the model's query "
+        "template (and `instruct`); `document` as a document (with `titles`).",
+    )
+    instruct: str | None = Field(None, description="engine extension: a query's instruction.")
+    titles: list[str] | None = Field(
+        None, description="engine extension: one title per document input."
+    )
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage

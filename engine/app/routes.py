@@ -1,0 +1,199 @@
+"""The HTTP routes of `engine serve`, on one APIRouter.
+
+The routes reach the :class:`Batcher` and the :class:`Limits` of the app they are
+mounted in through FastAPI dependencies (``app.state``), so the router is built
+once at import and holds no state of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
+
+from engine.app.batcher import ApiError, Batcher, Embedded, Job, Limits, Searched
+from engine.app.models import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    SearchRequest,
+    SearchResponse,
+    Usage,
+)
+from engine.instructions import INSTRUCTIONS
+from indexer.search import check_queries
+from indexer.vector_index import SearchKnobs
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def served_batcher(request: Request) -> Batcher:
+    """The app's batcher (set by :func:`engine.app.server.create_app`)."""
+    return request.app.state.batcher
+
+
+def served_limits(request: Request) -> Limits:
+    """What one request may ask of the app."""
+    return request.app.state.limits
+
+
+BatcherDep = Annotated[Batcher, Depends(served_batcher)]
+LimitsDep = Annotated[Limits, Depends(served_limits)]
+
+router = APIRouter()
+
+
+async def run(batcher: Batcher, job: Job) -> Any:
+    return await asyncio.wrap_future(batcher.submit(job))
+
+
+async def answer_search(
+    batcher: Batcher,
+    limits: Limits,
+    queries: list[str],
+    instruct: str | None,
+    no_instruct: bool,
+    k: int,
+    knobs: SearchKnobs,
+) -> SearchResponse:
+    if not queries:
+        raise ApiError(422, "give `query` or `queries`")
+    if len(queries) > limits.max_inputs:
+        raise ApiError(413, f"at most {limits.max_inputs} queries per request")
+    if k > limits.max_k:
+        raise ApiError(422, f"k must be at most {limits.max_k}")
+    if knobs.nprobe is not None and knobs.nprobe > limits.max_nprobe:
+        raise ApiError(422, f"nprobe must be at most {limits.max_nprobe}")
+    if knobs.ef_search is not None and knobs.ef_search > limits.max_ef_search:
+        raise ApiError(422, f"ef_search must be at most {limits.max_ef_search}")
+    if any(len(q) > limits.max_query_chars for q in queries):
+        raise ApiError(413, f"a query is over {limits.max_query_chars} characters")
+    if instruct is not None and len(instruct) > limits.max_query_chars:
+        raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
+    check_queries(queries, k)
+    if instruct and no_instruct:
+        raise ApiError(422, "instruct and no_instruct exclude each other")
+    searched: Searched = await run(
+        batcher,
+        Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs),
+    )
+    return SearchResponse(
+        model=batcher.encoder.name,
+        generation=searched.generation,
+        instruction=searched.instruction,
+        results=[[hit.to_dict() for hit in hits] for hits in searched.hits],
+    )
+
+
+@router.post("/search", response_model=SearchResponse, tags=["search"])
+async def search_post(
+    request: SearchRequest, batcher: BatcherDep, limits: LimitsDep
+) -> SearchResponse:
+    """Top-k hits per query: the hits `engine search --json` prints."""
+    queries = ([request.query] if request.query is not None else []) + (request.queries or [])
+    knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
+    return await answer_search(
+        batcher, limits, queries, request.instruct, request.no_instruct, request.k, knobs
+    )
+
+
+@router.get("/search", response_model=SearchResponse, tags=["search"])
+async def search_get(
+    batcher: BatcherDep,
+    limits: LimitsDep,
+    q: str = Query(description="The query."),
+    instruct: str | None = Query(None, description="Task instruction."),
+    no_instruct: bool = Query(False, description="No instruction at all."),
+    k: int = Query(10, ge=1, description="Hits."),
+    nprobe: int | None = Query(None, ge=1, description="IVF: lists scanned per query."),
+    ef_search: int | None = Query(None, ge=1, description="HNSW: candidates per query."),
+) -> SearchResponse:
+    """The same search for browsers and curl: `/search?q=...&k=5&ef_search=256`."""
+    knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
+    return await answer_search(batcher, limits, [q], instruct, no_instruct, k, knobs)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
+async def embeddings(
+    request: EmbeddingRequest, batcher: BatcherDep, limits: LimitsDep
+) -> EmbeddingResponse:
+    """OpenAI-compatible embeddings from the served model (float or base64 float32)."""
+    encoder = batcher.encoder
+    texts = [request.input] if isinstance(request.input, str) else request.input
+    if not texts:
+        raise ApiError(422, "input is empty")
+    if len(texts) > limits.max_inputs:
+        raise ApiError(413, f"at most {limits.max_inputs} inputs per request")
+    if any(len(text) > limits.max_input_chars for text in texts):
+        raise ApiError(413, f"an input is over {limits.max_input_chars} characters")
+    if request.model and not _names_model(request.model, encoder.name):
+        raise ApiError(404, f"model {request.model!r} is not served here; this is {encoder.name!r}")
+    if request.dimensions is not None and request.dimensions != encoder.dim:
+        raise ApiError(422, f"dimensions: only {encoder.dim} is available")
+    if request.input_type == "document" and request.instruct is not None:
+        raise ApiError(422, "instruct applies to input_type query; documents get none")
+    if request.titles is not None and (
+        request.input_type != "document" or len(request.titles) != len(texts)
+    ):
+        raise ApiError(422, "titles: one per input, and only for input_type document")
+    embedded: Embedded = await run(
+        batcher,
+        Job(
+            side=request.input_type,
+            texts=texts,
+            instruction=request.instruct,
+            titles=request.titles,
+        ),
+    )
+    data = [
+        EmbeddingData(index=i, embedding=_encode_vector(vector, request.encoding_format))
+        for i, vector in enumerate(embedded.vectors)
+    ]
+    usage = Usage(prompt_tokens=embedded.tokens, total_tokens=embedded.tokens)
+    return EmbeddingResponse(data=data, model=encoder.name, usage=usage)
+
+
+@router.get("/health", tags=["server"])
+async def health(batcher: BatcherDep) -> dict[str, Any]:
+    """Liveness, and the index generation the server last answered from."""
+    return {
+        "status": "ok",
+        "generation": batcher.index.generation,
+        "model": batcher.encoder.name,
+        "waiting": batcher.waiting,
+        "batches": batcher.batches,
+        "forward_passes": batcher.forward_passes,
+    }
+
+
+@router.get("/info", tags=["server"])
+async def info(batcher: BatcherDep) -> dict[str, Any]:
+    """What `engine info --json` prints for the served index."""
+    return await run(batcher, Job(call=lambda index: index.info()))
+
+
+@router.get("/instructions", tags=["search"])
+async def instructions() -> dict[str, Any]:
+    """Task instruction presets: the paper's BEIR instructions, by dataset."""
+    return {"presets": [{"name": name, "instruction": text} for name, text in INSTRUCTIONS.items()]}
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+def _names_model(asked: str, served: str) -> bool:
+    asked, served = asked.strip().rstrip("/").lower(), served.rstrip("/").lower()
+    return asked in (served, served.rsplit("/", 1)[-1]) or asked.rsplit("/", 1)[-1] == served
+
+
+def _encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.astype(float).tolist()

@@ -1,0 +1,214 @@
+"""`engine serve`: the encoder and the index stay loaded and answer over HTTP.
+
+The app is assembled here: the :class:`~engine.app.batcher.Batcher` thread that
+owns the encoder and the index (:mod:`engine.app.batcher`), the index it answers
+from (:mod:`engine.app.served`), the routes (:mod:`engine.app.routes`), the
+guard every request passes first, and errors as one line of JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from engine import __version__
+from engine.app.batcher import ApiError, Batcher, Limits
+from engine.app.routes import STATIC_DIR, router
+from engine.app.served import ServedIndex, ServedMilvus
+from engine.encoder import Encoder
+from engine.errors import EngineError
+from indexer.milvus import MilvusIndex
+from indexer.search import load_encoder_for
+from indexer.store import Store
+
+log = logging.getLogger("engine.server")
+
+# The one route reachable without the API key: liveness, for load balancers and probes.
+OPEN_PATHS = ("/health",)
+# Requests that wait for the encoder: the batcher counts them to decide how long a batch waits.
+ENCODER_PATHS = ("/search", "/v1/embeddings")
+
+
+class Guard:
+    """ASGI middleware, before any work: the API key, the body size, requests in flight."""
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, batcher: Batcher) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key is not None else None
+        self.max_body_bytes = max_body_bytes
+        self.batcher = batcher
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        if self.api_key is not None and path not in OPEN_PATHS:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                message = "missing or wrong API key: send Authorization: Bearer <key>"
+                response = JSONResponse(
+                    error_body(401, message),
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            response = JSONResponse(
+                error_body(413, f"request body over {self.max_body_bytes} bytes"), status_code=413
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:  # a chunked body without a length
+                raise ApiError(413, f"request body over {self.max_body_bytes} bytes")
+            return message
+
+        counted = path in ENCODER_PATHS
+        if counted:
+            self.batcher.requests_in_flight += 1
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            if counted:
+                self.batcher.requests_in_flight -= 1
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error shape, so their clients show the message; one line of JSON."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": " ".join(message.split()), "type": kind, "code": status}}
+
+
+def create_app(
+    index_dir: str | Path,
+    encoder: Encoder,
+    *,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    backend: MilvusIndex | None = None,
+) -> FastAPI:
+    """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``."""
+    limits = limits or Limits()
+    index_dir = Path(index_dir)
+    served = ServedMilvus(backend) if backend is not None else ServedIndex(index_dir, encoder)
+    batcher = Batcher(served, encoder, limits)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(batcher.start)
+        yield
+        await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(
+        title="engine",
+        version=__version__,
+        summary="Search and embeddings with LLM text embeddings (E5-mistral recipe).",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.state.limits = limits
+
+    app.add_middleware(
+        Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes, batcher=batcher
+    )
+    add_error_handlers(app)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answers one line of JSON in OpenAI's shape; a bug answers 500, not a trace."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.status_code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return JSONResponse(error_body(422, message), status_code=422)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return JSONResponse(error_body(400, str(exc)), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)
+        return JSONResponse(
+            error_body(500, f"internal error ({type(exc).__name__})"), status_code=500
+        )
+
+
+def run_server(
+    index_dir: Path,
+    *,
+    host: str,
+    port: int,
+    model: str | None,
+    device: str | None,
+    api_key: str | None,
+    limits: Limits,
+    access_log: bool = False,
+    backend: MilvusIndex | None = None,
+) -> None:
+    """Load the encoder and the index once, then serve until SIGTERM or Ctrl-C."""
+    if backend is not None:
+        encoder = load_encoder_for(backend, model, device)
+        documents, what = backend.count(), str(backend)
+    else:
+        store = Store.open(index_dir)
+        try:
+            encoder = load_encoder_for(store, model, device)
+            documents, what = store.count(), str(index_dir)
+        finally:
+            store.close()
+    app = create_app(index_dir, encoder, api_key=api_key, limits=limits, backend=backend)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"Serving {what} ({documents} documents, {encoder.name}) at http://{shown}:{port}/"
+        + (" (API key required)" if api_key else "")
+        + "; Ctrl-C stops.",
+        flush=True,
+    )
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+    # handler found at start: a no-op one lets `engine serve` exit 0 after a clean stop.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, lambda *_: None)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=30,
+    )
+    print("Stopped.", flush=True)
