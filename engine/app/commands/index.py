@@ -85,7 +85,7 @@ def index_command(
     from indexer.distributed import IndexingGroup
     from indexer.folder import reporting_damage
     from indexer.indexing import update_index
-    from indexer.store import indexed_settings
+    from indexer.store import read_index_settings
     from indexer.vector_index import validate_type
 
     def model_and_length() -> tuple[str | None, int | None]:
@@ -96,7 +96,7 @@ def index_command(
             validate_type(index_type)
         if model is None and not rebuild:
             with reporting_damage(index_dir):
-                stored = indexed_settings(index_dir)
+                stored = read_index_settings(index_dir)
             if stored is not None:
                 return stored["model"], max_length or stored["max_length"]
         return model, max_length
@@ -124,6 +124,7 @@ def index_command(
             keep_sources=scan.failed_sources,
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,
+            group=group,
         )
     summary = {
         "index": str(index_dir),
@@ -142,7 +143,7 @@ def index_command(
     click.echo(
         f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
         f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.total} documents; index {report.index}."
+        f"{report.unchanged} unchanged; {report.total} documents; index {report.index_type}."
     )
     if report.encoded:
         click.echo(
