@@ -136,7 +136,7 @@ def index_command(
     click.echo(
         f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
         f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.total} documents; index {report.index}."
+        f"{report.unchanged} unchanged; {report.total} documents; index {report.index_type}."
     )
     if report.encoded:
         click.echo(
