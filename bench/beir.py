@@ -52,6 +52,7 @@ from engine.progress import progress_enabled
 
 if TYPE_CHECKING:
     from engine.encoder import Encoder
+    from indexer.distributed import IndexingGroup
     from indexer.store import Store
     from indexer.vector_index import IndexSpec
 
@@ -204,6 +205,7 @@ def evaluate_dataset(
     index_type: str | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    group: IndexingGroup | None = None,
 ) -> dict[str, Any]:
     """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
 
@@ -212,6 +214,7 @@ def evaluate_dataset(
     none, or a string.
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
+    ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
     """
     from indexer.indexing import update_index
 
@@ -220,7 +223,7 @@ def evaluate_dataset(
     used_instruction = resolve_instruction(encoder, data.name, instruction)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     index_dir = index_dir_for(cache_dir, data.name, encoder)
-    report = update_index(index_dir, encoder, data.corpus, progress=progress)
+    report = update_index(index_dir, encoder, data.corpus, progress=progress, group=group)
     exclude_own_id = ignores_identical_ids(data.name)
     run, query_timing = retrieve(
         encoder,
@@ -482,6 +485,7 @@ def beir(
                     index_type=index_type,
                     nprobe=nprobe,
                     ef_search=ef_search,
+                    group=group,
                 )
             )
 

@@ -15,7 +15,18 @@ def file_slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in last)
 
 
+# Variables that cap the instruction sets torch's kernels use: how a run on this CPU
+# emulates an older one (e.g. an AVX2 CPU without bf16; bench/results/README.md).
+ISA_CAP_VARIABLES = (
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ATEN_CPU_CAPABILITY",
+    "FBGEMM_ENABLE_INSTRUCTIONS",
+)
+
+
 def machine() -> dict[str, Any]:
+    """The CPU, library versions and threads, and any instruction-set caps in force."""
     import torch
     import transformers
 
@@ -34,6 +45,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ},
     }
 
 

@@ -17,6 +17,7 @@ CUDA) and, on a GPU, model FLOP utilisation.
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 import time
@@ -88,30 +89,95 @@ def throughput(
     }
 
 
-def measure_engine(encoder, workload: Workload, *, progress: bool) -> dict:
-    """The engine's encoding: tokenise (for texts) + token-budget batches + forward + pooling."""
+def measure_encoding(encoder, baseline, workload: Workload, *, rounds: int, progress: bool):
+    """Time the engine's encoding (tokenise for texts + token-budget batches + forward +
+    pooling) and, when ``baseline`` is given, sentence-transformers' on the same documents.
 
-    def run(items: Sequence, show: bool = False) -> np.ndarray:
-        if workload.texts is not None:
-            return encoder.encode_texts(items, progress=show)
-        return encoder.encode_ids(items, progress=show)
-
+    With ``rounds`` > 1 the documents are cut into that many consecutive slices and
+    the two sides take turns on each slice (engine first on even rounds, baseline first
+    on odd ones), so a machine whose speed drifts (other jobs on shared cores) slows
+    both sides alike; each round's ratio is kept to show the spread. Returns the engine
+    figures, the baseline figures (None without one) and both sides' vectors.
+    """
     items = workload.texts if workload.texts is not None else workload.ids
-    run(items[:WARMUP_DOCUMENTS])
-    with PeakMemory(encoder.device) as memory:
-        started = time.perf_counter()
-        vectors = run(items, progress)
-        seconds = time.perf_counter() - started
     lengths = workload.lengths
-    result = throughput(
-        len(lengths),
-        sum(lengths),
-        seconds,
-        memory,
-        engine_padding(lengths, encoder.batch_tokens),
-    )
-    result["batch_tokens"] = encoder.batch_tokens
-    return result | {"_vectors": vectors}
+
+    def run_engine(chunk: Sequence, show: bool = False) -> np.ndarray:
+        if workload.texts is not None:
+            return encoder.encode_texts(chunk, progress=show)
+        return encoder.encode_ids(chunk, progress=show)
+
+    def run_baseline(chunk: Sequence, show: bool = False) -> np.ndarray:
+        return baseline_encode(baseline, chunk, progress=show)
+
+    sides = {"engine": run_engine} | ({"baseline": run_baseline} if baseline is not None else {})
+    for run in sides.values():
+        run(items[:WARMUP_DOCUMENTS])
+    bounds = np.linspace(0, len(items), rounds + 1).round().astype(int)
+    timed: dict[str, list[tuple[float, np.ndarray, PeakMemory]]] = {side: [] for side in sides}
+    for round_index, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
+        for side in order:
+            with PeakMemory(encoder.device) as memory:
+                started = time.perf_counter()
+                vectors = sides[side](items[start:stop], progress and rounds == 1)
+                seconds = time.perf_counter() - started
+            timed[side].append((seconds, vectors, memory))
+    # Padded / real tokens of the batches each side formed, slice by slice.
+    padded = {"engine": 0.0, "baseline": 0.0}
+    for start, stop in itertools.pairwise(bounds):
+        tokens = sum(lengths[start:stop])
+        padded["engine"] += tokens * engine_padding(lengths[start:stop], encoder.batch_tokens)
+        if baseline is not None:
+            texts = workload.texts[start:stop]
+            padded["baseline"] += tokens * baseline_padding(
+                texts, lengths[start:stop], BASELINE_BATCH_SIZE
+            )
+    padding = {side: value / max(sum(lengths), 1) for side, value in padded.items()}
+    results = {}
+    for side, runs in timed.items():
+        memories = [memory for _, _, memory in runs]
+        figures = throughput(
+            len(lengths),
+            sum(lengths),
+            sum(seconds for seconds, _, _ in runs),
+            memories[0],
+            padding[side],
+        )
+        figures.update(merged_memory(memories))
+        results[side] = figures
+    results["engine"]["batch_tokens"] = encoder.batch_tokens
+    engine_vectors = np.concatenate([vectors for _, vectors, _ in timed["engine"]])
+    if baseline is None:
+        return results["engine"], None, engine_vectors, None
+    results["baseline"]["batch_size"] = BASELINE_BATCH_SIZE
+    if rounds > 1:
+        results["engine"]["rounds"] = [
+            {
+                "documents": int(stop - start),
+                "engine_seconds": round(engine_run[0], 3),
+                "baseline_seconds": round(baseline_run[0], 3),
+                "speedup": round(baseline_run[0] / engine_run[0], 3),
+            }
+            for (start, stop), engine_run, baseline_run in zip(
+                itertools.pairwise(bounds), timed["engine"], timed["baseline"], strict=True
+            )
+        ]
+    baseline_vectors = np.concatenate([vectors for _, vectors, _ in timed["baseline"]])
+    return results["engine"], results["baseline"], engine_vectors, baseline_vectors
+
+
+def merged_memory(memories: Sequence[PeakMemory]) -> dict:
+    """The highest peak, and the largest increase within one timed run, over several runs."""
+    figures = [memory.to_dict() for memory in memories]
+    peaks = [f["peak_memory_mb"] for f in figures if f["peak_memory_mb"] is not None]
+    increases = [
+        f["peak_memory_increase_mb"] for f in figures if f["peak_memory_increase_mb"] is not None
+    ]
+    return {
+        "peak_memory_mb": max(peaks) if peaks else None,
+        "peak_memory_increase_mb": max(increases) if increases else None,
+    }
 
 
 def load_baseline(model: str | None, max_length: int, device) -> tuple[object | None, str | None]:
@@ -344,6 +410,13 @@ def format_report(report: dict) -> str:
     if baseline and "skipped" not in baseline:
         lines.append(_row(f"sentence-transformers (batch {baseline['batch_size']})", baseline))
         lines.append(f"engine / baseline: {report['speedup']:.2f}x docs/s")
+        rounds = engine.get("rounds")
+        if rounds:
+            ratios = [r["speedup"] for r in rounds]
+            lines.append(
+                f"per round ({len(rounds)}, sides taking turns): {min(ratios):.2f}x to "
+                f"{max(ratios):.2f}x"
+            )
     elif baseline:
         lines.append(f"baseline skipped: {baseline['skipped']}")
     if engine.get("mfu") is not None:
@@ -423,6 +496,14 @@ def format_report(report: dict) -> str:
     type=float,
     help="The GPU's dense bf16 peak for MFU (default: known for H100/H200/A100/L4/L40S/A10).",
 )
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Cut the documents into N slices and let the engine and the baseline take turns on "
+    "each, so a machine whose speed drifts slows both alike (encoding mode).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data.")
 @results_dir_option("JSON report")
 @json_option()
@@ -442,6 +523,7 @@ def speed(
     split: str | None,
     instruct: bool | None,
     peak_tflops: float | None,
+    rounds: int,
     seed: int,
     out: Path,
     as_json: bool,
@@ -457,6 +539,8 @@ def speed(
     \b
     Examples:
       engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --limit 1000
+      engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --limit 1000 \\
+        --precision fp32 --rounds 4
       engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --index
       engine bench speed --synthetic 2000 --batch-tokens 4096 --no-baseline
       engine bench speed --random-model mistral-7b --synthetic 2000 --device cuda
@@ -473,6 +557,8 @@ def speed(
         raise EngineError("--index needs --data-dir (a BEIR folder) and a real model")
     if batch_tokens is not None and batch_tokens < 1:
         raise EngineError("--batch-tokens must be positive")
+    if index_mode and rounds > 1:
+        raise EngineError("--rounds is for encoding mode, not --index")
     progress = progress_enabled(not (quiet or as_json))
     dataset = None
     if index_mode:
@@ -535,20 +621,13 @@ def speed(
     else:
         workload = _workload(encoder, data_dir, synthetic, limit, random_model, seed)
         report["corpus"] = workload.describe()
-        engine = measure_engine(encoder, workload, progress=progress)
-        engine_vectors = engine.pop("_vectors")
+        engine, measured, engine_vectors, baseline_vectors = measure_encoding(
+            encoder, sentence_transformer, workload, rounds=rounds, progress=progress
+        )
         report["engine"] = engine
-        if sentence_transformer is not None:
-            measured = measure_baseline(
-                sentence_transformer,
-                workload.texts,
-                workload.lengths,
-                encoder.device,
-                progress=progress,
-            )
-            measured.pop("_index")
+        if measured is not None:
             report["baseline"] = measured
-            report["vector_agreement"] = vector_agreement(engine_vectors, measured.pop("_vectors"))
+            report["vector_agreement"] = vector_agreement(engine_vectors, baseline_vectors)
     if sentence_transformer is None:
         report["baseline"] = {"skipped": skipped}
     else:
