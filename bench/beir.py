@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from bench.common import command_line
 from bench.datasets import (
     BeirDataset,
     UnknownDataset,
@@ -52,6 +52,9 @@ from engine.progress import progress_enabled
 
 if TYPE_CHECKING:
     from engine.encoder import Encoder
+    from indexer.distributed import IndexingGroup
+    from indexer.store import Store
+    from indexer.vector_index import IndexSpec
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -106,6 +109,18 @@ def resolve_instruction(encoder: Encoder, name: str, instruction: Any) -> str | 
     return instruction or None
 
 
+def index_in_memory(store: Store, index_type: str) -> tuple[IndexSpec, Any]:
+    """The store's vectors in another FAISS index type, built in memory (on the GPUs when a
+    faiss GPU build has some); nothing is written, so one cached index serves every type."""
+    from indexer import vector_index
+
+    spec = vector_index.resolve(
+        vector_index.validate_type(index_type), store.count(), int(store.settings["dim"])
+    )
+    index = store.snapshots.build(spec)
+    return spec, vector_index.to_gpus(index, spec) or index
+
+
 def retrieve(
     encoder: Encoder,
     index_dir: Path,
@@ -124,6 +139,7 @@ def retrieve(
     ``index_type`` searches through that FAISS index type, built in memory from the
     cached vectors (the shared cache keeps its own type).
     """
+    from indexer import vector_index
     from indexer.store import Store
     from indexer.vector_index import SearchKnobs
 
@@ -131,11 +147,11 @@ def retrieve(
     try:
         built = time.perf_counter()
         if index_type is not None:
-            store.try_index_type(index_type)
+            spec, index = index_in_memory(store, index_type)
         else:
             store.load_faiss()
+            spec = store.spec
         built = time.perf_counter() - built
-        spec = store.spec
         query_ids = list(queries)
         started = time.perf_counter()
         vectors = encoder.encode_queries(
@@ -143,9 +159,13 @@ def retrieve(
         )
         encoded = time.perf_counter()
         # One extra hit, so dropping a query's own id still leaves k.
-        scores, ids = store.search(
-            vectors, k + int(exclude_own_id), SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-        )
+        knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
+        if index_type is not None:
+            scores, ids = vector_index.top_k(
+                index, spec, vectors, k + int(exclude_own_id), store.vectors, knobs=knobs
+            )
+        else:
+            scores, ids = store.search(vectors, k + int(exclude_own_id), knobs)
         searched = time.perf_counter()
         doc_ids = store.doc_ids()
     finally:
@@ -185,6 +205,7 @@ def evaluate_dataset(
     index_type: str | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    group: IndexingGroup | None = None,
 ) -> dict[str, Any]:
     """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
 
@@ -193,6 +214,7 @@ def evaluate_dataset(
     none, or a string.
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
+    ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
     """
     from indexer.indexing import update_index
 
@@ -201,7 +223,7 @@ def evaluate_dataset(
     used_instruction = resolve_instruction(encoder, data.name, instruction)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     index_dir = index_dir_for(cache_dir, data.name, encoder)
-    report = update_index(index_dir, encoder, data.corpus, progress=progress)
+    report = update_index(index_dir, encoder, data.corpus, progress=progress, group=group)
     exclude_own_id = ignores_identical_ids(data.name)
     run, query_timing = retrieve(
         encoder,
@@ -299,30 +321,6 @@ def result_filename(
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
     suffix = "" if precision == "fp32" else f"-{precision}"
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}.json"
-
-
-def command_line(params: dict[str, Any]) -> str:
-    """The ``engine bench beir`` command that reproduces a run (recorded in the JSON)."""
-    words = ["engine", "bench", "beir"]
-    options = [
-        ("--data-dir", params.get("data_dir")),
-        ("--datasets", params.get("datasets")),
-        ("--split", params.get("split")),
-        ("--model", params.get("model")),
-        ("--max-length", params.get("max_length")),
-        ("--precision", params.get("precision")),
-        ("--instruction", params.get("instruction")),
-        ("-k", params.get("k")),
-        ("--index-type", params.get("index_type")),
-        ("--nprobe", params.get("nprobe")),
-        ("--ef-search", params.get("ef_search")),
-    ]
-    for flag, value in options:
-        if value is not None:
-            words += [flag, str(value)]
-    if params.get("instruct") is not None:
-        words.append("--instruct" if params["instruct"] else "--no-instruct")
-    return " ".join(shlex.quote(word) for word in words)
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -455,7 +453,7 @@ def beir(
         )
         encoder.set_max_length(min(max_length, encoder.model_max_positions))
         if not group.is_writer:
-            group.serve(encoder)
+            group.encode_for_writer(encoder)
             return
         if instruction is not None:
             chosen: Any = instruction.strip()
@@ -487,15 +485,15 @@ def beir(
                     index_type=index_type,
                     nprobe=nprobe,
                     ef_search=ef_search,
+                    group=group,
                 )
             )
 
-    params = click.get_current_context().params
     summary = {
         "benchmark": "beir",
         "engine_version": __version__,
         "created": utc_now(),
-        "command": command_line(params),
+        "command": command_line(click.get_current_context()),
         "model": encoder.name,
         "fingerprint": encoder.fingerprint,
         "dim": encoder.dim,

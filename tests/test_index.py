@@ -19,8 +19,8 @@ from engine.app.cli import cli
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.documents import Document, read_corpus
-from indexer.indexing import update_index
-from indexer.search import search
+from indexer.indexing import model_for_index, update_index
+from indexer.search import search_queries
 from indexer.store import Store
 
 TOPICS = {
@@ -82,7 +82,9 @@ def test_incremental_runs_encode_only_changes(tmp_path, default_encoder):
 
     third = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert (third.encoded, third.removed, third.unchanged) == (0, 0, 4)
-    hits = search(index_dir, ["how does a bread starter work"], k=1, encoder=default_encoder)
+    hits = search_queries(
+        index_dir, ["how does a bread starter work"], k=1, encoder=default_encoder
+    )
     assert hits[0][0].doc_id == "new/bread.txt"
 
 
@@ -98,10 +100,12 @@ def test_instruction_changes_only_the_query(tmp_path, default_encoder):
     )
     b = default_encoder.encode_queries([query], "Retrieve documents about geology")
     assert not np.allclose(plain, a) and not np.allclose(a, b)
-    hits_a = search(
+    hits_a = search_queries(
         index_dir, [query], k=4, instruction="Given a question", encoder=default_encoder
     )
-    hits_b = search(index_dir, [query], k=4, instruction="Find geology", encoder=default_encoder)
+    hits_b = search_queries(
+        index_dir, [query], k=4, instruction="Find geology", encoder=default_encoder
+    )
     assert [h.score for h in hits_a[0]] != [h.score for h in hits_b[0]]
 
     runner = CliRunner()
@@ -362,3 +366,16 @@ def test_check_finds_text_altered_inside_a_sound_database(tmp_path, default_enco
     again = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert again.added == 1 and again.unchanged == 3  # only the dropped document is re-encoded
     assert_consistent(index_dir, set(TOPICS))
+
+
+def test_an_existing_index_keeps_its_model(tmp_path, default_encoder):
+    """`engine index` without --model continues with the index's model and length."""
+    folder = tmp_path / "index"
+    assert model_for_index(folder, None, None) == (None, None)
+    assert model_for_index(folder, None, 64) == (None, 64)
+    update_index(folder, default_encoder, [Document("a", "a.txt", "", "text")], progress=False)
+    built = (default_encoder.name, default_encoder.max_length)
+    assert model_for_index(folder, None, None) == built
+    assert model_for_index(folder, None, 32) == (built[0], 32)
+    assert model_for_index(folder, "another-model", None) == ("another-model", None)
+    assert model_for_index(folder, None, None, rebuild=True) == (None, None)

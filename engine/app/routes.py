@@ -25,7 +25,7 @@ from engine.app.models import (
     SearchResponse,
     Usage,
 )
-from engine.instructions import INSTRUCTIONS
+from engine.instructions import INSTRUCTIONS, check_instruction
 from engine.text import repair_text, unencodable
 from indexer.search import check_queries
 from indexer.vector_index import SearchKnobs
@@ -53,7 +53,7 @@ async def run(batcher: Batcher, job: Job) -> Any:
     return await asyncio.wrap_future(batcher.submit(job))
 
 
-async def search_queries(
+async def answer_search(
     batcher: Batcher,
     limits: Limits,
     queries: list[str],
@@ -81,8 +81,7 @@ async def search_queries(
     if instruct is not None and len(instruct) > limits.max_query_chars:
         raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
     check_queries(queries, k)
-    if instruct and no_instruct:
-        raise ApiError(422, "instruct and no_instruct exclude each other")
+    check_instruction(instruct, no_instruct)
     searched: Searched = await run(
         batcher,
         Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs),
@@ -102,7 +101,7 @@ async def search_post(
     """Top-k hits per query: the hits `engine search --json` prints."""
     queries = ([request.query] if request.query is not None else []) + (request.queries or [])
     knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
-    return await search_queries(
+    return await answer_search(
         batcher, limits, queries, request.instruct, request.no_instruct, request.k, knobs
     )
 
@@ -120,7 +119,7 @@ async def search_get(
 ) -> SearchResponse:
     """The same search for browsers and curl: `/search?q=...&k=5&ef_search=256`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-    return await search_queries(batcher, limits, [q], instruct, no_instruct, k, knobs)
+    return await answer_search(batcher, limits, [q], instruct, no_instruct, k, knobs)
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
