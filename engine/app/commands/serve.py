@@ -54,6 +54,19 @@ from indexer.milvus import MilvusIndex
     show_default=True,
     help="Requests that may wait for the encoder; more get 503 with Retry-After.",
 )
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may take; past it the answer is 504 and its remaining work is dropped.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    help="Seconds SIGTERM waits for requests in flight (each gets its answer or a JSON 503) "
+    "before exiting [default: --request-timeout + 5].",
+)
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @backend_option
 @collection_option
@@ -67,6 +80,8 @@ def serve_command(
     api_key: str | None,
     batch_wait_ms: float,
     queue_size: int,
+    request_timeout: float,
+    shutdown_timeout: float | None,
     access_log: bool,
     backend: str | None,
     collection: str,
@@ -102,7 +117,9 @@ def serve_command(
     milvus = None
     if backend:
         milvus = MilvusIndex.open(backend, collection, token)
-    limits = Limits(queue_size=queue_size, batch_wait=batch_wait_ms / 1000)
+    limits = Limits(
+        queue_size=queue_size, batch_wait=batch_wait_ms / 1000, request_timeout=request_timeout
+    )
     run_server(
         index_dir,
         host=host,
@@ -113,4 +130,5 @@ def serve_command(
         limits=limits,
         access_log=access_log,
         backend=milvus,
+        shutdown_timeout=shutdown_timeout,
     )
