@@ -6,6 +6,7 @@ import click
 
 from bench.ann import ann
 from bench.beir import beir
+from bench.lexical import lexical
 from bench.memory import memory
 from bench.milvus import milvus
 from bench.passkey import passkey
@@ -19,7 +20,7 @@ from bench.speed import speed
 def bench() -> None:
     """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
     indexing, the Milvus backend, reliability under kill -9 and damaged files, FAISS index
-    types (ann), indexing memory.
+    types (ann), indexing memory, BM25 libraries (lexical).
 
     \b
     Examples:
@@ -31,11 +32,13 @@ def bench() -> None:
       engine bench milvus --index ~/.cache/engine/beir/scifact-99277ff56c1d-256
       engine bench reliability --kill-rounds 30 --out bench/results
       engine bench ann --synthetic 1000000 --types hnsw --store
+      engine bench lexical --data-dir ../shared/data/beir --out bench/results
     """
 
 
 bench.add_command(ann)
 bench.add_command(beir)
+bench.add_command(lexical)
 bench.add_command(memory)
 bench.add_command(passkey)
 bench.add_command(reliability)

@@ -12,7 +12,9 @@ import numpy as np
 
 from engine.encoder import Encoder
 from engine.errors import EngineError
-from indexer.store import Store, check_compatible, reporting_damage
+from indexer.folder import reporting_damage
+from indexer.schema import check_compatible
+from indexer.store import Store
 from indexer.vector_index import SearchKnobs
 
 SNIPPET_CHARS = 240

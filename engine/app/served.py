@@ -17,9 +17,11 @@ from typing import Any
 
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from indexer.folder import POINTER
 from indexer.info import index_info
 from indexer.milvus import MilvusIndex
-from indexer.store import POINTER, Store, check_compatible
+from indexer.schema import check_compatible
+from indexer.store import Store
 
 log = logging.getLogger("engine.server")
 
@@ -67,7 +69,7 @@ class ServedIndex:
         try:
             # One read transaction until the next publish: checkpoints a running
             # `engine index` commits meanwhile stay invisible (WAL keeps this snapshot).
-            store.db.execute("BEGIN")
+            store.hold_read_snapshot()
             settings = store.settings
             if settings["max_length"] != self.encoder.max_length:
                 self.encoder.set_max_length(settings["max_length"])
