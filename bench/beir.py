@@ -474,7 +474,7 @@ def beir(
         )
         encoder.set_max_length(min(max_length, encoder.model_max_positions))
         if not group.is_writer:
-            group.serve(encoder)
+            group.encode_for_writer(encoder)
             return
         if instruction is not None:
             chosen: Any = instruction.strip()

@@ -123,7 +123,7 @@ def hits_for(
     k: int,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
 ) -> list[list[Hit]]:
-    """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server.
+    """Top-``k`` hits for each query vector (rows of ``vectors``): search_queries() and the server.
 
     ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS index or a Milvus one).
     """
@@ -134,7 +134,7 @@ def hits_for(
     return make_hits(scores, ids, rows)
 
 
-def search(
+def search_queries(
     index: str | Path | SearchIndex,
     queries: Sequence[str],
     *,
