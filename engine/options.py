@@ -127,5 +127,5 @@ def search_knob_options(function: Callable[..., Any]) -> Callable[..., Any]:
         envvar="ENGINE_NPROBE",
         show_envvar=True,
         help="IVF: lists scanned per query; more is slower and more exact "
-        "(default: the index's, nlist/32 and at least 16).",
+        "(default: the index's, nlist/32 and at least 64, or nlist if smaller).",
     )(function)
