@@ -33,7 +33,8 @@ from engine.app.models import (
     SearchResponse,
     Usage,
 )
-from engine.instructions import INSTRUCTIONS
+from engine.instructions import INSTRUCTIONS, check_instruction
+from engine.text import repair_text, unencodable
 from indexer.search import check_queries
 from indexer.vector_index import SearchKnobs
 
@@ -71,6 +72,10 @@ async def answer_search(
     k: int,
     knobs: SearchKnobs,
 ) -> SearchResponse:
+    # A lone surrogate ("\\ud800" in the JSON) cannot be encoded: search text is repaired
+    # (U+FFFD), as `engine search` does; embedding inputs are refused instead (embeddings).
+    queries = [repair_text(query) for query in queries]
+    instruct = repair_text(instruct) if instruct is not None else None
     if not queries:
         raise ApiError(422, "give `query` or `queries`")
     if len(queries) > limits.max_inputs:
@@ -86,8 +91,7 @@ async def answer_search(
     if instruct is not None and len(instruct) > limits.max_query_chars:
         raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
     check_queries(queries, k)
-    if instruct and no_instruct:
-        raise ApiError(422, "instruct and no_instruct exclude each other")
+    check_instruction(instruct, no_instruct)
     searched: Searched = await run(
         batcher,
         Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs),
@@ -147,6 +151,10 @@ async def embeddings(
         raise ApiError(413, f"an input is over {limits.max_input_chars} characters or tokens")
     if token_ids is not None and (request.input_type != "document" or request.titles):
         raise ApiError(422, "token-id input embeds documents without titles: send queries as text")
+    refuse_unencodable("input", texts)
+    refuse_unencodable("titles", request.titles or [])
+    if request.instruct is not None:
+        refuse_unencodable("instruct", [request.instruct])
     if request.model and not _names_model(request.model, encoder.name):
         raise ApiError(404, f"model {request.model!r} is not served here; this is {encoder.name!r}")
     if request.dimensions is not None and request.dimensions != encoder.dim:
@@ -191,9 +199,11 @@ async def model(model: str, request: Request, batcher: BatcherDep) -> Model:
 
 @router.get("/health", tags=["server"])
 async def health(batcher: BatcherDep) -> dict[str, Any]:
-    """Liveness, and the index generation the server last answered from."""
+    """Liveness, the index generation the server last answered from, and what is degraded."""
+    problems = getattr(batcher.index, "problems", [])
     return {
-        "status": "ok",
+        "status": "degraded" if problems else "ok",
+        "problems": problems,
         "generation": batcher.index.generation,
         "model": batcher.encoder.name,
         "waiting": batcher.waiting,
@@ -273,6 +283,19 @@ def _has_content(one: str | list[int]) -> bool:
 
 def _served_model(request: Request, batcher: Batcher) -> Model:
     return Model(id=batcher.encoder.name, created=request.app.state.created)
+
+
+def refuse_unencodable(field: str, texts: list[str]) -> None:
+    """Embeddings of silently repaired text would be vectors of another text: a 400 instead."""
+    for number, text in enumerate(texts):
+        position = unencodable(text)
+        if position is not None:
+            where = f"{field}[{number}]" if len(texts) > 1 else field
+            raise ApiError(
+                400,
+                f"{where} is not valid Unicode (a lone surrogate at character {position}); "
+                "send UTF-8 text",
+            )
 
 
 def _names_model(asked: str, served: str) -> bool:

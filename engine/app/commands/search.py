@@ -13,9 +13,11 @@ from engine.app.commands import (
     backend_option,
     collection_option,
     index_option,
+    repaired,
     token_option,
 )
 from engine.errors import EngineError
+from engine.instructions import check_instruction
 from engine.options import (
     api_key_option,
     device_option,
@@ -80,10 +82,11 @@ def search_command(
       engine search "how do plants make sugar" --server http://127.0.0.1:8000
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
     """
+    query = repaired(query, "the query")
+    instruction = repaired(instruction, "--instruct")
     if not query.strip():
         raise EngineError("empty query")
-    if instruction and no_instruct:
-        raise EngineError("--instruct and --no-instruct exclude each other")
+    check_instruction(instruction, no_instruct)
     if server and backend:
         raise EngineError("--server and --backend exclude each other")
     if server:
