@@ -22,7 +22,9 @@ from engine.options import (
     precision_option,
     quiet_option,
     search_knob_options,
+    search_mode_options,
 )
+from indexer.fusion import DEFAULT_MODE, METHODS, MODES
 
 DEFAULT_INDEX = ".engine"
 
@@ -242,6 +244,7 @@ backend_option = click.option(
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
+@search_mode_options(MODES, METHODS, f"{DEFAULT_MODE}; dense on a Milvus backend")
 @search_knob_options
 @model_option(INDEX_MODEL)
 @device_option()
@@ -262,6 +265,9 @@ def search(
     instruction: str | None,
     no_instruct: bool,
     k: int,
+    mode: str | None,
+    fusion: str | None,
+    alpha: float | None,
     nprobe: int | None,
     ef_search: int | None,
     model: str | None,
@@ -285,6 +291,8 @@ def search(
       engine search "TCP handshake" --backend http://milvus.internal:19530 --token root:Milvus
       engine search "how do plants make sugar" --server http://127.0.0.1:8000
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
+      engine search "BRCA1 p.Glu1836fs" --mode lexical   # BM25 only: exact names and codes
+      engine search "how do plants make sugar" --mode hybrid --fusion weighted --alpha 0.7
     """
     if not query.strip():
         raise EngineError("empty query")
@@ -296,11 +304,26 @@ def search(
         from engine.app.client import search_server
 
         answer = search_server(
-            server, query, instruction, no_instruct, k, api_key, nprobe=nprobe, ef_search=ef_search
+            server,
+            query,
+            instruction,
+            no_instruct,
+            k,
+            api_key,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            mode=mode,
+            fusion=fusion,
+            alpha=alpha,
         )
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
-        from indexer.search import load_encoder_for, resolve_instruction
+        from indexer.search import (
+            load_encoder_for,
+            resolve_fusion,
+            resolve_instruction,
+            resolve_mode,
+        )
         from indexer.search import search as run_search
 
         if backend:
@@ -311,8 +334,14 @@ def search(
             from indexer.store import Store
 
             searched = Store.open(index_dir)
-        instruction = resolve_instruction(searched, instruction, no_instruct)
-        encoder = load_encoder_for(searched, model, device)
+        mode = resolve_mode(searched, mode)
+        fused = resolve_fusion(fusion, alpha)
+        encoder = None
+        if mode == "lexical":
+            instruction = None  # no query embedding: an instruction has nothing to change
+        else:
+            instruction = resolve_instruction(searched, instruction, no_instruct)
+            encoder = load_encoder_for(searched, model, device)
         found = run_search(
             searched,
             [query],
@@ -321,6 +350,8 @@ def search(
             encoder=encoder,
             nprobe=nprobe,
             ef_search=ef_search,
+            mode=mode,
+            fusion=fused,
         )[0]
         hits = [hit.to_dict() for hit in found]
     if as_json:
