@@ -12,16 +12,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer import fusion as fusion_module
 from indexer.fusion import Fusion, fuse
 from indexer.store import Store, check_compatible, reporting_damage
 from indexer.vector_index import SearchKnobs
+
+if TYPE_CHECKING:  # torch is imported only when a query is embedded: lexical searches skip it
+    from engine.encoder import Encoder
 
 SNIPPET_CHARS = 240
 
@@ -65,6 +67,8 @@ def load_encoder_for(
     index: SearchIndex, model: str | None = None, device: str | None = None
 ) -> Encoder:
     """The encoder an index was built with; a different ``model`` is refused."""
+    from engine.encoder import Encoder
+
     settings = index.settings
     encoder = Encoder.load(model or settings["model"], device=device)
     # The model first: a length error would hide that the model is the wrong one.

@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import uuid
@@ -50,6 +51,7 @@ import sqlite_utils
 from engine import __version__
 from engine.errors import EngineError
 from indexer import vector_index
+from indexer.lexical import LexicalSide
 from indexer.vector_index import IndexSpec, SearchKnobs
 
 POINTER = "CURRENT"
@@ -184,6 +186,8 @@ class Store:
         self._faiss_verified = False
         # A first run publishes after its first checkpoint (see Writer).
         self.publish_on_commit = False
+        # The BM25 index beside this database (indexer.lexical), loaded when first needed.
+        self.lexical = LexicalSide(self)
 
     # ------------------------------------------------------------- opening
     @classmethod
@@ -281,6 +285,7 @@ class Store:
         """
         self.refresh_index()
         self.write_faiss()
+        self.lexical.load()  # in step (built on the first publish of an older index)
         self.write_settings({"published": utc_now()})
         _atomic_write(self.folder / POINTER, json.dumps({"db": self.db_name}) + "\n")
         self.remove_stale_files()
@@ -290,6 +295,7 @@ class Store:
         return read_pointer(self.folder) == self.db_name
 
     def close(self) -> None:
+        self.lexical.close()
         self.db.conn.close()
 
     # ------------------------------------------------------------ settings
@@ -377,6 +383,8 @@ class Store:
             0
         ]
         size = sum(f.stat().st_size for f in self.folder.iterdir() if f.is_file())
+        if self.lexical.path.is_dir():
+            size += sum(f.stat().st_size for f in self.lexical.path.rglob("*") if f.is_file())
         sources = self.db.execute("SELECT count(DISTINCT source) FROM documents").fetchone()[0]
         return {"documents": self.count(), "sources": sources, "tokens": tokens, "bytes": size}
 
@@ -437,6 +445,7 @@ class Store:
             self._put_settings({"generation": self.generation + 1, "updated": now})
         self._faiss_verified = False
         self._apply_to_index(spec, gone, new_ids, stored)
+        self.lexical.apply_commit(gone, new_ids, upsert)
         if self.publish_on_commit:
             self.publish_on_commit = False
             self.publish()
@@ -655,11 +664,15 @@ class Store:
         self.write_faiss()
 
     def remove_stale_files(self) -> None:
-        """Old FAISS snapshots and databases that no pointer names any more."""
-        keep = {self.db_name, self.faiss_path().name, POINTER, "lock"}
+        """Old FAISS snapshots, databases and lexical indexes that no pointer names any more."""
+        keep = {self.db_name, self.faiss_path().name, POINTER, "lock", self.lexical.path.name}
         keep |= {self.db_name + "-wal", self.db_name + "-shm", self.db_name + "-journal"}
         for file in self.folder.iterdir():
-            if file.is_file() and file.name not in keep and file.name.startswith("index-"):
+            if file.name in keep or not file.name.startswith("index-"):
+                continue
+            if file.is_dir():
+                shutil.rmtree(file, ignore_errors=True)
+            else:
                 file.unlink(missing_ok=True)
 
     def search(
@@ -684,6 +697,13 @@ class Store:
         if factor:  # compressed codes rank candidates; the stored vectors score them exactly
             return vector_index.rerank(vectors, ids, self.vectors, k)
         return scores, ids
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, allowed: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` BM25 (scores, ids) per query, (n, k) arrays padded with id -1; only
+        ids in ``allowed`` when given (a filter applied inside the search)."""
+        return self.lexical.search(queries, k, allowed)
 
     def _search_index(self) -> Any:
         index = self.load_faiss()
