@@ -567,7 +567,7 @@ def beir(
     """
     from engine.encoder import Encoder
     from indexer.distributed import IndexingGroup
-    from indexer.store import utc_now
+    from indexer.folder import utc_now
 
     if instruction is not None and instruct is False:
         raise EngineError("--instruction and --no-instruct exclude each other")

@@ -37,7 +37,8 @@ def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int
     import numpy as np
 
     from indexer.documents import Document
-    from indexer.store import Writer, index_settings
+    from indexer.schema import index_settings
+    from indexer.store import Writer
 
     settings = index_settings(
         {"model": "synthetic", "fingerprint": "synthetic", "dim": dim, "max_length": 512},

@@ -312,8 +312,8 @@ def serve(
     )
     from bench.datasets import load_beir
     from engine.encoder import Encoder
+    from indexer.folder import POINTER, utc_now
     from indexer.indexing import update_index
-    from indexer.store import POINTER, utc_now
 
     counts = sorted({int(c) for c in clients.split(",") if c.strip()})
     if not counts or min(counts) < 1:

@@ -23,7 +23,9 @@ from engine.errors import EngineError
 from engine.progress import progress_bar, progress_enabled
 from indexer.distributed import encode_across_ranks
 from indexer.documents import CorpusScan, Document
-from indexer.store import Writer, index_settings, reporting_damage
+from indexer.folder import reporting_damage
+from indexer.schema import index_settings
+from indexer.store import Writer
 
 
 def _positive_int_env(name: str, default: int) -> int:

@@ -29,21 +29,19 @@ import numpy as np
 
 from engine.errors import EngineError
 from indexer.documents import Document
-from indexer.store import (
+from indexer.folder import (
     POINTER,
-    QUIET_SNAPSHOT_PROBLEMS,
-    REQUIRED_SETTINGS,
-    SNAPSHOT_KEY,
-    Store,
     WriterLock,
-    _atomic_write,
     database_files,
     published_databases,
     read_pointer,
     rebuild_hint,
-    stored_vector_dtype,
     warn,
+    write_pointer,
 )
+from indexer.schema import REQUIRED_SETTINGS, stored_vector_dtype
+from indexer.snapshots import QUIET_SNAPSHOT_PROBLEMS, SNAPSHOT_KEY
+from indexer.store import Store
 
 # Settings that describe one database's history, not the index: a salvaged copy starts afresh.
 _HISTORY_SETTINGS = {
@@ -260,8 +258,8 @@ def _text_matches_hash(title: object, text: object, content_hash: object) -> boo
 def _check_snapshot(folder: Path, name: str) -> Finding:
     store = Store.open_database(folder, name, quick_check=False)
     try:
-        path = store.faiss_path()
-        problem = store.snapshot_problem()
+        path = store.snapshots.path()
+        problem = store.snapshots.problem()
     finally:
         store.close()
     if problem is None:
@@ -306,16 +304,16 @@ def _repair(folder: Path, report: CheckReport) -> list[str]:
                 f"{rebuild_hint(folder)}"
             )
     if "pointer" in failed:
-        _atomic_write(folder / POINTER, json.dumps({"db": name}) + "\n")
+        write_pointer(folder, name)
         done.append(f"pointed {POINTER} back at {name}")
     if {"database", "documents"} & failed.keys():
         done.append(_salvage(folder, name))
     if "snapshot" in failed and not {"database", "documents"} & failed.keys():
         store = Store.open_database(folder, name, quick_check=False)
         try:
-            store.rewrite_snapshot()
+            store.snapshots.rewrite()
             done.append(
-                f"rebuilt the FAISS snapshot {store.faiss_path().name} from the database "
+                f"rebuilt the FAISS snapshot {store.snapshots.path().name} from the database "
                 f"({store.count()} vectors)"
             )
         finally:
@@ -355,25 +353,23 @@ def _salvage(folder: Path, name: str) -> str:
         store = Store.create(
             folder, {k: v for k, v in settings.items() if k not in _HISTORY_SETTINGS}
         )
-        kept = dropped = 0
+        dropped = 0
+
+        def sound_rows() -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+            nonlocal dropped
+            for row in _readable_rows(conn):
+                vector = _vector(conn, row[0])
+                if (
+                    vector is None
+                    or len(vector) != width
+                    or not _text_matches_hash(row[3], row[4], row[5])
+                ):
+                    dropped += 1
+                    continue
+                yield dict(zip(_DOCUMENT_COLUMNS, row, strict=True)), np.frombuffer(vector, dtype)
+
         try:
-            with store.db.atomic():
-                for row in _readable_rows(conn):
-                    vector = _vector(conn, row[0])
-                    if (
-                        vector is None
-                        or len(vector) != width
-                        or not _text_matches_hash(row[3], row[4], row[5])
-                    ):
-                        dropped += 1
-                        continue
-                    store.db["documents"].insert(dict(zip(_DOCUMENT_COLUMNS, row, strict=True)))
-                    stored = np.frombuffer(vector, dtype=dtype).astype(store.vector_dtype)
-                    store.db.conn.execute(
-                        "INSERT INTO vectors (id, vector) VALUES (?, ?)", (row[0], stored.tobytes())
-                    )
-                    kept += 1
-                store._put_settings({"generation": 1})
+            kept = store.insert_salvaged(sound_rows())
             store.publish()
         finally:
             store.close()

@@ -327,7 +327,7 @@ class LexicalSide:
         if self.store.writer:
             self.index = self._in_step()
             return self.index
-        from indexer.store import WriterLock
+        from indexer.folder import WriterLock
 
         lock = WriterLock(self.store.folder)
         try:
@@ -352,7 +352,7 @@ class LexicalSide:
             index = LexicalIndex.open(self.path)
         except LexicalError as exc:
             if self.path.exists():
-                from indexer.store import warn
+                from indexer.folder import warn
 
                 warn(f"{exc}; rebuilt it from the database")
             return self.rebuild()

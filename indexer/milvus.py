@@ -31,7 +31,9 @@ import numpy as np
 from engine import __version__
 from engine.errors import EngineError
 from engine.progress import progress_bar
-from indexer.store import Store, check_compatible, utc_now
+from indexer.folder import utc_now
+from indexer.schema import check_compatible
+from indexer.store import Store
 from indexer.vector_index import SearchKnobs
 
 DEFAULT_COLLECTION = "engine"

@@ -18,8 +18,10 @@ import numpy as np
 
 from engine.errors import EngineError
 from indexer import fusion as fusion_module
+from indexer.folder import reporting_damage
 from indexer.fusion import Fusion, fuse
-from indexer.store import Store, check_compatible, reporting_damage
+from indexer.schema import check_compatible
+from indexer.store import Store
 from indexer.vector_index import SearchKnobs
 
 if TYPE_CHECKING:  # torch is imported only when a query is embedded: lexical searches skip it

@@ -60,7 +60,7 @@ def test_index_types_on_all_gpus_match_the_cpu(tmp_path, index_type):
     with Writer(tmp_path / "index", settings, rebuild=False) as store:
         store.commit(upsert=rows, vectors=vectors)
     store = Store.open(tmp_path / "index")
-    gpu = store._search_index()
+    gpu = store.snapshots.search_index()
     assert gpu is not store.load_faiss()  # a GPU copy answers
     _, gpu_ids = store.search(vectors[:20], 10)
     cpu_ids = vector_index.search(store.load_faiss(), store.spec, vectors[:20], 10)[1]

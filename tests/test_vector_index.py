@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from engine.app.cli import cli
 from engine.errors import EngineError
 from indexer import vector_index
-from indexer.store import PAGE_SIZE, Store, Writer, quick_check_problems
+from indexer.schema import PAGE_SIZE, quick_check_problems
+from indexer.store import Store, Writer
 from indexer.vector_index import SearchKnobs
 
 DIM = 32
@@ -64,7 +65,7 @@ def fill(folder, index_type, n=1500, rebuild=False):
 
 def live_ids(store: Store) -> set[int]:
     index = store.load_faiss()
-    return set(vector_index.index_ids(index).tolist()) - set(store._tombstones.tolist())
+    return set(vector_index.index_ids(index).tolist()) - set(store.snapshots.tombstones.tolist())
 
 
 def recall_at_10(store: Store, queries: np.ndarray, **knobs) -> float:
@@ -139,7 +140,7 @@ def test_killed_writer_is_caught_up_from_the_last_snapshot(tmp_path):
         writer._lock.release()  # killed: no publish, no new snapshot
         store.close()
         reader = Store.open(folder)
-        assert not reader.faiss_path().is_file()
+        assert not reader.snapshots.path().is_file()
         assert live_ids(reader) == set(reader.doc_ids())
         assert reader.count() == 1199
         _, top = reader.search(clustered(1, seed=7), 1)
@@ -148,7 +149,7 @@ def test_killed_writer_is_caught_up_from_the_last_snapshot(tmp_path):
         with Writer(folder, settings(None), rebuild=False) as again:
             again.load_faiss()
         final = Store.open(folder)
-        assert final.faiss_path().is_file()
+        assert final.snapshots.path().is_file()
         assert live_ids(final) == set(final.doc_ids())
 
 

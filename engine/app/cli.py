@@ -127,8 +127,9 @@ def index(
     from engine.encoder import Encoder, document_tokens
     from indexer.distributed import IndexingGroup
     from indexer.documents import read_corpus
+    from indexer.folder import reporting_damage
     from indexer.indexing import update_index
-    from indexer.store import indexed_settings, reporting_damage
+    from indexer.store import indexed_settings
     from indexer.vector_index import validate_type
 
     def model_and_length() -> tuple[str | None, int | None]:
@@ -560,8 +561,9 @@ def info(index_dir: Path, as_json: bool) -> None:
       engine info
       engine info --index ./my-index --json
     """
+    from indexer.folder import reporting_damage
     from indexer.info import index_info
-    from indexer.store import Store, reporting_damage
+    from indexer.store import Store
 
     with reporting_damage(index_dir):
         store = Store.open(index_dir)
@@ -604,8 +606,8 @@ def check(index_dir: Path, repair: bool, as_json: bool) -> None:
       engine check --index ./my-index --repair
       engine check --json
     """
+    from indexer.folder import reporting_damage
     from indexer.integrity import check_index
-    from indexer.store import reporting_damage
 
     with reporting_damage(index_dir):
         report = check_index(index_dir, repair=repair)

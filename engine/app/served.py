@@ -17,9 +17,11 @@ from typing import Any
 
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from indexer.folder import POINTER
 from indexer.info import index_info
 from indexer.milvus import MilvusIndex
-from indexer.store import POINTER, Store, check_compatible
+from indexer.schema import check_compatible
+from indexer.store import Store
 
 log = logging.getLogger("engine.server")
 

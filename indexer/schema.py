@@ -1,0 +1,183 @@
+"""The SQLite schema of an index database: numbered migrations, connecting, checks, settings.
+
+Vectors live in SQLite as fp16 (half the size of fp32; nDCG@10 within 0.001, see
+bench/results/README.md). ``PRAGMA user_version`` records the last migration
+applied; a database from a newer engine is refused, never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlite_utils
+
+from engine import __version__
+from engine.errors import EngineError
+from indexer.folder import rebuild_hint, repair_hint
+
+# PRAGMA quick_check reads the whole file: done on open up to this size, always by `engine check`.
+QUICK_CHECK_MAX_BYTES = 512 * 2**20
+# SQLite page size of new databases. A 384-d fp16 vector row takes ~780 bytes: a 4 KiB page holds
+# 5 of them and wastes ~5% (820 bytes a vector), a 16 KiB page 21 (~780 bytes). Existing databases
+# keep their page size (a physical layout, not the schema: nothing to migrate).
+PAGE_SIZE = 16384
+# Settings every index has; without them the database cannot be used or repaired.
+REQUIRED_SETTINGS = ("model", "fingerprint", "dim", "max_length")
+
+
+# Numbered migrations, applied in order; PRAGMA user_version records the last one.
+def _m001_initial(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute(
+        """
+        CREATE TABLE documents (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            doc_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            title TEXT NOT NULL,
+            text TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            token_count INTEGER NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX documents_key ON documents (source, doc_id)")
+    db.execute(
+        "CREATE TABLE vectors (id INTEGER PRIMARY KEY REFERENCES documents(id), vector BLOB NOT NULL)"
+    )
+
+
+def _m002_fp16_vectors(db: sqlite_utils.Database) -> None:
+    """Vectors as fp16 (was fp32), converted in chunks; ids removed from graph indexes."""
+    last = 0
+    while True:
+        rows = db.execute(
+            "SELECT id, vector FROM vectors WHERE id > ? ORDER BY id LIMIT 4096", [last]
+        ).fetchall()
+        if not rows:
+            break
+        db.conn.executemany(
+            "UPDATE vectors SET vector = ? WHERE id = ?",
+            [
+                (np.frombuffer(blob, dtype=np.float32).astype(np.float16).tobytes(), doc_id)
+                for doc_id, blob in rows
+            ],
+        )
+        last = rows[-1][0]
+    db.execute(
+        "INSERT OR REPLACE INTO settings (key, value) VALUES ('vector_dtype', ?)",
+        [json.dumps("float16")],
+    )
+    db.execute("CREATE TABLE tombstones (id INTEGER PRIMARY KEY)")
+
+
+MIGRATIONS = (_m001_initial, _m002_fp16_vectors)
+
+
+def migrate(db: sqlite_utils.Database) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db.atomic():
+            migration(db)
+            db.execute(f"PRAGMA user_version = {number}")
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    conn = sqlite3.connect(str(path), timeout=30)
+    db = sqlite_utils.Database(conn)
+    try:
+        # Only takes effect on a new, empty database (before WAL mode writes its header).
+        db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+    except sqlite3.DatabaseError as exc:
+        raise EngineError(f"index database {path} is corrupt: {exc}") from None
+    return db
+
+
+def check_and_migrate(db: sqlite_utils.Database, folder: Path, *, quick_check: bool) -> None:
+    """Refuse a database this engine cannot use (one line naming the fix), else migrate it."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise EngineError(f"index at {folder} was made by a newer engine; upgrade engine")
+    if version == 0:
+        raise EngineError(f"index database at {folder} has no index in it; {rebuild_hint(folder)}")
+    if quick_check:
+        problems = quick_check_problems(db)
+        if problems:
+            raise EngineError(
+                f"index database at {folder} is damaged ({problems[0]}); {repair_hint(folder)}"
+            )
+    migrate(db)
+    missing = [key for key in REQUIRED_SETTINGS if key not in read_settings(db)]
+    if missing:
+        raise EngineError(
+            f"index database at {folder} lacks its settings ({', '.join(missing)}); "
+            f"{rebuild_hint(folder)}"
+        )
+
+
+def quick_check_problems(db: sqlite_utils.Database) -> list[str]:
+    """What SQLite's quick_check finds wrong (structure, not content); empty when sound."""
+    rows = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    return [] if rows == ["ok"] else rows
+
+
+def read_settings(db: sqlite_utils.Database) -> dict[str, Any]:
+    rows = db.execute("SELECT key, value FROM settings").fetchall()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def put_settings(db: sqlite_utils.Database, values: dict[str, Any]) -> None:
+    """Upsert settings inside the caller's transaction."""
+    db["settings"].upsert_all(
+        [{"key": k, "value": json.dumps(v)} for k, v in values.items()], pk="key"
+    )
+
+
+def stored_vector_dtype(settings: dict[str, Any]) -> np.dtype:
+    """How vectors are stored in SQLite: fp16 since migration 2, fp32 before."""
+    return np.dtype(settings.get("vector_dtype", "float32"))
+
+
+def check_compatible(
+    stored: dict[str, Any],
+    wanted: dict[str, Any],
+    where: str,
+    fix: str = "use --rebuild to re-index",
+) -> None:
+    """Refuse to mix vectors from different models or lengths in one index (or collection).
+
+    ``where`` names the thing, e.g. ``index at ./.engine``.
+    """
+    if stored.get("fingerprint") != wanted.get("fingerprint"):
+        raise EngineError(
+            f"{where} was built with model {stored.get('model')!r} "
+            f"(fingerprint {str(stored.get('fingerprint'))[:12]}), not {wanted.get('model')!r} "
+            f"({str(wanted.get('fingerprint'))[:12]}); {fix}"
+        )
+    for key in ("max_length", "dim"):
+        if stored.get(key) != wanted.get(key):
+            raise EngineError(f"{where} has {key}={stored.get(key)}, not {wanted.get(key)}; {fix}")
+
+
+def index_settings(
+    describe: dict[str, Any], default_instruction: str | None, index_type: str | None = None
+) -> dict[str, Any]:
+    """Settings stored with a new index (from the encoder's description).
+
+    ``index_type`` None keeps an existing index's type (``auto`` for a new one).
+    """
+    return {
+        **describe,
+        "engine_version": __version__,
+        "metric": "inner_product",
+        "default_instruction": default_instruction,
+        "index_type": index_type,
+    }
