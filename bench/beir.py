@@ -56,6 +56,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from engine.encoder import Encoder
+    from indexer.distributed import IndexingGroup
+    from indexer.store import Store
+    from indexer.vector_index import IndexSpec
 
 DEFAULT_MAX_LENGTH = 512
 # The weighted fusions `--sweep` scores (alpha: the dense side's weight).
@@ -110,6 +113,38 @@ def resolve_instruction(encoder: Encoder, name: str, instruction: Any) -> str | 
                 "pass --instruction TEXT or --no-instruct"
             ) from None
     return instruction or None
+
+
+def index_in_memory(store: Store, index_type: str) -> tuple[IndexSpec, Any]:
+    """The store's vectors in another FAISS index type, built in memory (on the GPUs when a
+    faiss GPU build has some); nothing is written, so one cached index serves every type."""
+    from indexer import vector_index
+
+    spec = vector_index.resolve(
+        vector_index.validate_type(index_type), store.count(), int(store.settings["dim"])
+    )
+    index = store.snapshots.build(spec)
+    return spec, vector_index.to_gpus(index, spec) or index
+
+
+class OtherIndexType:
+    """A store searched through another FAISS index type built in memory from its vectors
+    (:func:`index_in_memory`); its lexical side as it is. Nothing is written."""
+
+    def __init__(self, store: Store, index_type: str) -> None:
+        self.store = store
+        self.spec, self.index = index_in_memory(store, index_type)
+
+    def search(self, vectors: np.ndarray, k: int, knobs: Any = None) -> tuple[Any, Any]:
+        from indexer import vector_index
+        from indexer.vector_index import SearchKnobs
+
+        return vector_index.top_k(
+            self.index, self.spec, vectors, k, self.store.vectors, knobs=knobs or SearchKnobs()
+        )
+
+    def lexical_search(self, queries: list[str], k: int) -> tuple[Any, Any]:
+        return self.store.lexical_search(queries, k)
 
 
 def ranking_label(mode: str, fusion: Fusion | None = None) -> str:
@@ -190,13 +225,15 @@ def retrieve_rankings(
     store = Store.open(index_dir)
     try:
         built = time.perf_counter()
-        if "dense" in modes or "hybrid" in modes:
+        searched_index: Any = store
+        spec = store.spec
+        if modes != {"lexical"}:
             if index_type is not None:
-                store.try_index_type(index_type)
+                searched_index = OtherIndexType(store, index_type)
+                spec = searched_index.spec
             else:
                 store.load_faiss()
         built = time.perf_counter() - built
-        spec = store.spec
         query_ids = list(queries)
         texts = [queries[q] for q in query_ids]
         started = time.perf_counter()
@@ -211,7 +248,13 @@ def retrieve_rankings(
             began = time.perf_counter()
             # One extra hit, so dropping a query's own id still leaves k.
             results[label] = ranked(
-                store, vectors, texts, k + int(exclude_own_id), knobs, mode=mode, fusion=fusion
+                searched_index,
+                vectors,
+                texts,
+                k + int(exclude_own_id),
+                knobs,
+                mode=mode,
+                fusion=fusion,
             )
             search_seconds[label] = round(time.perf_counter() - began, 3)
         doc_ids = store.doc_ids()
@@ -274,6 +317,7 @@ def evaluate_dataset(
     index_type: str | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    group: IndexingGroup | None = None,
     mode: str = "dense",
     fusion: Fusion | None = None,
     sweep: bool = False,
@@ -285,6 +329,7 @@ def evaluate_dataset(
     none, or a string.
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
+    ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
     ``mode``/``fusion``: how the run is ranked (dense by default: the model's figure);
     ``sweep`` also scores every ranking of :func:`sweep_rankings` (``rankings`` in the
     result), from one encoding of the queries.
@@ -296,7 +341,7 @@ def evaluate_dataset(
     used_instruction = resolve_instruction(encoder, data.name, instruction)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     index_dir = index_dir_for(cache_dir, data.name, encoder)
-    report = update_index(index_dir, encoder, data.corpus, progress=progress)
+    report = update_index(index_dir, encoder, data.corpus, progress=progress, group=group)
     exclude_own_id = ignores_identical_ids(data.name)
     fusion = fusion or Fusion()
     label = ranking_label(mode, fusion)
@@ -596,7 +641,7 @@ def beir(
         )
         encoder.set_max_length(min(max_length, encoder.model_max_positions))
         if not group.is_writer:
-            group.serve(encoder)
+            group.encode_for_writer(encoder)
             return
         if instruction is not None:
             chosen: Any = instruction.strip()
@@ -631,6 +676,7 @@ def beir(
                     mode=mode,
                     fusion=fused,
                     sweep=sweep,
+                    group=group,
                 )
             )
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.distributed import rank_and_world
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.progress import progress_bar, progress_enabled
-from indexer.distributed import encode_across_ranks
+from indexer.distributed import IndexingGroup, encode_across_ranks
 from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
 from indexer.schema import index_settings
@@ -92,6 +91,7 @@ def update_index(
     keep_sources: Collection[str] = (),
     index_type: str | None = None,
     progress: bool = True,
+    group: IndexingGroup | None = None,
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
 
@@ -104,11 +104,12 @@ def update_index(
     that could not be read this time (looked at after the stream ends, so a reader may
     fill it as it goes): their previously indexed documents are kept rather than
     deleted. ``index_type`` (None: keep the index's) switches the FAISS index type,
-    re-using stored vectors.
+    re-using stored vectors. ``group`` (the ranks of a ``torchrun`` launch, entered on every
+    rank) spreads the encoding over its ranks; None encodes in this process.
     """
     started = time.perf_counter()
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
-    world = rank_and_world()[1]
+    world = group.world if group is not None else 1
     report = IndexReport(ranks=world)
     settings = index_settings(encoder.describe(), default_instruction, index_type)
     with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
@@ -122,7 +123,7 @@ def update_index(
             pending = _pending(documents, existing, seen, report, bar)
             if world > 1:
                 rounds = _tokenized(encoder, _chunks(pending, checkpoint_documents * world))
-                encoded = encode_across_ranks(encoder, rounds)
+                encoded = encode_across_ranks(group, encoder, rounds)
             else:
                 chunks = _tokenized(encoder, _chunks(pending, STREAM_DOCUMENTS))
                 encoded = _checkpoints(encoder, chunks, checkpoint_documents, bar)

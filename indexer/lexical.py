@@ -112,6 +112,9 @@ class LexicalIndex:
         try:
             path.mkdir(parents=True, exist_ok=True)
             index = tantivy.Index(schema, path=str(path), reuse=True)
+            # Searches see the commit that was current at open (or at refresh()), like a
+            # store holding a read snapshot: a running writer's later commits stay unseen.
+            index.config_reader(reload_policy="Manual")
             index.register_tokenizer(ANALYZER_NAME, analyzer)
             lexical = cls(path, index, schema, analyzer)
             lexical.count()  # reads meta.json and opens every segment

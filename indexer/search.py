@@ -216,7 +216,7 @@ def hits_for(
     mode: str = "dense",
     fusion: Fusion = Fusion(),  # noqa: B008 - frozen
 ) -> list[list[Hit]]:
-    """Top-``k`` hits for each query: search() and the server.
+    """Top-``k`` hits for each query: search_queries() and the server.
 
     ``vectors``: the queries' embeddings (dense, hybrid); ``queries``: their texts
     (lexical, hybrid). ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS
@@ -229,7 +229,7 @@ def hits_for(
     return make_hits(scores, ids, rows)
 
 
-def search(
+def search_queries(
     index: str | Path | SearchIndex,
     queries: Sequence[str],
     *,

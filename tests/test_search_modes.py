@@ -24,7 +24,7 @@ from indexer.fusion import Fusion
 from indexer.indexing import update_index
 from indexer.integrity import check_index
 from indexer.lexical import LEXICAL_KEY, LexicalIndex
-from indexer.search import resolve_mode, search
+from indexer.search import resolve_mode, search_queries
 from indexer.store import Store
 from tests.test_bench_beir import write_beir
 from tests.test_server import LiveServer, assert_one_line_error
@@ -81,11 +81,13 @@ def test_indexing_keeps_the_lexical_index_in_step(fresh):
     update_index(index_dir, encoder, changed, progress=False)
     held, live, recorded = lexical_state(index_dir)
     assert held == live and len(live) == 4 and recorded
-    lexical = search(index_dir, ["walrus tusks"], k=5, mode="lexical")[0]
+    lexical = search_queries(index_dir, ["walrus tusks"], k=5, mode="lexical")[0]
     assert doc_ids(lexical) == ["walrus"]
-    assert search(index_dir, ["XK-4471 lava"], k=5, mode="lexical") == [[]]  # both deleted
-    assert doc_ids(search(index_dir, ["chlorophyll"], k=5, mode="lexical")[0]) == ["plants"]
-    assert search(index_dir, ["sugar from light"], k=5, mode="lexical")[0][0].doc_id == "bread"
+    assert search_queries(index_dir, ["XK-4471 lava"], k=5, mode="lexical") == [[]]  # both deleted
+    assert doc_ids(search_queries(index_dir, ["chlorophyll"], k=5, mode="lexical")[0]) == ["plants"]
+    assert (
+        search_queries(index_dir, ["sugar from light"], k=5, mode="lexical")[0][0].doc_id == "bread"
+    )
 
 
 def test_rebuild_builds_its_own_lexical_index_and_drops_the_old(fresh):
@@ -114,7 +116,7 @@ def test_an_index_without_a_lexical_side_gets_one_on_first_use(fresh, capsys):
     store.db.conn.commit()
     store.close()
     capsys.readouterr()
-    hits = search(index_dir, ["XK-4471"], k=3, mode="lexical")[0]
+    hits = search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")[0]
     assert doc_ids(hits) == ["recall"]
     assert capsys.readouterr().err == ""  # nothing was damaged: no warning
     held, live, recorded = lexical_state(index_dir)
@@ -127,7 +129,7 @@ def test_a_damaged_lexical_index_is_rebuilt_with_one_warning(fresh, capsys):
     (store.lexical.path / "meta.json").write_bytes(b"\x00garbage")
     store.close()
     capsys.readouterr()
-    assert doc_ids(search(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
+    assert doc_ids(search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Warning:") and "rebuilt" in err[0]
 
@@ -146,8 +148,8 @@ def test_a_lexical_index_behind_sqlite_is_caught_up_by_id_difference(fresh):
     record = store.settings[LEXICAL_KEY]
     store.write_settings({LEXICAL_KEY: {**record, "generation": record["generation"] - 1}})
     store.close()
-    assert doc_ids(search(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
-    assert search(index_dir, ["zeppelin"], k=3, mode="lexical") == [[]]
+    assert doc_ids(search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
+    assert search_queries(index_dir, ["zeppelin"], k=3, mode="lexical") == [[]]
     held, live, recorded = lexical_state(index_dir)
     assert held == live and recorded
 
@@ -159,12 +161,12 @@ def test_readers_leave_the_lexical_index_to_a_running_writer(fresh):
     store.close()
     with WriterLock(index_dir):
         # Present: searched as it is. Missing: the writer builds it; readers say so.
-        assert doc_ids(search(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
+        assert doc_ids(search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
         shutil.rmtree(path)
         with pytest.raises(EngineError, match="being built by a running `engine index`"):
-            search(index_dir, ["XK-4471"], k=3, mode="lexical")
+            search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")
         assert not path.exists()  # nothing was written without the lock
-    assert doc_ids(search(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
+    assert doc_ids(search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
 
 
 def test_check_verifies_and_repairs_the_lexical_index(fresh):
@@ -198,18 +200,18 @@ def test_check_verifies_and_repairs_the_lexical_index(fresh):
 def test_modes_rank_differently_and_hybrid_fuses_both(indexed):
     index_dir, encoder = indexed
     query = ["firmware XK-4471"]
-    dense = search(index_dir, query, k=5, encoder=encoder, mode="dense")[0]
-    lexical = search(index_dir, query, k=5, mode="lexical")[0]
+    dense = search_queries(index_dir, query, k=5, encoder=encoder, mode="dense")[0]
+    lexical = search_queries(index_dir, query, k=5, mode="lexical")[0]
     assert doc_ids(lexical) == ["recall"]  # BM25 finds only what shares a term
     assert len(dense) == 5  # dense ranks everything
-    rrf = search(index_dir, query, k=5, encoder=encoder, mode="hybrid")[0]
+    rrf = search_queries(index_dir, query, k=5, encoder=encoder, mode="hybrid")[0]
     assert rrf[0].doc_id == "recall" and len(rrf) == 5
     assert sorted(doc_ids(rrf)) == sorted(doc_ids(dense))
-    only_dense = search(
+    only_dense = search_queries(
         index_dir, query, k=5, encoder=encoder, mode="hybrid", fusion=Fusion("weighted", 1.0)
     )[0]
     assert doc_ids(only_dense) == doc_ids(dense)
-    only_lexical = search(
+    only_lexical = search_queries(
         index_dir, query, k=5, encoder=encoder, mode="hybrid", fusion=Fusion("weighted", 0.0)
     )[0]
     assert only_lexical[0].doc_id == "recall" and only_lexical[0].score == pytest.approx(1.0)
@@ -220,7 +222,7 @@ class VectorsOnly:
 
     settings: dict = {}
 
-    def search(self, vectors, k, knobs=None):
+    def search_queries(self, vectors, k, knobs=None):
         return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
 
     def get(self, ids):
@@ -295,7 +297,7 @@ def test_server_modes_answer_like_the_library(served):
     ):
         expected = [
             hit.to_dict()
-            for hit in search(
+            for hit in search_queries(
                 index_dir, ["sugar and light"], k=3, encoder=encoder, mode=mode, fusion=fusion
             )[0]
         ]

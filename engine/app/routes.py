@@ -52,7 +52,7 @@ async def run(batcher: Batcher, job: Job) -> Any:
     return await asyncio.wrap_future(batcher.submit(job))
 
 
-async def search_queries(
+async def answer_search(
     batcher: Batcher,
     limits: Limits,
     queries: list[str],
@@ -111,7 +111,7 @@ async def search_post(
     """Top-k hits per query: the hits `engine search --json` prints."""
     queries = ([request.query] if request.query is not None else []) + (request.queries or [])
     knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
-    return await search_queries(
+    return await answer_search(
         batcher,
         limits,
         queries,
@@ -145,7 +145,7 @@ async def search_get(
 ) -> SearchResponse:
     """The same search for browsers and curl: `/search?q=...&k=5&mode=hybrid`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-    return await search_queries(
+    return await answer_search(
         batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha
     )
 
