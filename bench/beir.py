@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from bench.common import command_line
 from bench.datasets import (
     BeirDataset,
     UnknownDataset,
@@ -451,35 +451,6 @@ def result_filename(
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}{ranked_by}.json"
 
 
-def command_line(params: dict[str, Any]) -> str:
-    """The ``engine bench beir`` command that reproduces a run (recorded in the JSON)."""
-    words = ["engine", "bench", "beir"]
-    options = [
-        ("--data-dir", params.get("data_dir")),
-        ("--datasets", params.get("datasets")),
-        ("--split", params.get("split")),
-        ("--model", params.get("model")),
-        ("--max-length", params.get("max_length")),
-        ("--precision", params.get("precision")),
-        ("--instruction", params.get("instruction")),
-        ("-k", params.get("k")),
-        ("--index-type", params.get("index_type")),
-        ("--nprobe", params.get("nprobe")),
-        ("--ef-search", params.get("ef_search")),
-        ("--mode", params.get("mode")),
-        ("--fusion", params.get("fusion")),
-        ("--alpha", params.get("alpha")),
-    ]
-    for flag, value in options:
-        if value is not None:
-            words += [flag, str(value)]
-    if params.get("instruct") is not None:
-        words.append("--instruct" if params["instruct"] else "--no-instruct")
-    if params.get("sweep"):
-        words.append("--sweep")
-    return " ".join(shlex.quote(word) for word in words)
-
-
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     """One line per dataset (and the average), one column per metric."""
     headers = {
@@ -680,12 +651,11 @@ def beir(
                 )
             )
 
-    params = click.get_current_context().params
     summary = {
         "benchmark": "beir",
         "engine_version": __version__,
         "created": utc_now(),
-        "command": command_line(params),
+        "command": command_line(click.get_current_context()),
         "model": encoder.name,
         "fingerprint": encoder.fingerprint,
         "dim": encoder.dim,

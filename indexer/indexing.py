@@ -23,8 +23,8 @@ from engine.progress import progress_bar, progress_enabled
 from indexer.distributed import IndexingGroup, encode_across_ranks
 from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
-from indexer.schema import index_settings
-from indexer.store import Writer
+from indexer.schema import new_index_settings
+from indexer.store import Writer, read_index_settings
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -58,7 +58,7 @@ class IndexReport:
     total: int = 0
     ranks: int = 1
     kept_sources: list[str] = field(default_factory=list)
-    index: str = ""  # the FAISS index type and parameters after the run
+    index_type: str = ""  # the FAISS index type and parameters after the run
 
     @property
     def encoded(self) -> int:
@@ -77,8 +77,25 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.encoded / self.seconds, 2) if self.seconds else None,
             "ranks": self.ranks,
-            "index_type": self.index,
+            "index_type": self.index_type,
         }
+
+
+def model_for_index(
+    index_dir: Path, model: str | None, max_length: int | None, *, rebuild: bool = False
+) -> tuple[str | None, int | None]:
+    """The model and max length to index ``index_dir`` with: an existing index keeps its own.
+
+    An index already there (published, or recoverable) keeps the model it was built
+    with unless ``model`` names one or ``rebuild`` starts over, and its length unless
+    ``max_length`` is given. None: the encoder's defaults.
+    """
+    if model is None and not rebuild:
+        with reporting_damage(index_dir):
+            stored = read_index_settings(index_dir)
+        if stored is not None:
+            return stored["model"], max_length or stored["max_length"]
+    return model, max_length
 
 
 def update_index(
@@ -111,7 +128,7 @@ def update_index(
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
     world = group.world if group is not None else 1
     report = IndexReport(ranks=world)
-    settings = index_settings(encoder.describe(), default_instruction, index_type)
+    settings = new_index_settings(encoder.describe(), default_instruction, index_type)
     with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
         if default_instruction is not None:
             store.write_settings({"default_instruction": default_instruction})
@@ -139,7 +156,7 @@ def update_index(
         report.removed = len(removed)
         report.total = store.count()
         store.refresh_index()  # publish would: the spec the snapshot is built as
-        report.index = store.spec.describe()
+        report.index_type = store.spec.describe()
     report.seconds = time.perf_counter() - started
     return report
 

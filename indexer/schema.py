@@ -167,7 +167,7 @@ def check_compatible(
             raise EngineError(f"{where} has {key}={stored.get(key)}, not {wanted.get(key)}; {fix}")
 
 
-def index_settings(
+def new_index_settings(
     describe: dict[str, Any], default_instruction: str | None, index_type: str | None = None
 ) -> dict[str, Any]:
     """Settings stored with a new index (from the encoder's description).

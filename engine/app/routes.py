@@ -25,7 +25,7 @@ from engine.app.models import (
     SearchResponse,
     Usage,
 )
-from engine.instructions import INSTRUCTIONS
+from engine.instructions import INSTRUCTIONS, check_instruction
 from indexer.search import check_queries, resolve_fusion
 from indexer.vector_index import SearchKnobs
 
@@ -79,8 +79,7 @@ async def answer_search(
     if instruct is not None and len(instruct) > limits.max_query_chars:
         raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
     check_queries(queries, k)
-    if instruct and no_instruct:
-        raise ApiError(422, "instruct and no_instruct exclude each other")
+    check_instruction(instruct, no_instruct)
     fused = resolve_fusion(fusion, alpha)
     searched: Searched = await run(
         batcher,
