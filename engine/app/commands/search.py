@@ -13,6 +13,7 @@ from engine.app.commands import (
     backend_option,
     collection_option,
     index_option,
+    repaired,
     token_option,
 )
 from engine.errors import EngineError
@@ -89,6 +90,8 @@ def search_command(
       engine search "BRCA1 p.Glu1836fs" --mode lexical   # BM25 only: exact names and codes
       engine search "how do plants make sugar" --mode hybrid --fusion weighted --alpha 0.7
     """
+    query = repaired(query, "the query")
+    instruction = repaired(instruction, "--instruct")
     if not query.strip():
         raise EngineError("empty query")
     check_instruction(instruction, no_instruct)
