@@ -30,6 +30,20 @@ class SearchRequest(BaseModel):
     ef_search: Count | None = Field(
         None, description="HNSW index: candidates kept per query (default: the index's)."
     )
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None,
+        description="dense (embeddings), lexical (BM25) or hybrid (both fused); "
+        "default: the engine's default mode (dense on a Milvus backend).",
+    )
+    fusion: Literal["rrf", "weighted"] | None = Field(
+        None, description="Hybrid: rrf (k=60) or weighted min-max normalised scores."
+    )
+    alpha: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Weighted fusion: the dense side's weight (implies fusion weighted).",
+    )
 
     @model_validator(mode="after")
     def one_of_query_or_queries(self) -> SearchRequest:
@@ -40,6 +54,8 @@ class SearchRequest(BaseModel):
 
 class SearchResponse(BaseModel):
     model: str
+    mode: str = Field(description="The mode that answered: dense, lexical or hybrid.")
+    fusion: str | None = Field(None, description="How a hybrid search fused, e.g. `rrf (k=60)`.")
     generation: int | None = Field(description="The index generation that answered.")
     instruction: str | None
     results: list[list[dict[str, Any]]] = Field(

@@ -11,7 +11,7 @@ import asyncio
 import base64
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -35,7 +35,7 @@ from engine.app.models import (
 )
 from engine.instructions import INSTRUCTIONS, check_instruction
 from engine.text import repair_text, unencodable
-from indexer.search import check_queries
+from indexer.search import check_queries, resolve_fusion
 from indexer.vector_index import SearchKnobs
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -71,6 +71,9 @@ async def answer_search(
     no_instruct: bool,
     k: int,
     knobs: SearchKnobs,
+    mode: str | None = None,
+    fusion: str | None = None,
+    alpha: float | None = None,
 ) -> SearchResponse:
     # A lone surrogate ("\\ud800" in the JSON) cannot be encoded: search text is repaired
     # (U+FFFD), as `engine search` does; embedding inputs are refused instead (embeddings).
@@ -92,12 +95,23 @@ async def answer_search(
         raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
     check_queries(queries, k)
     check_instruction(instruct, no_instruct)
+    fused = resolve_fusion(fusion, alpha)
     searched: Searched = await run(
         batcher,
-        Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs),
+        Job(
+            texts=queries,
+            instruction=instruct,
+            no_instruct=no_instruct,
+            k=k,
+            knobs=knobs,
+            mode=mode,
+            fusion=fused,
+        ),
     )
     return SearchResponse(
         model=batcher.encoder.name,
+        mode=searched.mode,
+        fusion=fused.describe() if searched.mode == "hybrid" else None,
         generation=searched.generation,
         instruction=searched.instruction,
         results=[[hit.to_dict() for hit in hits] for hits in searched.hits],
@@ -112,7 +126,16 @@ async def search_post(
     queries = ([request.query] if request.query is not None else []) + (request.queries or [])
     knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
     return await answer_search(
-        batcher, limits, queries, request.instruct, request.no_instruct, request.k, knobs
+        batcher,
+        limits,
+        queries,
+        request.instruct,
+        request.no_instruct,
+        request.k,
+        knobs,
+        request.mode,
+        request.fusion,
+        request.alpha,
     )
 
 
@@ -126,10 +149,19 @@ async def search_get(
     k: int = Query(10, ge=1, description="Hits."),
     nprobe: int | None = Query(None, ge=1, description="IVF: lists scanned per query."),
     ef_search: int | None = Query(None, ge=1, description="HNSW: candidates per query."),
+    mode: Literal["dense", "lexical", "hybrid"] | None = Query(
+        None, description="dense, lexical (BM25) or hybrid (default: the engine's)."
+    ),
+    fusion: Literal["rrf", "weighted"] | None = Query(None, description="Hybrid: how to fuse."),
+    alpha: float | None = Query(
+        None, ge=0.0, le=1.0, description="Weighted fusion: the dense side's weight."
+    ),
 ) -> SearchResponse:
-    """The same search for browsers and curl: `/search?q=...&k=5&ef_search=256`."""
+    """The same search for browsers and curl: `/search?q=...&k=5&mode=hybrid`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-    return await answer_search(batcher, limits, [q], instruct, no_instruct, k, knobs)
+    return await answer_search(
+        batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha
+    )
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])

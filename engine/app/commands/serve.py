@@ -85,7 +85,8 @@ def serve_command(
     \b
     API (OpenAPI at /docs):
       GET  /search?q=...&k=10      POST /search {"query": "...", "instruct": "...", "k": 10}
-      (both take nprobe / ef_search for an IVF / HNSW index)
+      (both take mode dense|lexical|hybrid, fusion rrf|weighted, alpha, and nprobe /
+      ef_search for an IVF / HNSW index)
       POST /v1/embeddings          OpenAI-compatible (+ input_type query|document, instruct)
       GET  /health                 GET /info
 

@@ -78,6 +78,7 @@ async function search(event) {
   if (!query) return;
   const instruct = $("instruct").value.trim();
   const k = Math.max(1, parseInt($("k").value, 10) || 10);
+  const mode = $("mode").value;
   const status = $("status");
   status.className = "muted";
   status.textContent = "searching…";
@@ -85,17 +86,20 @@ async function search(event) {
   try {
     const body = await api("/search", {
       method: "POST",
-      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}) }),
+      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}), ...(mode ? { mode } : {}) }),
     });
     const hits = body.results[0];
     const ms = Math.round(performance.now() - started);
-    status.textContent = hits.length + " hits in " + ms + " ms" +
-      (body.instruction ? " · instruction: " + body.instruction : " · no instruction");
+    status.textContent = hits.length + " hits in " + ms + " ms · " +
+      (body.fusion ? body.mode + ", " + body.fusion : body.mode) +
+      (body.mode === "lexical" ? "" :
+        body.instruction ? " · instruction: " + body.instruction : " · no instruction");
     showHits(hits, query);
-    // The URL is a deep link to this search: query, instruction and k.
+    // The URL is a deep link to this search: query, instruction, k and mode.
     const link = new URLSearchParams({ q: query });
     if (instruct) link.set("instruct", instruct);
     link.set("k", String(k));
+    if (mode) link.set("mode", mode);
     history.replaceState(null, "", "?" + link);
   } catch (error) {
     $("results").replaceChildren();  // no hits of an earlier search under this error
@@ -132,6 +136,7 @@ loadInfo().catch((error) => { $("index-info").textContent = error.message; });
 const linked = new URLSearchParams(location.search);
 if (linked.get("instruct")) $("instruct").value = linked.get("instruct");
 if (linked.get("k")) $("k").value = linked.get("k");
+if (["dense", "lexical", "hybrid"].includes(linked.get("mode"))) $("mode").value = linked.get("mode");
 if (linked.get("q")) {
   $("query").value = linked.get("q");
   $("search-form").requestSubmit();
