@@ -67,7 +67,11 @@ from indexer.milvus import MilvusIndex
     help="Seconds SIGTERM waits for requests in flight (each gets its answer or a JSON 503) "
     "before exiting [default: --request-timeout + 5].",
 )
-@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option(
+    "--access-log",
+    is_flag=True,
+    help="Print one line per request on stdout: client, method, path, status, milliseconds.",
+)
 @backend_option
 @collection_option
 @token_option
@@ -96,7 +100,8 @@ def serve_command(
     \b
     API (OpenAPI at /docs):
       GET  /search?q=...&k=10      POST /search {"query": "...", "instruct": "...", "k": 10}
-      (both take nprobe / ef_search for an IVF / HNSW index)
+      (both take mode dense|lexical|hybrid, fusion rrf|weighted, alpha, and nprobe /
+      ef_search for an IVF / HNSW index)
       POST /v1/embeddings          OpenAI-compatible (+ input_type query|document, instruct)
       GET  /health                 GET /info
 
