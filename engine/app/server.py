@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import signal
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from engine import __version__
 from engine.app.batcher import ApiError, Batcher, Limits
-from engine.app.routes import STATIC_DIR, router
+from engine.app.routes import DOCS_ASSETS, STATIC_DIR, router
 from engine.app.served import ServedIndex, ServedMilvus
 from engine.encoder import Encoder
 from engine.errors import EngineError
@@ -42,6 +44,40 @@ OPEN_PATHS = ("/health",)
 ENCODER_PATHS = ("/search", "/v1/embeddings")
 
 
+class AccessLog:
+    """ASGI middleware, outermost: one line per request on stdout once it is answered.
+
+    ``METHOD path status milliseconds``; the query string stays out (queries can be
+    private), and requests the guard refuses are logged too.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless the app answers
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            elapsed = (time.perf_counter() - started) * 1000
+            print(
+                f"{client[0]} {scope['method']} {scope['path']} {status} {elapsed:.1f} ms",
+                flush=True,
+            )
+
+
 class Guard:
     """ASGI middleware, before any work: the API key, the body size, requests in flight."""
 
@@ -55,6 +91,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "HEAD":  # every GET route answers HEAD: the GET, without a body
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         path = scope["path"]
         headers = dict(scope["headers"])
         if self.api_key is not None and path not in OPEN_PATHS:
@@ -95,10 +134,70 @@ class Guard:
                 self.batcher.requests_in_flight -= 1
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+def _without_body(send):
+    async def send_head(message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
+
+
+def json_400_protocol(base: type) -> type:
+    """uvicorn's HTTP protocol class answering what its parser refuses (a malformed or
+    oversized request line or header) in the JSON error shape instead of plain text."""
+
+    class JsonErrorProtocol(base):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(
+                error_body(
+                    400,
+                    "invalid HTTP request: malformed, or a request line or "
+                    "header over the size limit (send long queries with POST /search)",
+                )
+            ).encode()
+            head = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            self.transport.write(head + body)
+            self.transport.close()
+
+    return JsonErrorProtocol
+
+
+def http_protocol() -> type:
+    """The protocol uvicorn's "auto" picks (httptools when installed, else h11), with JSON 400s."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return json_400_protocol(HttpToolsProtocol)
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return json_400_protocol(H11Protocol)
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape, so their clients show the message; one line of JSON."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": " ".join(message.split()), "type": kind, "code": status}}
+    return {
+        "error": {
+            "message": " ".join(message.split()),
+            "type": kind,
+            "param": param,
+            "code": status,
+        }
+    }
+
+
+def check_api_key(api_key: str | None) -> None:
+    """An empty key (``--api-key "$KEY"`` with KEY unset) would silently open every route."""
+    if api_key is not None and not api_key.strip():
+        raise EngineError(
+            "the API key is empty (--api-key or ENGINE_API_KEY): give a key, "
+            "or unset both to serve without one"
+        )
 
 
 def create_app(
@@ -108,8 +207,13 @@ def create_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     backend: MilvusIndex | None = None,
+    access_log: bool = False,
 ) -> FastAPI:
-    """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``."""
+    """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``.
+
+    ``access_log`` prints a line per request (:class:`AccessLog`).
+    """
+    check_api_key(api_key)
     limits = limits or Limits()
     index_dir = Path(index_dir)
     served = ServedMilvus(backend) if backend is not None else ServedIndex(index_dir, encoder)
@@ -126,16 +230,23 @@ def create_app(
         version=__version__,
         summary="Search and embeddings with LLM text embeddings (E5-mistral recipe).",
         lifespan=lifespan,
+        # /docs and /redoc come from routes.py, on assets served here (no CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.batcher = batcher
     app.state.limits = limits
+    app.state.created = int(time.time())
 
     app.add_middleware(
         Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes, batcher=batcher
     )
+    if access_log:
+        app.add_middleware(AccessLog)  # added last: outermost, so refusals are logged too
     add_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     return app
 
 
@@ -145,7 +256,7 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.status_code, str(exc.detail)),
+            error_body(exc.status_code, str(exc.detail), getattr(exc, "param", None)),
             status_code=exc.status_code,
             headers=exc.headers,
         )
@@ -153,9 +264,19 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        return JSONResponse(error_body(422, message), status_code=422)
+        if first.get("type") == "json_invalid":  # 400, as OpenAI answers a body it cannot parse
+            reason = first.get("ctx", {}).get("error", "")
+            message = f"the request body is not valid JSON ({reason})" if reason else ""
+            return JSONResponse(
+                error_body(400, message or "the request body is not valid JSON"), status_code=400
+            )
+        loc = tuple(first.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):  # where FastAPI looked
+            loc = loc[1:]
+        where = ".".join(str(part) for part in loc)
+        reason = str(first.get("msg")).removeprefix("Value error, ")
+        message = f"{where}: {reason}" if where else reason
+        return JSONResponse(error_body(422, message, where or None), status_code=422)
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
@@ -183,6 +304,7 @@ def run_server(
     backend: MilvusIndex | None = None,
 ) -> None:
     """Load the encoder and the index once, then serve until SIGTERM or Ctrl-C."""
+    check_api_key(api_key)  # before the model loads: a misconfiguration is said at once
     if backend is not None:
         encoder = load_encoder_for(backend, model, device)
         documents, what = backend.count(), str(backend)
@@ -193,7 +315,9 @@ def run_server(
             documents, what = store.count(), str(index_dir)
         finally:
             store.close()
-    app = create_app(index_dir, encoder, api_key=api_key, limits=limits, backend=backend)
+    app = create_app(
+        index_dir, encoder, api_key=api_key, limits=limits, backend=backend, access_log=access_log
+    )
     shown = f"[{host}]" if ":" in host else host
     print(
         f"Serving {what} ({documents} documents, {encoder.name}) at http://{shown}:{port}/"
@@ -210,7 +334,8 @@ def run_server(
         host=host,
         port=port,
         log_level="warning",
-        access_log=access_log,
+        access_log=False,  # AccessLog prints engine's own lines, with the time taken
+        http=http_protocol(),
         timeout_graceful_shutdown=30,
     )
     print("Stopped.", flush=True)
