@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,29 @@ def command_line(context) -> str:
             continue
         words += [param.opts[0], str(value)]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The ``p``-th percentile (0-100) by linear interpolation between the two nearest ranks
+    (numpy's default method, R's type 7); None for no values. Every benchmark's p50/p95/p99
+    comes from here, so recorded latencies compare across benchmarks."""
+    import numpy as np
+
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), p))
+
+
+def latency_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95, p99 and mean of latencies given in seconds, in milliseconds."""
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(1000 * value, 3)
+
+    mean = sum(seconds) / len(seconds) if len(seconds) else None
+    return {
+        "p50_ms": ms(percentile(seconds, 50)),
+        "p95_ms": ms(percentile(seconds, 95)),
+        "p99_ms": ms(percentile(seconds, 99)),
+        "mean_ms": ms(mean),
+    }

@@ -24,7 +24,7 @@ from indexer.distributed import IndexingGroup, encode_across_ranks
 from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
 from indexer.schema import new_index_settings
-from indexer.store import Writer
+from indexer.store import Writer, read_index_settings
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -79,6 +79,23 @@ class IndexReport:
             "ranks": self.ranks,
             "index_type": self.index_type,
         }
+
+
+def model_for_index(
+    index_dir: Path, model: str | None, max_length: int | None, *, rebuild: bool = False
+) -> tuple[str | None, int | None]:
+    """The model and max length to index ``index_dir`` with: an existing index keeps its own.
+
+    An index already there (published, or recoverable) keeps the model it was built
+    with unless ``model`` names one or ``rebuild`` starts over, and its length unless
+    ``max_length`` is given. None: the encoder's defaults.
+    """
+    if model is None and not rebuild:
+        with reporting_damage(index_dir):
+            stored = read_index_settings(index_dir)
+        if stored is not None:
+            return stored["model"], max_length or stored["max_length"]
+    return model, max_length
 
 
 def update_index(

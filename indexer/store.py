@@ -29,6 +29,8 @@ from indexer import vector_index
 from indexer.folder import (
     POINTER,
     WriterLock,
+    crash_point,
+    interrupted_first_run,
     published_databases,
     read_pointer,
     rebuild_hint,
@@ -40,6 +42,7 @@ from indexer.folder import (
     utc_now,
     write_pointer,
 )
+from indexer.lexical import LexicalSide
 from indexer.schema import (
     QUICK_CHECK_MAX_BYTES,
     check_and_migrate,
@@ -74,6 +77,8 @@ class Store:
         self.snapshots = Snapshots(self)
         # Set by create(publish_first_commit=True): see commit().
         self._publish_pending = False
+        # The BM25 index beside this database (indexer.lexical), loaded when first needed.
+        self.lexical = LexicalSide(self)
 
     # ------------------------------------------------------------- opening
     @classmethod
@@ -85,6 +90,11 @@ class Store:
             if published_databases(folder):
                 raise EngineError(
                     f"index at {folder} has lost its {POINTER} pointer; {repair_hint(folder)}"
+                )
+            if interrupted_first_run(folder):
+                raise EngineError(
+                    f"the first `engine index` of {folder} was killed before it published; "
+                    f"run `engine index CORPUS --index {folder}` again to resume it"
                 )
             raise EngineError(f"no index at {folder} (run `engine index` first)")
         db_name = read_pointer(folder)
@@ -145,6 +155,8 @@ class Store:
                 "created": now,
                 "updated": now,
                 "generation": 0,
+                # A kill before the first publish completes resumes from this database.
+                **({"first_run": True} if publish_first_commit else {}),
             }
         )
         return store
@@ -155,11 +167,18 @@ class Store:
         The ``published`` setting is what pointer recovery trusts: only a database
         that was once current can take the pointer back.
         """
+        crash_point("publish:start")
         self.refresh_index()
         self.snapshots.write()
+        crash_point("publish:snapshot")
+        self.lexical.load()  # in step (built on the first publish of an older index)
         self.write_settings({"published": utc_now()})
+        crash_point("publish:settings")
         write_pointer(self.folder, self.db_name)
-        remove_stale_files(self.folder, self.db_name, self.snapshots.path().name)
+        crash_point("publish:pointer")
+        remove_stale_files(
+            self.folder, self.db_name, {self.snapshots.path().name, self.lexical.path.name}
+        )
 
     @property
     def is_current(self) -> bool:
@@ -171,6 +190,7 @@ class Store:
         self.db.execute("BEGIN")
 
     def close(self) -> None:
+        self.lexical.close()
         self.db.conn.close()
 
     # ------------------------------------------------------------ settings
@@ -242,6 +262,8 @@ class Store:
             0
         ]
         size = sum(f.stat().st_size for f in self.folder.iterdir() if f.is_file())
+        if self.lexical.path.is_dir():
+            size += sum(f.stat().st_size for f in self.lexical.path.rglob("*") if f.is_file())
         sources = self.db.execute("SELECT count(DISTINCT source) FROM documents").fetchone()[0]
         return {"documents": self.count(), "sources": sources, "tokens": tokens, "bytes": size}
 
@@ -302,6 +324,7 @@ class Store:
                 new_ids.append(doc_id)
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
+        self.lexical.apply_commit(gone, new_ids, upsert)
         if self._publish_pending:
             self._publish_pending = False
             self.publish()
@@ -353,6 +376,13 @@ class Store:
     def load_faiss(self) -> faiss.Index:
         """The FAISS index of the current generation (see :meth:`Snapshots.load`)."""
         return self.snapshots.load()
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, allowed: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` BM25 (scores, ids) per query, (n, k) arrays padded with id -1; only
+        ids in ``allowed`` when given (a filter applied inside the search)."""
+        return self.lexical.search(queries, k, allowed)
 
     def search(
         self,

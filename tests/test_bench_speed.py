@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.speed import (
-    PeakMemory,
-    baseline_padding,
-    build_random_encoder,
-    compare_rankings,
-    engine_padding,
-    random_ids,
-    synthetic_lengths,
-    synthetic_texts,
-)
+from bench.peak_memory import PeakMemory
+from bench.random_models import build_random_encoder
+from bench.speed import baseline_padding, compare_rankings, engine_padding
+from bench.workloads import random_ids, synthetic_lengths, synthetic_texts
 from engine.app.cli import cli
 from engine.precision import PRECISION_ENV
 from tests.tolerances import score_tolerance

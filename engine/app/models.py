@@ -23,10 +23,26 @@ class SearchRequest(BaseModel):
     ef_search: int | None = Field(
         None, ge=1, description="HNSW index: candidates kept per query (default: the index's)."
     )
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        None,
+        description="dense (embeddings), lexical (BM25) or hybrid (both fused); "
+        "default: the engine's default mode (dense on a Milvus backend).",
+    )
+    fusion: Literal["rrf", "weighted"] | None = Field(
+        None, description="Hybrid: rrf (k=60) or weighted min-max normalised scores."
+    )
+    alpha: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Weighted fusion: the dense side's weight (implies fusion weighted).",
+    )
 
 
 class SearchResponse(BaseModel):
     model: str
+    mode: str = Field(description="The mode that answered: dense, lexical or hybrid.")
+    fusion: str | None = Field(None, description="How a hybrid search fused, e.g. `rrf (k=60)`.")
     generation: int | None = Field(description="The index generation that answered.")
     instruction: str | None
     results: list[list[dict[str, Any]]] = Field(

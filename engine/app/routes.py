@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,8 +25,9 @@ from engine.app.models import (
     SearchResponse,
     Usage,
 )
-from engine.instructions import INSTRUCTIONS
-from indexer.search import check_queries
+from engine.instructions import INSTRUCTIONS, check_instruction
+from engine.text import repair_text, unencodable
+from indexer.search import check_queries, resolve_fusion
 from indexer.vector_index import SearchKnobs
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -60,7 +61,14 @@ async def answer_search(
     no_instruct: bool,
     k: int,
     knobs: SearchKnobs,
+    mode: str | None = None,
+    fusion: str | None = None,
+    alpha: float | None = None,
 ) -> SearchResponse:
+    # A lone surrogate ("\\ud800" in the JSON) cannot be encoded: search text is repaired
+    # (U+FFFD), as `engine search` does; embedding inputs are refused instead (embeddings).
+    queries = [repair_text(query) for query in queries]
+    instruct = repair_text(instruct) if instruct is not None else None
     if not queries:
         raise ApiError(422, "give `query` or `queries`")
     if len(queries) > limits.max_inputs:
@@ -76,14 +84,24 @@ async def answer_search(
     if instruct is not None and len(instruct) > limits.max_query_chars:
         raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
     check_queries(queries, k)
-    if instruct and no_instruct:
-        raise ApiError(422, "instruct and no_instruct exclude each other")
+    check_instruction(instruct, no_instruct)
+    fused = resolve_fusion(fusion, alpha)
     searched: Searched = await run(
         batcher,
-        Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs),
+        Job(
+            texts=queries,
+            instruction=instruct,
+            no_instruct=no_instruct,
+            k=k,
+            knobs=knobs,
+            mode=mode,
+            fusion=fused,
+        ),
     )
     return SearchResponse(
         model=batcher.encoder.name,
+        mode=searched.mode,
+        fusion=fused.describe() if searched.mode == "hybrid" else None,
         generation=searched.generation,
         instruction=searched.instruction,
         results=[[hit.to_dict() for hit in hits] for hits in searched.hits],
@@ -98,7 +116,16 @@ async def search_post(
     queries = ([request.query] if request.query is not None else []) + (request.queries or [])
     knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
     return await answer_search(
-        batcher, limits, queries, request.instruct, request.no_instruct, request.k, knobs
+        batcher,
+        limits,
+        queries,
+        request.instruct,
+        request.no_instruct,
+        request.k,
+        knobs,
+        request.mode,
+        request.fusion,
+        request.alpha,
     )
 
 
@@ -112,10 +139,19 @@ async def search_get(
     k: int = Query(10, ge=1, description="Hits."),
     nprobe: int | None = Query(None, ge=1, description="IVF: lists scanned per query."),
     ef_search: int | None = Query(None, ge=1, description="HNSW: candidates per query."),
+    mode: Literal["dense", "lexical", "hybrid"] | None = Query(
+        None, description="dense, lexical (BM25) or hybrid (default: the engine's)."
+    ),
+    fusion: Literal["rrf", "weighted"] | None = Query(None, description="Hybrid: how to fuse."),
+    alpha: float | None = Query(
+        None, ge=0.0, le=1.0, description="Weighted fusion: the dense side's weight."
+    ),
 ) -> SearchResponse:
-    """The same search for browsers and curl: `/search?q=...&k=5&ef_search=256`."""
+    """The same search for browsers and curl: `/search?q=...&k=5&mode=hybrid`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-    return await answer_search(batcher, limits, [q], instruct, no_instruct, k, knobs)
+    return await answer_search(
+        batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha
+    )
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
@@ -131,6 +167,10 @@ async def embeddings(
         raise ApiError(413, f"at most {limits.max_inputs} inputs per request")
     if any(len(text) > limits.max_input_chars for text in texts):
         raise ApiError(413, f"an input is over {limits.max_input_chars} characters")
+    refuse_unencodable("input", texts)
+    refuse_unencodable("titles", request.titles or [])
+    if request.instruct is not None:
+        refuse_unencodable("instruct", [request.instruct])
     if request.model and not _names_model(request.model, encoder.name):
         raise ApiError(404, f"model {request.model!r} is not served here; this is {encoder.name!r}")
     if request.dimensions is not None and request.dimensions != encoder.dim:
@@ -160,9 +200,11 @@ async def embeddings(
 
 @router.get("/health", tags=["server"])
 async def health(batcher: BatcherDep) -> dict[str, Any]:
-    """Liveness, and the index generation the server last answered from."""
+    """Liveness, the index generation the server last answered from, and what is degraded."""
+    problems = getattr(batcher.index, "problems", [])
     return {
-        "status": "ok",
+        "status": "degraded" if problems else "ok",
+        "problems": problems,
         "generation": batcher.index.generation,
         "model": batcher.encoder.name,
         "waiting": batcher.waiting,
@@ -186,6 +228,19 @@ async def instructions() -> dict[str, Any]:
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
+
+
+def refuse_unencodable(field: str, texts: list[str]) -> None:
+    """Embeddings of silently repaired text would be vectors of another text: a 400 instead."""
+    for number, text in enumerate(texts):
+        position = unencodable(text)
+        if position is not None:
+            where = f"{field}[{number}]" if len(texts) > 1 else field
+            raise ApiError(
+                400,
+                f"{where} is not valid Unicode (a lone surrogate at character {position}); "
+                "send UTF-8 text",
+            )
 
 
 def _names_model(asked: str, served: str) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from engine.app.commands import INDEX_MODEL, index_option
+from engine.app.commands import INDEX_MODEL, index_option, repaired
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
@@ -83,23 +83,16 @@ def index_command(
     # Here, not at the top: `engine index --help` and argument errors load no torch.
     from engine.encoder import Encoder, document_tokens
     from indexer.distributed import IndexingGroup
-    from indexer.folder import reporting_damage
-    from indexer.indexing import update_index
-    from indexer.store import read_index_settings
+    from indexer.indexing import model_for_index, update_index
     from indexer.vector_index import validate_type
 
     def model_and_length() -> tuple[str | None, int | None]:
-        """An existing index keeps its model and length unless told otherwise."""
+        """Checked on the writer (rank 0) before any rank loads a model."""
         if not corpus.exists():
             raise EngineError(f"corpus not found: {corpus}")
         if index_type is not None:
             validate_type(index_type)
-        if model is None and not rebuild:
-            with reporting_damage(index_dir):
-                stored = read_index_settings(index_dir)
-            if stored is not None:
-                return stored["model"], max_length or stored["max_length"]
-        return model, max_length
+        return model_for_index(index_dir, model, max_length, rebuild=rebuild)
 
     # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
     with IndexingGroup() as group:
@@ -120,7 +113,7 @@ def index_command(
             encoder,
             scan,
             rebuild=rebuild,
-            default_instruction=default_instruction,
+            default_instruction=repaired(default_instruction, "--instruct"),
             keep_sources=scan.failed_sources,
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,

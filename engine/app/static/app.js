@@ -74,6 +74,7 @@ async function search(event) {
   if (!query) return;
   const instruct = $("instruct").value.trim();
   const k = Math.max(1, parseInt($("k").value, 10) || 10);
+  const mode = $("mode").value;
   const status = $("status");
   status.className = "muted";
   status.textContent = "searching…";
@@ -81,14 +82,17 @@ async function search(event) {
   try {
     const body = await api("/search", {
       method: "POST",
-      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}) }),
+      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}), ...(mode ? { mode } : {}) }),
     });
     const hits = body.results[0];
     const ms = Math.round(performance.now() - started);
-    status.textContent = hits.length + " hits in " + ms + " ms" +
-      (body.instruction ? " · instruction: " + body.instruction : " · no instruction");
+    status.textContent = hits.length + " hits in " + ms + " ms · " +
+      (body.fusion ? body.mode + ", " + body.fusion : body.mode) +
+      (body.mode === "lexical" ? "" :
+        body.instruction ? " · instruction: " + body.instruction : " · no instruction");
     showHits(hits, query);
-    history.replaceState(null, "", "?q=" + encodeURIComponent(query));
+    history.replaceState(null, "", "?q=" + encodeURIComponent(query) +
+      (mode ? "&mode=" + mode : ""));
   } catch (error) {
     status.className = "error";
     status.textContent = error.message;
@@ -120,7 +124,9 @@ $("preset").addEventListener("change", (event) => {
 });
 loadPresets().catch(() => {});
 loadInfo().catch((error) => { $("index-info").textContent = error.message; });
-const initial = new URLSearchParams(location.search).get("q");
+const params = new URLSearchParams(location.search);
+const initial = params.get("q");
+if (["dense", "lexical", "hybrid"].includes(params.get("mode"))) $("mode").value = params.get("mode");
 if (initial) {
   $("query").value = initial;
   $("search-form").requestSubmit();
