@@ -450,7 +450,7 @@ def reliability(
     \b
     Examples:
       engine bench reliability --kill-rounds 30 --out bench/results
-      engine bench reliability --kill-rounds 0 --out /tmp/hostile   # the hostile cases only
+      engine bench reliability --kill-rounds 0 --out /tmp/rel    # fault rounds and hostile cases
     """
     # The `engine` group itself, from click's context (bench does not import the CLI).
     run = in_process_runner(click.get_current_context().find_root().command)
