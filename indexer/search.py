@@ -13,15 +13,23 @@ import numpy as np
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.folder import reporting_damage
+from indexer.passages import best_per_document
 from indexer.schema import check_compatible
-from indexer.store import Store
+from indexer.store import PASSAGE_FIELDS, Store
 from indexer.vector_index import SearchKnobs
 
 SNIPPET_CHARS = 240
+# A passage search first fetches this many passages per document asked for, more if
+# too few distinct documents come back.
+PASSAGES_PER_HIT = 4
 
 
 @dataclass(frozen=True)
 class Hit:
+    """One document found. In an index of passages ``score`` is its best passage's,
+    ``snippet`` that passage's text and ``passage`` where it lies (position, token and
+    character offsets in the document's text); otherwise ``passage`` is None."""
+
     rank: int
     score: float
     id: int
@@ -29,6 +37,7 @@ class Hit:
     source: str
     title: str
     snippet: str
+    passage: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,6 +52,8 @@ class SearchIndex(Protocol):
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def get(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
+
+    def get_passages(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -126,12 +137,64 @@ def hits_for(
     """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server.
 
     ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS index or a Milvus one).
+    An index of passages answers ``k`` distinct documents (see :func:`passage_hits`).
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
+        if isinstance(index.settings.get("passages"), dict):
+            return passage_hits(index, vectors, k, knobs)
         scores, ids = index.search(vectors, k, knobs)
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
+
+
+def passage_hits(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    k: int,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+) -> list[list[Hit]]:
+    """``k`` distinct documents per query, each scored by its best passage (the max rule).
+
+    Passages are fetched ``PASSAGES_PER_HIT * k`` at a time, four times more while a
+    query has fewer than ``k`` distinct documents and the index has more passages;
+    removed documents' passages are gone from the index (or skipped as tombstones).
+    """
+    results: list[list[Hit] | None] = [None] * len(vectors)
+    fetch = PASSAGES_PER_HIT * k
+    todo = list(range(len(vectors)))
+    while todo:
+        scores, ids = index.search(vectors[todo], fetch, knobs)
+        rows = {
+            row["passage"]["id"]: row
+            for row in index.get_passages({int(i) for i in ids.ravel() if i >= 0})
+        }
+        left = []
+        for query, row_scores, row_ids in zip(todo, scores, ids, strict=True):
+            ranked = [
+                (float(score), (rows[i]["source"], rows[i]["doc_id"]), rows[i])
+                for score, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
+                if i >= 0 and i in rows
+            ]
+            best = best_per_document(ranked, k)
+            if len(best) < k and int((row_ids >= 0).sum()) == fetch and fetch < 2**20:
+                left.append(query)  # more passages may hold more documents
+                continue
+            results[query] = [
+                Hit(
+                    rank=rank,
+                    score=score,
+                    id=row["id"],
+                    doc_id=row["doc_id"],
+                    source=row["source"],
+                    title=row["title"],
+                    snippet=" ".join(row["passage"]["text"].split()),
+                    passage={key: row["passage"][key] for key in PASSAGE_FIELDS},
+                )
+                for rank, (score, _, row) in enumerate(best, start=1)
+            ]
+        todo, fetch = left, fetch * 4
+    return [hits or [] for hits in results]
 
 
 def search(
