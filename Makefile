@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 DEMO_INDEX = .engine-demo
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fp32 lint format clean
 
 install: $(VENV)/.installed
 
@@ -29,9 +29,15 @@ demo: install
 test: install lint
 	$(BIN)/pytest -q
 
+# The precision-dependent tests again as a CPU without bf16 runs them: strict fp32, and oneDNN
+# held to AVX2 (no AVX-512, no bf16 or AMX instructions), whatever this CPU has.
+test-fp32: install
+	ENGINE_PRECISION=fp32 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/pytest -q -m precision
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

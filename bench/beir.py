@@ -52,6 +52,8 @@ from engine.progress import progress_enabled
 
 if TYPE_CHECKING:
     from engine.encoder import Encoder
+    from indexer.store import Store
+    from indexer.vector_index import IndexSpec
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -106,6 +108,18 @@ def resolve_instruction(encoder: Encoder, name: str, instruction: Any) -> str | 
     return instruction or None
 
 
+def index_in_memory(store: Store, index_type: str) -> tuple[IndexSpec, Any]:
+    """The store's vectors in another FAISS index type, built in memory (on the GPUs when a
+    faiss GPU build has some); nothing is written, so one cached index serves every type."""
+    from indexer import vector_index
+
+    spec = vector_index.resolve(
+        vector_index.validate_type(index_type), store.count(), int(store.settings["dim"])
+    )
+    index = store.snapshots.build(spec)
+    return spec, vector_index.to_gpus(index, spec) or index
+
+
 def retrieve(
     encoder: Encoder,
     index_dir: Path,
@@ -124,6 +138,7 @@ def retrieve(
     ``index_type`` searches through that FAISS index type, built in memory from the
     cached vectors (the shared cache keeps its own type).
     """
+    from indexer import vector_index
     from indexer.store import Store
     from indexer.vector_index import SearchKnobs
 
@@ -131,11 +146,11 @@ def retrieve(
     try:
         built = time.perf_counter()
         if index_type is not None:
-            store.try_index_type(index_type)
+            spec, index = index_in_memory(store, index_type)
         else:
             store.load_faiss()
+            spec = store.spec
         built = time.perf_counter() - built
-        spec = store.spec
         query_ids = list(queries)
         started = time.perf_counter()
         vectors = encoder.encode_queries(
@@ -143,9 +158,13 @@ def retrieve(
         )
         encoded = time.perf_counter()
         # One extra hit, so dropping a query's own id still leaves k.
-        scores, ids = store.search(
-            vectors, k + int(exclude_own_id), SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-        )
+        knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
+        if index_type is not None:
+            scores, ids = vector_index.top_k(
+                index, spec, vectors, k + int(exclude_own_id), store.vectors, knobs=knobs
+            )
+        else:
+            scores, ids = store.search(vectors, k + int(exclude_own_id), knobs)
         searched = time.perf_counter()
         doc_ids = store.doc_ids()
     finally:
@@ -455,7 +474,7 @@ def beir(
         )
         encoder.set_max_length(min(max_length, encoder.model_max_positions))
         if not group.is_writer:
-            group.serve(encoder)
+            group.encode_for_writer(encoder)
             return
         if instruction is not None:
             chosen: Any = instruction.strip()

@@ -1,26 +1,64 @@
-"""`engine bench ...`: BEIR retrieval, personalized passkey retrieval, encoding speed."""
+"""`engine bench ...`: every benchmark, each module imported only when its benchmark runs."""
 
 from __future__ import annotations
 
 import click
 
-from bench.ann import ann
-from bench.beir import beir
-from bench.lexical import lexical
-from bench.memory import memory
-from bench.milvus import milvus
-from bench.passkey import passkey
-from bench.reliability import reliability
-from bench.scaling import scaling
-from bench.serve import serve
-from bench.speed import speed
+from engine.lazy_group import Lazy, LazyGroup
+
+# name -> (module:command, the first sentence of its docstring, which `engine bench --help` shows)
+BENCHMARKS = {
+    "ann": Lazy(
+        "bench.ann:ann",
+        "Compare FAISS index types: recall@10 vs exact, queries/s, build time, memory.",
+    ),
+    "beir": Lazy(
+        "bench.beir:beir", "Evaluate retrieval on BEIR datasets with the paper's protocol."
+    ),
+    "lexical": Lazy(
+        "bench.lexical:lexical",
+        "Compare BM25 libraries for the lexical index: nDCG@10 on SciFact and NFCorpus, build "
+        "time, disk and query latency at 5k (SciFact) and N synthetic documents.",
+    ),
+    "memory": Lazy(
+        "bench.memory:memory", "Peak RSS of indexing N synthetic documents (vs the model alone)."
+    ),
+    "milvus": Lazy(
+        "bench.milvus:milvus",
+        "Export cost, search latency and recall of Milvus Lite against the local FAISS index.",
+    ),
+    "passkey": Lazy(
+        "bench.passkey:passkey",
+        "Personalized passkey retrieval: find a person's passkey in long filler documents.",
+    ),
+    "reliability": Lazy(
+        "bench.reliability:reliability",
+        "Kill -9 indexing runs at random moments and damage every file of an index.",
+    ),
+    "scaling": Lazy(
+        "bench.scaling:scaling",
+        "Indexing throughput of one process against N torchrun ranks on this machine.",
+    ),
+    "serve": Lazy(
+        "bench.serve:serve_benchmark",
+        "Load-test `engine serve` with concurrent clients on a BEIR corpus.",
+    ),
+    "speed": Lazy(
+        "bench.speed:speed",
+        "Encoding throughput of the engine next to sentence-transformers with the same model.",
+    ),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy=BENCHMARKS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 def bench() -> None:
     """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
     indexing, the Milvus backend, reliability under kill -9 and damaged files, FAISS index
-    types (ann), indexing memory, BM25 libraries (lexical).
+    types (ann), indexing memory.
 
     \b
     Examples:
@@ -34,15 +72,3 @@ def bench() -> None:
       engine bench ann --synthetic 1000000 --types hnsw --store
       engine bench lexical --data-dir ../shared/data/beir --out bench/results
     """
-
-
-bench.add_command(ann)
-bench.add_command(beir)
-bench.add_command(lexical)
-bench.add_command(memory)
-bench.add_command(passkey)
-bench.add_command(reliability)
-bench.add_command(speed)
-bench.add_command(serve)
-bench.add_command(scaling)
-bench.add_command(milvus)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import click
 
-from bench.common import peak_rss_mb
+from bench.common import command_line, machine, peak_rss_mb
 
 WORDS = (
     "the a of and to in is it that was for on are with as be by at this from or an plants make "
@@ -140,7 +140,6 @@ def memory(
       engine bench memory --model /tmp/tiny-bert --corpus folder --documents 100000
       engine bench memory --model /tmp/tiny-bert --corpus jsonl --documents 20000
     """
-    from bench.common import command_line, machine
 
     if ranks > 1 and kind == "stream":
         raise click.UsageError("--ranks needs --corpus folder or jsonl (a real engine index)")

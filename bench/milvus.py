@@ -21,6 +21,8 @@ import click
 from bench.common import command_line, machine
 from engine import __version__
 from engine.options import json_option, results_dir_option
+from indexer.milvus import MilvusIndex, export_index
+from indexer.store import Store
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 
@@ -62,8 +64,6 @@ def milvus(index_dir: Path, queries: int, index_types: str, out: Path, as_json: 
     Examples:
       engine bench milvus --index ~/.cache/engine/beir/scifact-99277ff56c1d-256
     """
-    from indexer.milvus import MilvusIndex, export_index
-    from indexer.store import Store
 
     store = Store.open(index_dir)
     ids = sorted(store.doc_ids())

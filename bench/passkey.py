@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from bench.common import file_slug
+from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
@@ -421,7 +422,6 @@ def passkey(
       engine bench passkey --model ./e5-mistral-7b-instruct --device cuda
       engine bench passkey --lengths 64,128 --documents 10 --queries 5 --json
     """
-    from engine.encoder import Encoder
 
     ctx = click.get_current_context()
     length_list = parse_lengths(lengths)

@@ -32,9 +32,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
 
-from bench.common import command_line
+from bench.common import command_line, machine
 from engine.options import results_dir_option
+from indexer.store import Store
 
 # Documents a search must find first, with the query that finds each.
 PLANTED = {
@@ -87,7 +89,6 @@ Runner = Callable[[Sequence[str]], Outcome]
 
 def in_process_runner(command: click.Command) -> Runner:
     """Each command through click's runner in this process; ``command`` is the `engine` group."""
-    from click.testing import CliRunner
 
     def run(args: Sequence[str]) -> Outcome:
         result = CliRunner().invoke(command, list(args))
@@ -132,7 +133,6 @@ class IndexState:
 
 def index_state(index_dir: Path) -> IndexState:
     """Documents of the current database, and whether the FAISS index matches them one to one."""
-    from indexer.store import Store
 
     store = Store.open(index_dir)
     try:
@@ -449,7 +449,6 @@ def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out
 
 
 def summarize(kills: list[KillRound], faults: list[FaultRound]) -> dict:
-    from bench.common import machine
 
     totals = {
         "kill_rounds": len(kills),

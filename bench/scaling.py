@@ -21,11 +21,15 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from bench.common import command_line, file_slug, machine
 from engine import __version__
 from engine.errors import EngineError
 from engine.options import json_option, model_option, results_dir_option
+from indexer.documents import Document
+from indexer.schema import index_settings
+from indexer.store import Writer
 
 
 def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int) -> dict:
@@ -34,11 +38,6 @@ def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int
     Under torchrun the ranks wait while rank 0 commits a round, so this bounds
     how many GPUs one writer keeps busy.
     """
-    import numpy as np
-
-    from indexer.documents import Document
-    from indexer.schema import index_settings
-    from indexer.store import Writer
 
     settings = index_settings(
         {"model": "synthetic", "fingerprint": "synthetic", "dim": dim, "max_length": 512},

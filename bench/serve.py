@@ -184,20 +184,20 @@ async def load_run(
 
 def in_process_run(encoder, index_dir: Path, queries: list[str], instruction, k, duration):
     """``indexer.search.search`` one query at a time, model and index loaded once."""
-    from indexer.search import search
+    from indexer.search import search_queries
     from indexer.store import Store
 
     store = Store.open(index_dir)
     try:
         for query in queries[:5]:
-            search(store, [query], k=k, instruction=instruction, encoder=encoder)
+            search_queries(store, [query], k=k, instruction=instruction, encoder=encoder)
         latencies = []
         began = time.perf_counter()
         for query in itertools.cycle(queries):
             if time.perf_counter() - began > duration:
                 break
             started = time.perf_counter()
-            search(store, [query], k=k, instruction=instruction, encoder=encoder)
+            search_queries(store, [query], k=k, instruction=instruction, encoder=encoder)
             latencies.append(time.perf_counter() - started)
         wall = time.perf_counter() - began
     finally:
@@ -274,7 +274,7 @@ def cold_cli_runs(
 @results_dir_option("JSON record")
 @quiet_option()
 @json_option()
-def serve(
+def serve_benchmark(
     data_dir: Path,
     dataset: str | None,
     index_dir: Path | None,

@@ -498,7 +498,7 @@ def run_index_benchmark(
 ) -> dict:
     """Index with the engine and with sentence-transformers + FAISS, then query both."""
     from indexer.indexing import update_index
-    from indexer.search import search
+    from indexer.search import search_queries
     from indexer.store import Store
 
     documents = dataset.corpus
@@ -520,11 +520,13 @@ def run_index_benchmark(
         )
         engine["batch_tokens"] = encoder.batch_tokens
         store = Store.open(index_dir)
-        search(store, [queries[0][1]], k=TOP_K, instruction=instruction, encoder=encoder)
+        search_queries(store, [queries[0][1]], k=TOP_K, instruction=instruction, encoder=encoder)
         latencies, engine_hits = [], {}
         for query_id, text in queries:
             started = time.perf_counter()
-            hits = search(store, [text], k=TOP_K, instruction=instruction, encoder=encoder)[0]
+            hits = search_queries(store, [text], k=TOP_K, instruction=instruction, encoder=encoder)[
+                0
+            ]
             latencies.append(time.perf_counter() - started)
             engine_hits[query_id] = [(hit.doc_id, hit.score) for hit in hits]
         store.close()

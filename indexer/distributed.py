@@ -84,7 +84,7 @@ class IndexingGroup:
             model = group.writer_decides(pick_model)   # the writer's choice, on every rank
             encoder = Encoder.load(model, device=group.device(device))
             if not group.is_writer:
-                group.serve(encoder)
+                group.encode_for_writer(encoder)
                 return
             ...  # the writer's own work; update_index spreads encoding over the ranks
     """
@@ -133,7 +133,7 @@ class IndexingGroup:
         _workers_waiting = True
         return value
 
-    def serve(self, encoder: Encoder) -> None:
+    def encode_for_writer(self, encoder: Encoder) -> None:
         """On ranks > 0: encode the shares the writer deals until it is done."""
         while True:
             job = _broadcast(None)

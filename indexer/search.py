@@ -134,7 +134,7 @@ def hits_for(
     k: int,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
 ) -> list[list[Hit]]:
-    """Top-``k`` hits for each query vector (rows of ``vectors``): search() and the server.
+    """Top-``k`` hits for each query vector (rows of ``vectors``): search_queries() and the server.
 
     ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS index or a Milvus one).
     An index of passages answers ``k`` distinct documents (see :func:`passage_hits`).
@@ -197,7 +197,7 @@ def passage_hits(
     return [hits or [] for hits in results]
 
 
-def search(
+def search_queries(
     index: str | Path | SearchIndex,
     queries: Sequence[str],
     *,

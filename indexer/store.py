@@ -78,9 +78,8 @@ class Store:
         # Readers map the snapshot read-only; the writer reads a copy it can change.
         self.writer = writer
         self.snapshots = Snapshots(self)
-        self._spec_override: IndexSpec | None = None
-        # A first run publishes after its first checkpoint (see Writer).
-        self.publish_on_commit = False
+        # Set by create(publish_first_commit=True): see commit().
+        self._publish_pending = False
 
     # ------------------------------------------------------------- opening
     @classmethod
@@ -129,12 +128,17 @@ class Store:
         return store
 
     @classmethod
-    def create(cls, folder: str | Path, settings: dict[str, Any]) -> Store:
-        """A new, empty database in ``folder``; it becomes current only on :meth:`publish`."""
+    def create(
+        cls, folder: str | Path, settings: dict[str, Any], *, publish_first_commit: bool = False
+    ) -> Store:
+        """A new, empty database in ``folder``; it becomes current only on :meth:`publish`,
+        or with ``publish_first_commit`` at its first :meth:`commit` (a first run: searches
+        answer from the first checkpoint on)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         db_name = f"index-{uuid.uuid4().hex[:12]}.db"
         store = cls(folder, db_name, connect(folder / db_name), writer=True)
+        store._publish_pending = publish_first_commit
         migrate(store.db)
         now = utc_now()
         index_type = settings.get("index_type") or (settings.get("index") or {}).get("type")
@@ -167,6 +171,11 @@ class Store:
     def is_current(self) -> bool:
         return read_pointer(self.folder) == self.db_name
 
+    def hold_read_snapshot(self) -> None:
+        """Pin what this store reads to the database as it is now, until :meth:`close`: one
+        read transaction (a WAL snapshot), so commits of a running writer stay invisible."""
+        self.db.execute("BEGIN")
+
     def close(self) -> None:
         self.db.conn.close()
 
@@ -185,17 +194,8 @@ class Store:
 
     @property
     def spec(self) -> IndexSpec:
-        """The FAISS index type and parameters stored with the index (or tried in memory)."""
-        return self._spec_override or IndexSpec.from_settings(self.settings)
-
-    def try_index_type(self, index_type: str) -> None:
-        """Search this open store through another index type, built in memory from the
-        stored vectors; nothing is written (benchmarks compare types on one cached index)."""
-        self._spec_override = vector_index.resolve(
-            vector_index.validate_type(index_type), self.vector_count(), int(self.settings["dim"])
-        )
-        self.snapshots.forget()
-        self.snapshots.index = self.snapshots.build(self._spec_override)
+        """The FAISS index type and parameters stored with the index."""
+        return IndexSpec.from_settings(self.settings)
 
     @property
     def vector_dtype(self) -> np.dtype:
@@ -298,7 +298,8 @@ class Store:
         (ids are never reused, so a snapshot can be caught up by comparing ids).
         ``vectors[i]`` belongs to ``upsert[i]``; in a passage index each row carries
         its ``passages`` (offsets and text) and ``vectors`` holds theirs, row after row,
-        and a removed or replaced document takes all its passages with it.
+        and a removed or replaced document takes all its passages with it. The first
+        commit of a store created with ``publish_first_commit`` also publishes it.
         """
         if not remove and not upsert:
             return
@@ -361,8 +362,8 @@ class Store:
                 raise ValueError("one vector a document (or a passage) is needed")
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
-        if self.publish_on_commit:
-            self.publish_on_commit = False
+        if self._publish_pending:
+            self._publish_pending = False
             self.publish()
 
     def _passage_ids(self, documents: Sequence[int]) -> list[int]:
@@ -411,18 +412,18 @@ class Store:
         count = self.vector_count()
         if index_type == current.type and not vector_index.is_stale(current, count):
             return
-        self._use_spec(vector_index.resolve(index_type, count, current.dim))
+        self._start_index_generation(vector_index.resolve(index_type, count, current.dim))
 
     def refresh_index(self) -> None:
         """Before publishing: re-resolve a stale spec (auto, IVF growth) and compact tombstones."""
         spec = self.spec
         count = self.vector_count()
         if vector_index.is_stale(spec, count):
-            self._use_spec(vector_index.resolve(spec.type, count, spec.dim))
+            self._start_index_generation(vector_index.resolve(spec.type, count, spec.dim))
         elif len(self.snapshots.tombstones) > COMPACT_TOMBSTONES * max(count, 1):
-            self._use_spec(spec)
+            self._start_index_generation(spec)
 
-    def _use_spec(self, spec: IndexSpec) -> None:
+    def _start_index_generation(self, spec: IndexSpec) -> None:
         """A new generation whose index is built afresh from SQLite (older snapshots don't apply)."""
         generation = self.generation + 1
         with self.db.atomic():
@@ -445,22 +446,15 @@ class Store:
         knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some."""
-        index = self.snapshots.search_index()
-        tombstones = self.snapshots.tombstones
-        live = index.ntotal - len(tombstones)
-        if live <= 0:
-            empty = np.zeros((len(vectors), 0))
-            return empty.astype(np.float32), empty.astype(np.int64)
-        k = max(1, min(k, live))
-        spec = self.spec
-        factor = int(spec.params.get("rerank", 0))
-        fetch = min(live, k * factor) if factor else k
-        scores, ids = vector_index.search(
-            index, spec, vectors, fetch, knobs=knobs, tombstones=tombstones
+        return vector_index.top_k(
+            self.snapshots.search_index(),
+            self.spec,
+            vectors,
+            k,
+            self.vectors,
+            knobs=knobs,
+            tombstones=self.snapshots.tombstones,
         )
-        if factor:  # compressed codes rank candidates; the stored vectors score them exactly
-            return vector_index.rerank(vectors, ids, self.vectors, k)
-        return scores, ids
 
 
 class Writer:
@@ -495,9 +489,11 @@ class Writer:
             if recovered is None and not self.rebuild:
                 refuse_unknown_databases(self.folder)
         if self.rebuild or not (self.folder / POINTER).is_file():
-            store = Store.create(self.folder, self.settings)
-            store.publish_on_commit = not (self.folder / POINTER).is_file()
-            return store
+            return Store.create(
+                self.folder,
+                self.settings,
+                publish_first_commit=not (self.folder / POINTER).is_file(),
+            )
         store = Store.open(self.folder, writer=True)
         check_compatible(store.settings, self.settings, f"index at {self.folder}")
         with reporting_damage(self.folder):

@@ -315,6 +315,32 @@ def search(
     return index.search(queries, k, params=params)
 
 
+def top_k(
+    index: Any,
+    spec: IndexSpec,
+    vectors: np.ndarray,
+    k: int,
+    stored: Callable[[list[int]], np.ndarray],
+    *,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+    tombstones: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) over the live vectors of ``index`` (at most that many); an index
+    with a ``rerank`` factor ranks that many times ``k`` candidates, which the ``stored``
+    vectors score exactly."""
+    live = index.ntotal - (0 if tombstones is None else len(tombstones))
+    if live <= 0:
+        empty = np.zeros((len(vectors), 0))
+        return empty.astype(np.float32), empty.astype(np.int64)
+    k = max(1, min(k, live))
+    factor = int(spec.params.get("rerank", 0))
+    fetch = min(live, k * factor) if factor else k
+    scores, ids = search(index, spec, vectors, fetch, knobs=knobs, tombstones=tombstones)
+    if factor:
+        return rerank(vectors, ids, stored, k)
+    return scores, ids
+
+
 def rerank(
     queries: np.ndarray, ids: np.ndarray, stored: Callable[[list[int]], np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bench.cli import bench
 from engine.app.cli import cli
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "corpus"
@@ -120,6 +121,31 @@ def test_info(sample_index):
 def test_help_has_examples(command):
     result = CliRunner().invoke(cli, [*command, "--help"])
     assert result.exit_code == 0 and "Examples:" in result.output
+
+
+@pytest.mark.parametrize("group", [cli, bench], ids=["engine", "bench"])
+def test_lazy_subcommands_are_listed_as_they_are(group):
+    """`--help` lists each lazy subcommand by a stored summary: it must be the command's own."""
+    listing = CliRunner().invoke(group, ["--help"], terminal_width=200).output
+    for name, lazy in group.lazy.items():
+        command = lazy.load()
+        assert command.name == name
+        assert command.get_short_help_str(limit=10_000) == lazy.summary
+        assert f"  {name}  " in listing
+
+
+def test_top_help_imports_no_subcommand():
+    """`engine --help` lists the subcommands without importing one of their modules."""
+    probe = (
+        "import sys; from engine.app.cli import cli\n"
+        "try: cli(['--help'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bench', 'train', 'indexer')"
+        " or m.startswith('engine.app.commands.')), file=sys.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert "Commands:" in result.stdout and "serve" in result.stdout
+    assert result.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -20,7 +20,7 @@ from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.documents import Document, read_corpus
 from indexer.indexing import update_index
-from indexer.search import search
+from indexer.search import search_queries
 from indexer.store import Store
 
 TOPICS = {
@@ -82,7 +82,9 @@ def test_incremental_runs_encode_only_changes(tmp_path, default_encoder):
 
     third = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert (third.encoded, third.removed, third.unchanged) == (0, 0, 4)
-    hits = search(index_dir, ["how does a bread starter work"], k=1, encoder=default_encoder)
+    hits = search_queries(
+        index_dir, ["how does a bread starter work"], k=1, encoder=default_encoder
+    )
     assert hits[0][0].doc_id == "new/bread.txt"
 
 
@@ -98,10 +100,12 @@ def test_instruction_changes_only_the_query(tmp_path, default_encoder):
     )
     b = default_encoder.encode_queries([query], "Retrieve documents about geology")
     assert not np.allclose(plain, a) and not np.allclose(a, b)
-    hits_a = search(
+    hits_a = search_queries(
         index_dir, [query], k=4, instruction="Given a question", encoder=default_encoder
     )
-    hits_b = search(index_dir, [query], k=4, instruction="Find geology", encoder=default_encoder)
+    hits_b = search_queries(
+        index_dir, [query], k=4, instruction="Find geology", encoder=default_encoder
+    )
     assert [h.score for h in hits_a[0]] != [h.score for h in hits_b[0]]
 
     runner = CliRunner()

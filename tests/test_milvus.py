@@ -17,7 +17,7 @@ from engine.errors import EngineError
 from indexer.documents import Document
 from indexer.indexing import update_index
 from indexer.milvus import MilvusIndex, export_index
-from indexer.search import search
+from indexer.search import search_queries
 from indexer.store import Store
 
 SUBJECTS = "plants volcanoes routers bread chess rivers stars bees glaciers engines".split()
@@ -55,14 +55,15 @@ def manifest(index: MilvusIndex) -> dict[int, str]:
     return {int(row["id"]): row["content_hash"] for row in rows}
 
 
+@pytest.mark.precision
 def test_exact_search_matches_faiss_top10(tmp_path, index_dir, default_encoder):
     uri = str(tmp_path / "vectors.db")
     store = Store.open(index_dir)
     report = export_index(store, uri, index_type="flat", progress=False)
     assert (report.upserted, report.removed, report.total, report.created) == (40, 0, 40, True)
     milvus = MilvusIndex.open(uri)
-    local = search(store, QUERIES, k=10, encoder=default_encoder)
-    remote = search(milvus, QUERIES, k=10, encoder=default_encoder)
+    local = search_queries(store, QUERIES, k=10, encoder=default_encoder)
+    remote = search_queries(milvus, QUERIES, k=10, encoder=default_encoder)
     for faiss_hits, milvus_hits in zip(local, remote, strict=True):
         assert [h.doc_id for h in milvus_hits] == [h.doc_id for h in faiss_hits]
         assert [h.id for h in milvus_hits] == [h.id for h in faiss_hits]
@@ -97,10 +98,12 @@ def test_changes_and_deletes_are_mirrored(tmp_path, index_dir, default_encoder):
         milvus = MilvusIndex.open(uri)
         local = {i: row["content_hash"] for i, row in _rows(store).items()}
         assert manifest(milvus) == local  # same ids, same hashes: nothing stale, nothing missing
-        hits = search(milvus, ["how do bees show where flowers are"], k=3, encoder=default_encoder)
+        hits = search_queries(
+            milvus, ["how do bees show where flowers are"], k=3, encoder=default_encoder
+        )
         assert hits[0][0].doc_id == "doc-3"
         assert "doc-7" not in {
-            h.doc_id for h in search(milvus, QUERIES, k=40, encoder=default_encoder)[0]
+            h.doc_id for h in search_queries(milvus, QUERIES, k=40, encoder=default_encoder)[0]
         }
         milvus.close()
 
@@ -113,10 +116,10 @@ def test_index_type_swap_keeps_the_data(tmp_path, index_dir, default_encoder):
         assert (report.index_type, report.upserted, report.total) == ("hnsw", 0, 40)
         milvus = MilvusIndex.open(uri)
         assert milvus.settings["index_type"] == "hnsw"
-        exact = search(store, QUERIES, k=1, encoder=default_encoder)
-        approximate = search(milvus, QUERIES, k=1, encoder=default_encoder)
+        exact = search_queries(store, QUERIES, k=1, encoder=default_encoder)
+        approximate = search_queries(milvus, QUERIES, k=1, encoder=default_encoder)
         assert [h[0].doc_id for h in approximate] == [h[0].doc_id for h in exact]
-        wider = search(milvus, QUERIES, k=1, encoder=default_encoder, ef_search=256)
+        wider = search_queries(milvus, QUERIES, k=1, encoder=default_encoder, ef_search=256)
         assert [h[0].doc_id for h in wider] == [h[0].doc_id for h in exact]
         milvus.close()
         with pytest.raises(EngineError, match="unknown --index-type"):
@@ -225,7 +228,7 @@ def test_server_answers_from_milvus(tmp_path, index_dir, default_encoder):
     uri = str(tmp_path / "vectors.db")
     with closing(Store.open(index_dir)) as store:
         export_index(store, uri, index_type="flat", progress=False)
-        expected = search(store, QUERIES[:1], k=5, encoder=default_encoder)[0]
+        expected = search_queries(store, QUERIES[:1], k=5, encoder=default_encoder)[0]
     server = LiveServer(create_app(index_dir, default_encoder, backend=MilvusIndex.open(uri)))
     try:
         got = httpx.get(f"{server.url}/search", params={"q": QUERIES[0], "k": 5}).json()

@@ -9,6 +9,7 @@ import torch
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.precision import BF16, FP32, MIXED, PRECISION_ENV, resolve_precision
+from tests.tolerances import BF16_TOLERANCE, MIXED_TOLERANCE
 
 TEXTS = [
     "Photosynthesis turns light, water and carbon dioxide into sugar.",
@@ -16,6 +17,9 @@ TEXTS = [
     "The TCP three-way handshake is SYN, SYN-ACK, ACK. " * 30,
     "Sourdough starters are wild yeast and lactic acid bacteria living in flour paste.",
 ]
+
+# Every test here compares vectors that the CPU's precision moves: CI runs them again in fp32.
+pytestmark = pytest.mark.precision
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +31,9 @@ def fp32_vectors(default_encoder) -> np.ndarray:
         default_encoder.precision = resolve_precision(None, "cpu")
 
 
-# mixed measured within 2e-7 of fp32 on an AVX512-BF16 CPU; on AMX (or emulated) oneDNN
-# may round to bf16 in one pass, so there it only has to be as close as bf16.
-MIXED_TOLERANCE = 1e-2 if torch.cpu._is_amx_tile_supported() else 1e-5
-
-
-@pytest.mark.parametrize(("precision", "tolerance"), [(MIXED, MIXED_TOLERANCE), (BF16, 1e-2)])
+@pytest.mark.parametrize(
+    ("precision", "tolerance"), [(MIXED, MIXED_TOLERANCE), (BF16, BF16_TOLERANCE)]
+)
 def test_reduced_precision_vectors_stay_close_to_fp32(
     default_encoder, fp32_vectors, precision, tolerance
 ):

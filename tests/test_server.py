@@ -27,9 +27,10 @@ from engine.app.server import create_app
 from engine.encoder import Encoder
 from indexer.documents import Document
 from indexer.indexing import update_index
-from indexer.search import search
+from indexer.search import search_queries
 from indexer.store import Store
 from tests.models import WORDS
+from tests.tolerances import assert_same_hits, assert_same_results, vector_tolerance
 
 SCRIPT_DOC = '<script>document.title="pwned"</script> Bread rises because yeast makes gas.'
 DOCUMENTS = [
@@ -86,11 +87,12 @@ def assert_one_line_error(response: httpx.Response, status: int) -> str:
 
 
 # ---------------------------------------------------------------- search
+@pytest.mark.precision
 def test_search_answers_like_search_json(served):
     server, index_dir, encoder = served
     expected = [
         hit.to_dict()
-        for hit in search(index_dir, ["how do plants make sugar"], k=3, encoder=encoder)[0]
+        for hit in search_queries(index_dir, ["how do plants make sugar"], k=3, encoder=encoder)[0]
     ]
     got = httpx.get(f"{server.url}/search", params={"q": "how do plants make sugar", "k": 3}).json()
     assert got["results"] == [expected] and expected[0]["doc_id"] == "plants"
@@ -100,13 +102,18 @@ def test_search_answers_like_search_json(served):
     ).json()
     assert both["instruction"] == INSTRUCTION and both["generation"] >= 1
     assert [hits[0]["doc_id"] for hits in both["results"]] == ["tcp", "volcano"]
-    with_instruction = search(index_dir, ["lava"], k=2, instruction=INSTRUCTION, encoder=encoder)
-    assert both["results"][1] == [hit.to_dict() for hit in with_instruction[0]]
+    with_instruction = search_queries(
+        index_dir, ["lava"], k=2, instruction=INSTRUCTION, encoder=encoder
+    )
+    # A batch of two against one query alone: other matrix shapes, so scores within a tolerance.
+    expected = [hit.to_dict() for hit in with_instruction[0]]
+    assert_same_hits(both["results"][1], expected, encoder.precision)
 
 
+@pytest.mark.precision
 def test_search_cli_through_the_server(served):
     """`engine search --server` prints what the local `engine search` prints."""
-    server, index_dir, _ = served
+    server, index_dir, encoder = served
     runner = CliRunner()
     local = runner.invoke(
         cli, ["search", "yeast bread", "--index", str(index_dir), "--json", "-k", "3"]
@@ -115,10 +122,10 @@ def test_search_cli_through_the_server(served):
         cli, ["search", "yeast bread", "--server", server.url, "--json", "-k", "3"]
     )
     assert local.exit_code == remote.exit_code == 0, remote.output
-    assert (
-        remote.stdout == local.stdout
-        and json.loads(remote.stdout.splitlines()[0])["doc_id"] == "bread"
-    )
+    remote_hits = [json.loads(line) for line in remote.stdout.splitlines()]
+    local_hits = [json.loads(line) for line in local.stdout.splitlines()]
+    assert_same_hits(remote_hits, local_hits, encoder.precision)
+    assert remote_hits[0]["doc_id"] == "bread"
     human = runner.invoke(
         cli,
         ["search", "lava", "--instruct", INSTRUCTION, "-k", "1"],
@@ -129,6 +136,7 @@ def test_search_cli_through_the_server(served):
     assert down.exit_code == 1 and "cannot reach the server" in down.stderr
 
 
+@pytest.mark.precision
 def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
     """nprobe (IVF) and ef_search (HNSW) over HTTP and `engine search --server` equal in-process."""
     encoder = Encoder.load(str(tiny_bert_path), device="cpu")
@@ -150,18 +158,24 @@ def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
             for value in values:
                 expected = [
                     [hit.to_dict() for hit in hits]
-                    for hits in search(folder, queries, k=10, encoder=encoder, **{knob: value})
+                    for hits in search_queries(
+                        folder, queries, k=10, encoder=encoder, **{knob: value}
+                    )
                 ]
                 got = httpx.post(
                     f"{server.url}/search", json={"queries": queries, "k": 10, knob: value}
                 )
-                assert got.status_code == 200 and got.json()["results"] == expected, got.text
+                assert got.status_code == 200, got.text
+                assert_same_results(got.json()["results"], expected, encoder.precision)
                 one = httpx.get(
                     f"{server.url}/search", params={"q": queries[0], "k": 10, knob: value}
                 )
-                assert one.json()["results"] == expected[:1]
+                # One query alone against the same query in a batch of 20: scores within a
+                # tolerance (other matrix shapes), ids and order exactly.
+                assert_same_results(one.json()["results"], expected[:1], encoder.precision)
                 answers.append(expected)
-            assert answers[0] != answers[1]  # the knob changed what the index answered
+            ids = [[[hit["doc_id"] for hit in hits] for hits in answer] for answer in answers]
+            assert ids[0] != ids[1]  # the knob changed what the index answered
             option, low = "--" + knob.replace("_", "-"), str(values[0])
             common = [queries[0], "-k", "10", option, low, "--json"]
             remote = runner.invoke(cli, ["search", *common, "--server", server.url])
@@ -169,8 +183,10 @@ def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
                 cli, ["search", *common, "--index", str(folder), "--model", str(tiny_bert_path)]
             )
             assert remote.exit_code == local.exit_code == 0, remote.output
-            assert remote.stdout == local.stdout
-            assert [json.loads(line) for line in remote.stdout.splitlines()] == answers[0][0]
+            remote_hits = [json.loads(line) for line in remote.stdout.splitlines()]
+            local_hits = [json.loads(line) for line in local.stdout.splitlines()]
+            assert_same_hits(remote_hits, local_hits, encoder.precision)
+            assert_same_hits(remote_hits, answers[0][0], encoder.precision)
             for bad, words in [(0, "greater than or equal to 1"), (10**6, "at most"), ("x", knob)]:
                 posted = httpx.post(f"{server.url}/search", json={"query": "sun", knob: bad})
                 assert words in assert_one_line_error(posted, 422)
@@ -199,6 +215,7 @@ def test_search_cli_through_the_server_imports_no_torch(served):
 
 
 # ------------------------------------------------------------ embeddings
+@pytest.mark.precision
 def test_embeddings_equal_the_encoder(served):
     server, _, encoder = served
     texts = ["how do plants make sugar", "TCP"]
@@ -236,6 +253,7 @@ def test_embeddings_equal_the_encoder(served):
     np.testing.assert_allclose(vector, expected, atol=1e-5)
 
 
+@pytest.mark.precision
 def test_concurrent_requests_share_forward_passes(served):
     """32 requests at once: fewer than 32 forward passes, and each gets its own vector."""
     server, _, encoder = served
@@ -257,7 +275,9 @@ def test_concurrent_requests_share_forward_passes(served):
     assert all(r.status_code == 200 for r in responses)
     assert 1 <= used < 32, used
     got = np.array([r.json()["data"][0]["embedding"] for r in responses])
-    np.testing.assert_allclose(got, encoder.encode_queries(texts), atol=1e-5)
+    # The batcher groups requests its own way: other shapes than one batch of 32.
+    expected = encoder.encode_queries(texts)
+    np.testing.assert_allclose(got, expected, atol=vector_tolerance(encoder.precision))
 
 
 def test_full_queue_answers_503(served):

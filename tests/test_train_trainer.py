@@ -13,6 +13,7 @@ import torch
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from tests.models import WORDS
+from tests.tolerances import vector_tolerance
 from train.arguments import DataArguments, DataSource, ModelArguments, TrainingArguments
 from train.collator import Collator
 from train.data import MixedDataset, load_sources
@@ -131,6 +132,7 @@ def test_records_command_log_and_plot(trained_bert):
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.precision
 def test_merge_writes_a_full_model(tiny_bert_path, tmp_path):
     data = make_data(tmp_path / "train.jsonl", n=8)
     trainer = run(tiny_bert_path, data, tmp_path / "merged", merge=True, epochs=1)
@@ -139,7 +141,11 @@ def test_merge_writes_a_full_model(tiny_bert_path, tmp_path):
     assert (out / "adapter" / "adapter_config.json").is_file()
     merged = Encoder.load(str(out))
     adapter = Encoder.load(str(out / "adapter"))
-    np.testing.assert_allclose(merged.encode_texts(PROBES), adapter.encode_texts(PROBES), atol=1e-5)
+    # Merged weights against base + LoRA: other sums, so equal within the precision's tolerance.
+    tolerance = vector_tolerance(merged.precision)
+    np.testing.assert_allclose(
+        merged.encode_texts(PROBES), adapter.encode_texts(PROBES), atol=tolerance
+    )
     assert "lora" not in " ".join(n for n, _ in merged.model.named_parameters())
     assert trainer.log
 

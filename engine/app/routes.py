@@ -52,7 +52,7 @@ async def run(batcher: Batcher, job: Job) -> Any:
     return await asyncio.wrap_future(batcher.submit(job))
 
 
-async def search_queries(
+async def answer_search(
     batcher: Batcher,
     limits: Limits,
     queries: list[str],
@@ -97,7 +97,7 @@ async def search_post(
     """Top-k hits per query: the hits `engine search --json` prints."""
     queries = ([request.query] if request.query is not None else []) + (request.queries or [])
     knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
-    return await search_queries(
+    return await answer_search(
         batcher, limits, queries, request.instruct, request.no_instruct, request.k, knobs
     )
 
@@ -115,7 +115,7 @@ async def search_get(
 ) -> SearchResponse:
     """The same search for browsers and curl: `/search?q=...&k=5&ef_search=256`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-    return await search_queries(batcher, limits, [q], instruct, no_instruct, k, knobs)
+    return await answer_search(batcher, limits, [q], instruct, no_instruct, k, knobs)
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])

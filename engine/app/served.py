@@ -69,7 +69,7 @@ class ServedIndex:
         try:
             # One read transaction until the next publish: checkpoints a running
             # `engine index` commits meanwhile stay invisible (WAL keeps this snapshot).
-            store.db.execute("BEGIN")
+            store.hold_read_snapshot()
             settings = store.settings
             if settings["max_length"] != self.encoder.max_length:
                 self.encoder.set_max_length(settings["max_length"])

@@ -1,0 +1,166 @@
+"""`engine index`: encode a corpus into an index folder, incrementally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from engine.app.commands import INDEX_MODEL, index_option
+from engine.errors import EngineError
+from engine.options import (
+    batch_tokens_option,
+    device_option,
+    index_type_option,
+    json_option,
+    model_option,
+    precision_option,
+    quiet_option,
+)
+from indexer.documents import read_corpus
+
+
+@click.command("index")
+@click.argument("corpus", type=click.Path(path_type=Path))
+@index_option
+@model_option(INDEX_MODEL)
+@click.option(
+    "--max-length",
+    type=click.IntRange(min=1),
+    help="Tokens encoded per document (default: the first 512, or the model's maximum if smaller).",
+)
+@click.option(
+    "--instruct",
+    "default_instruction",
+    help="Default task instruction stored with the index, used by `engine search` when it gets none.",
+)
+@click.option(
+    "--rebuild", is_flag=True, help="Start over: re-encode everything into a fresh index."
+)
+@index_type_option(
+    "FAISS index type (default: keep the index's; auto for a new one). Changing it re-uses "
+    "the stored vectors: nothing is re-encoded."
+)
+@batch_tokens_option()
+@device_option()
+@precision_option()
+@click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
+@quiet_option()
+@json_option()
+def index_command(
+    corpus: Path,
+    index_dir: Path,
+    model: str | None,
+    max_length: int | None,
+    default_instruction: str | None,
+    rebuild: bool,
+    index_type: str | None,
+    batch_tokens: int | None,
+    device: str | None,
+    precision: str | None,
+    verbose: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Index the documents under CORPUS (a folder or a file).
+
+    Reads .txt .md .rst .html .pdf and BEIR-style .json/.jsonl (_id, title, text)
+    recursively. Re-running encodes only new and changed documents and removes
+    deleted ones; unreadable files are skipped and reported.
+
+    \b
+    Examples:
+      engine index ./corpus
+      engine index ./corpus --index ./my-index --max-length 256
+      engine index ./corpus --model intfloat/e5-mistral-7b-instruct --rebuild
+      engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
+      torchrun --nnodes 2 --nproc_per_node 8 ... -m engine index ./corpus --model ./e5-mistral
+        (every rank encodes a share balanced by tokens; rank 0 alone writes the index)
+      engine index ./corpus --index-type hnsw
+      engine index ./corpus --index-type "IVF4096,SQ8"
+    """
+    # Here, not at the top: `engine index --help` and argument errors load no torch.
+    from engine.encoder import Encoder, document_tokens
+    from indexer.distributed import IndexingGroup
+    from indexer.folder import reporting_damage
+    from indexer.indexing import update_index
+    from indexer.store import indexed_settings
+    from indexer.vector_index import validate_type
+
+    def model_and_length() -> tuple[str | None, int | None]:
+        """An existing index keeps its model and length unless told otherwise."""
+        if not corpus.exists():
+            raise EngineError(f"corpus not found: {corpus}")
+        if index_type is not None:
+            validate_type(index_type)
+        if model is None and not rebuild:
+            with reporting_damage(index_dir):
+                stored = indexed_settings(index_dir)
+            if stored is not None:
+                return stored["model"], max_length or stored["max_length"]
+        return model, max_length
+
+    # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
+    with IndexingGroup() as group:
+        chosen_model, chosen_length = group.writer_decides(model_and_length)
+        encoder = Encoder.load(
+            chosen_model,
+            device=group.device(device),
+            batch_tokens=batch_tokens,
+            precision=precision,
+        )
+        encoder.set_max_length(document_tokens(encoder, chosen_length))
+        if not group.is_writer:
+            group.encode_for_writer(encoder)
+            return
+        scan = read_corpus(corpus, max_tokens=encoder.max_length)  # lazy: read as indexed
+        report = update_index(
+            index_dir,
+            encoder,
+            scan,
+            rebuild=rebuild,
+            default_instruction=default_instruction,
+            keep_sources=scan.failed_sources,
+            index_type=validate_type(index_type) if index_type is not None else None,
+            progress=not quiet and not as_json,
+        )
+    summary = {
+        "index": str(index_dir),
+        "corpus": str(corpus),
+        "model": encoder.name,
+        "max_length": encoder.max_length,
+        **report.to_dict(),
+        "skipped": len(scan.skipped),
+        "ignored_files": scan.ignored,
+        "skipped_detail": [{"source": s.source, "reason": s.reason} for s in scan.skipped],
+        "notes": [{"source": n.source, "message": n.message} for n in scan.notes],
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(
+        f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
+        f"{report.added} added, {report.updated} updated, {report.removed} removed, "
+        f"{report.unchanged} unchanged; {report.total} documents; index {report.index}."
+    )
+    if report.encoded:
+        click.echo(
+            f"Encoded {report.encoded} documents ({report.encoded_tokens:,} tokens) "
+            f"in {report.seconds:.1f}s, {report.encoded / report.seconds:.1f} docs/s"
+            + (f" on {report.ranks} ranks." if report.ranks > 1 else ".")
+        )
+    if scan.skipped:
+        hint = "" if verbose else " (--verbose lists them)"
+        click.echo(f"Skipped {len(scan.skipped)} unreadable files or records{hint}.")
+        if verbose:
+            for skipped in scan.skipped:
+                click.echo(f"  {skipped.source}: {skipped.reason}")
+    if scan.notes:
+        hint = "" if verbose else " (--verbose lists them)"
+        click.echo(f"{len(scan.notes)} warnings from file parsers{hint}.")
+        if verbose:
+            for note in scan.notes:
+                click.echo(f"  {note.source}: {note.message}")
+    if report.kept_sources:
+        click.echo(f"Kept the indexed documents of {len(report.kept_sources)} unreadable files.")

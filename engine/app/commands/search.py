@@ -1,0 +1,131 @@
+"""`engine search`: one query against an index, a Milvus collection or a running server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from engine.app.client import search_server
+from engine.app.commands import (
+    INDEX_MODEL,
+    backend_option,
+    collection_option,
+    index_option,
+    token_option,
+)
+from engine.errors import EngineError
+from engine.options import (
+    api_key_option,
+    device_option,
+    json_option,
+    model_option,
+    search_knob_options,
+)
+
+
+@click.command("search")
+@click.argument("query")
+@index_option
+@backend_option
+@collection_option
+@token_option
+@click.option("--instruct", "instruction", help="Task instruction for this query.")
+@click.option(
+    "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
+)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
+@search_knob_options
+@model_option(INDEX_MODEL)
+@device_option()
+@click.option(
+    "--server",
+    envvar="ENGINE_SERVER",
+    show_envvar=True,
+    help="Ask a running `engine serve` at this URL instead of loading the model and index.",
+)
+@api_key_option("The server's API key, if it needs one.")
+@json_option()
+def search_command(
+    query: str,
+    index_dir: Path,
+    backend: str | None,
+    collection: str,
+    token: str | None,
+    instruction: str | None,
+    no_instruct: bool,
+    k: int,
+    nprobe: int | None,
+    ef_search: int | None,
+    model: str | None,
+    device: str | None,
+    server: str | None,
+    api_key: str | None,
+    as_json: bool,
+) -> None:
+    """Search the index for QUERY.
+
+    The query is embedded with the model's instruction template
+    (`Instruct: {task}\\nQuery: {query}` for E5-mistral); documents were embedded
+    without one, so a new instruction never needs a re-index.
+
+    \b
+    Examples:
+      engine search "how do plants make sugar"
+      engine search "how do plants make sugar" --instruct "Given a question, retrieve passages that answer it" -k 5
+      engine search "TCP handshake" --no-instruct --json
+      engine search "TCP handshake" --backend ./vectors.db
+      engine search "TCP handshake" --backend http://milvus.internal:19530 --token root:Milvus
+      engine search "how do plants make sugar" --server http://127.0.0.1:8000
+      engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
+    """
+    if not query.strip():
+        raise EngineError("empty query")
+    if instruction and no_instruct:
+        raise EngineError("--instruct and --no-instruct exclude each other")
+    if server and backend:
+        raise EngineError("--server and --backend exclude each other")
+    if server:
+        answer = search_server(
+            server, query, instruction, no_instruct, k, api_key, nprobe=nprobe, ef_search=ef_search
+        )
+        hits, instruction = answer["results"][0], answer["instruction"]
+    else:
+        # Here, not at the top: `--server` stays a light client (no torch, no FAISS).
+        from indexer.search import load_encoder_for, resolve_instruction, search_queries
+
+        if backend:
+            from indexer.milvus import MilvusIndex
+
+            searched = MilvusIndex.open(backend, collection, token)
+        else:
+            from indexer.store import Store
+
+            searched = Store.open(index_dir)
+        instruction = resolve_instruction(searched, instruction, no_instruct)
+        encoder = load_encoder_for(searched, model, device)
+        found = search_queries(
+            searched,
+            [query],
+            k=k,
+            instruction=instruction,
+            encoder=encoder,
+            nprobe=nprobe,
+            ef_search=ef_search,
+        )[0]
+        hits = [hit.to_dict() for hit in found]
+    if as_json:
+        for hit in hits:
+            click.echo(json.dumps(hit, ensure_ascii=False))
+        return
+    if instruction:
+        click.echo(f"Instruction: {instruction}")
+    if not hits:
+        click.echo("No documents in the index.")
+    for hit in hits:
+        doc_id, source = hit["doc_id"], hit["source"]
+        where = doc_id if doc_id == source else f"{doc_id}  [{source}]"
+        title = f"  {hit['title']}" if hit["title"] else ""
+        click.echo(f"{hit['rank']:>3}. {hit['score']:.4f}  {where}{title}")
+        click.echo(f"     {hit['snippet']}")

@@ -1,0 +1,56 @@
+"""How close floats must be across CPUs: ids and order compare exactly, scores within a tolerance.
+
+The same query can score a little differently in a batch of 1 and in a batch of 20 (other
+matrix shapes, other summation order), and differently again on a CPU with bf16 hardware,
+where the default precision (``auto`` -> ``mixed``) lets oneDNN compute fp32 products in bf16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.precision import FP32, MIXED
+
+# Strict fp32: only the summation order differs (measured ~1e-7 on AVX2 and AVX-512 CPUs).
+FP32_TOLERANCE = 1e-4
+# bf16 products round each input to 8 bits of mantissa: unit vectors move by up to ~1e-3.
+BF16_TOLERANCE = 1e-2
+# mixed was measured within 2e-7 of fp32 on an AVX512-BF16 CPU; with AMX tiles oneDNN rounds
+# to bf16 in one pass (8e-4 seen), so there it only has to be as close as bf16.
+MIXED_TOLERANCE = BF16_TOLERANCE if torch.cpu._is_amx_tile_supported() else 1e-5
+
+
+def vector_tolerance(precision: str) -> float:
+    """The largest difference of two unit vectors' entries for one text encoded in other
+    batches (other shapes, padding) or compared with a plain forward pass, under ``precision``."""
+    if precision == FP32:
+        return 1e-5
+    if precision == MIXED:
+        return MIXED_TOLERANCE
+    return BF16_TOLERANCE
+
+
+def score_tolerance(precision: str) -> float:
+    """The largest difference of cosine scores (or vector entries) expected under ``precision``."""
+    if precision == FP32:
+        return FP32_TOLERANCE
+    if precision == MIXED:
+        return max(MIXED_TOLERANCE, FP32_TOLERANCE)
+    return BF16_TOLERANCE
+
+
+def assert_same_hits(got: list[dict], expected: list[dict], precision: str) -> None:
+    """Hit dicts equal field by field, ids and order exactly, the score within the tolerance."""
+    assert [hit["doc_id"] for hit in got] == [hit["doc_id"] for hit in expected]
+    tolerance = score_tolerance(precision)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert {**mine, "score": None} == {**theirs, "score": None}
+        assert mine["score"] == pytest.approx(theirs["score"], abs=tolerance)
+
+
+def assert_same_results(got: list[list[dict]], expected: list[list[dict]], precision: str) -> None:
+    """:func:`assert_same_hits` for every query of a batch."""
+    assert len(got) == len(expected)
+    for mine, theirs in zip(got, expected, strict=True):
+        assert_same_hits(mine, theirs, precision)
