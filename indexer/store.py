@@ -353,12 +353,15 @@ class Store:
                         vector_id = (
                             self.db["passages"].insert({**passage, "document": doc_id}).last_pk
                         )
+                    vector = next(vectors_left, None)
+                    if vector is None:
+                        raise ValueError("one vector a document (or a passage) is needed")
                     self.db.conn.execute(
                         "INSERT INTO vectors (id, vector) VALUES (?, ?)",
-                        (vector_id, next(vectors_left).tobytes()),
+                        (vector_id, vector.tobytes()),
                     )
                     new_ids.append(vector_id)
-            if next(vectors_left, None) is not None or len(new_ids) != len(stored):
+            if next(vectors_left, None) is not None:
                 raise ValueError("one vector a document (or a passage) is needed")
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
