@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 DEMO_INDEX = .engine-demo
 
-.PHONY: install demo test test-fp32 lint format clean
+.PHONY: install demo test test-quick test-fp32 lint format clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ demo: install
 
 test: install lint
 	$(BIN)/pytest -q
+
+# Everything but the tests marked slow (subprocess, torchrun and kill -9 end-to-end runs).
+test-quick: install lint
+	$(BIN)/pytest -q -m "not slow"
 
 # The precision-dependent tests again as a CPU without bf16 runs them: strict fp32, and oneDNN
 # held to AVX2 (no AVX-512, no bf16 or AMX instructions), whatever this CPU has.

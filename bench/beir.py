@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from bench.common import command_line
 from bench.datasets import (
     BeirDataset,
     UnknownDataset,
@@ -52,6 +52,7 @@ from engine.progress import progress_enabled
 
 if TYPE_CHECKING:
     from engine.encoder import Encoder
+    from indexer.distributed import IndexingGroup
     from indexer.store import Store
     from indexer.vector_index import IndexSpec
 
@@ -204,6 +205,7 @@ def evaluate_dataset(
     index_type: str | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    group: IndexingGroup | None = None,
 ) -> dict[str, Any]:
     """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
 
@@ -212,6 +214,7 @@ def evaluate_dataset(
     none, or a string.
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
+    ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
     """
     from indexer.indexing import update_index
 
@@ -220,7 +223,7 @@ def evaluate_dataset(
     used_instruction = resolve_instruction(encoder, data.name, instruction)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     index_dir = index_dir_for(cache_dir, data.name, encoder)
-    report = update_index(index_dir, encoder, data.corpus, progress=progress)
+    report = update_index(index_dir, encoder, data.corpus, progress=progress, group=group)
     exclude_own_id = ignores_identical_ids(data.name)
     run, query_timing = retrieve(
         encoder,
@@ -318,30 +321,6 @@ def result_filename(
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
     suffix = "" if precision == "fp32" else f"-{precision}"
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}.json"
-
-
-def command_line(params: dict[str, Any]) -> str:
-    """The ``engine bench beir`` command that reproduces a run (recorded in the JSON)."""
-    words = ["engine", "bench", "beir"]
-    options = [
-        ("--data-dir", params.get("data_dir")),
-        ("--datasets", params.get("datasets")),
-        ("--split", params.get("split")),
-        ("--model", params.get("model")),
-        ("--max-length", params.get("max_length")),
-        ("--precision", params.get("precision")),
-        ("--instruction", params.get("instruction")),
-        ("-k", params.get("k")),
-        ("--index-type", params.get("index_type")),
-        ("--nprobe", params.get("nprobe")),
-        ("--ef-search", params.get("ef_search")),
-    ]
-    for flag, value in options:
-        if value is not None:
-            words += [flag, str(value)]
-    if params.get("instruct") is not None:
-        words.append("--instruct" if params["instruct"] else "--no-instruct")
-    return " ".join(shlex.quote(word) for word in words)
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -506,15 +485,15 @@ def beir(
                     index_type=index_type,
                     nprobe=nprobe,
                     ef_search=ef_search,
+                    group=group,
                 )
             )
 
-    params = click.get_current_context().params
     summary = {
         "benchmark": "beir",
         "engine_version": __version__,
         "created": utc_now(),
-        "command": command_line(params),
+        "command": command_line(click.get_current_context()),
         "model": encoder.name,
         "fingerprint": encoder.fingerprint,
         "dim": encoder.dim,

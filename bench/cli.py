@@ -58,7 +58,7 @@ BENCHMARKS = {
 def bench() -> None:
     """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
     indexing, the Milvus backend, reliability under kill -9 and damaged files, FAISS index
-    types (ann), indexing memory.
+    types (ann), indexing memory, BM25 libraries (lexical).
 
     \b
     Examples:

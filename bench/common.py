@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,18 @@ def file_slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in last)
 
 
+# Variables that cap the instruction sets torch's kernels use: how a run on this CPU
+# emulates an older one (e.g. an AVX2 CPU without bf16; bench/results/README.md).
+ISA_CAP_VARIABLES = (
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ATEN_CPU_CAPABILITY",
+    "FBGEMM_ENABLE_INSTRUCTIONS",
+)
+
+
 def machine() -> dict[str, Any]:
+    """The CPU, library versions and threads, and any instruction-set caps in force."""
     import torch
     import transformers
 
@@ -33,6 +45,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_caps": {name: os.environ[name] for name in ISA_CAP_VARIABLES if name in os.environ},
     }
 
 
@@ -65,3 +79,29 @@ def command_line(context) -> str:
             continue
         words += [param.opts[0], str(value)]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The ``p``-th percentile (0-100) by linear interpolation between the two nearest ranks
+    (numpy's default method, R's type 7); None for no values. Every benchmark's p50/p95/p99
+    comes from here, so recorded latencies compare across benchmarks."""
+    import numpy as np
+
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), p))
+
+
+def latency_ms(seconds: Sequence[float]) -> dict[str, float | None]:
+    """p50, p95, p99 and mean of latencies given in seconds, in milliseconds."""
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(1000 * value, 3)
+
+    mean = sum(seconds) / len(seconds) if len(seconds) else None
+    return {
+        "p50_ms": ms(percentile(seconds, 50)),
+        "p95_ms": ms(percentile(seconds, 95)),
+        "p99_ms": ms(percentile(seconds, 99)),
+        "mean_ms": ms(mean),
+    }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from bench.common import command_line, machine
+from bench.common import command_line, latency_ms, machine
 from engine import __version__
 from engine.options import json_option, results_dir_option
 from indexer.milvus import MilvusIndex, export_index
@@ -37,12 +37,9 @@ def _latencies(search, queries) -> tuple[list[float], list[list[int]]]:
     return times, ids
 
 
-def _summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {
-        "p50_ms": round(1000 * statistics.median(ordered), 3),
-        "p95_ms": round(1000 * ordered[int(0.95 * (len(ordered) - 1))], 3),
-    }
+def _summary(times: list[float]) -> dict[str, float | None]:
+    latency = latency_ms(times)
+    return {"p50_ms": latency["p50_ms"], "p95_ms": latency["p95_ms"]}
 
 
 @click.command("milvus")

@@ -28,7 +28,7 @@ from engine import __version__
 from engine.errors import EngineError
 from engine.options import json_option, model_option, results_dir_option
 from indexer.documents import Document
-from indexer.schema import index_settings
+from indexer.schema import new_index_settings
 from indexer.store import Writer
 
 
@@ -39,7 +39,7 @@ def writer_commit_rate(folder: Path, dim: int, rounds: int, round_documents: int
     how many GPUs one writer keeps busy.
     """
 
-    settings = index_settings(
+    settings = new_index_settings(
         {"model": "synthetic", "fingerprint": "synthetic", "dim": dim, "max_length": 512},
         None,
     )

@@ -14,10 +14,8 @@ import asyncio
 import itertools
 import json
 import os
-import shlex
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from typing import Any
 
 import click
 
-from bench.common import file_slug, machine
+from bench.common import command_line, file_slug, latency_ms, machine
 from engine import __version__
 from engine.errors import EngineError
 from engine.options import (
@@ -44,23 +42,13 @@ SERVER_START_SECONDS = 120
 
 def latency_summary(seconds: list[float], wall: float, errors: int) -> dict[str, Any]:
     """Queries/s and latency percentiles (milliseconds) of one run."""
-    ms = sorted(s * 1000 for s in seconds)
-
-    def percentile(p: float) -> float | None:
-        if not ms:
-            return None
-        return round(ms[min(len(ms) - 1, int(round(p / 100 * (len(ms) - 1))))], 2)
-
     return {
-        "requests": len(ms) + errors,
-        "ok": len(ms),
+        "requests": len(seconds) + errors,
+        "ok": len(seconds),
         "errors": errors,
         "seconds": round(wall, 2),
-        "queries_per_second": round(len(ms) / wall, 2) if wall else None,
-        "p50_ms": percentile(50),
-        "p95_ms": percentile(95),
-        "p99_ms": percentile(99),
-        "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+        "queries_per_second": round(len(seconds) / wall, 2) if wall else None,
+        **latency_ms(seconds),
     }
 
 
@@ -366,7 +354,7 @@ def serve_benchmark(
         "benchmark": "serve",
         "engine_version": __version__,
         "created": utc_now(),
-        "command": shlex.join(["engine", *sys.argv[1:]]),
+        "command": command_line(click.get_current_context()),
         "model": encoder.name,
         "dataset": data.name,
         "documents": len(data.corpus),

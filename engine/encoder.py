@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import EngineError
-from engine.precision import BF16, FP32, MIXED, resolve_precision
+from engine.precision import BF16, FP32, INT8, MIXED, quantize_linear_layers, resolve_precision
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
 from engine.progress import progress_bar
 
@@ -246,6 +246,8 @@ class Encoder:
         cpu_fp32 = self.device.type == "cpu" and weights == torch.float32
         # On CPU the weights stay fp32; mixed/bf16 change how inference computes with them.
         self.precision = resolve_precision(precision, "cpu") if cpu_fp32 else _dtype_name(weights)
+        # precision int8: the quantized copy and the weights' version it was made from.
+        self._int8_network: tuple[tuple[int, ...], torch.nn.Module] | None = None
         self.bos_id = tokenizer.bos_token_id
         eos_token = profile.eos_token or tokenizer.eos_token
         self.eos_id = tokenizer.convert_tokens_to_ids(eos_token) if eos_token else None
@@ -270,9 +272,10 @@ class Encoder:
     ) -> Encoder:
         """Load a model by name, folder, PEFT adapter folder or hub id (cached or online).
 
-        ``precision`` (``auto``/``fp32``/``mixed``/``bf16``; None: ``$ENGINE_PRECISION``,
-        else ``auto``; see engine/precision.py): on CUDA the weights' dtype (bf16 for
-        auto/bf16); on CPU the weights stay fp32 and it sets how inference computes.
+        ``precision`` (``auto``/``fp32``/``mixed``/``bf16``/``int8``; None:
+        ``$ENGINE_PRECISION``, else ``auto``; see engine/precision.py): on CUDA the weights'
+        dtype (bf16 for auto/bf16); on CPU the weights stay fp32 and it sets how inference
+        computes (int8: with a quantized copy).
         ``dtype`` overrides the weights' dtype.
         """
         quiet_libraries()
@@ -502,10 +505,17 @@ class Encoder:
                 raise EngineError(f"{self.name}: a sequence does not start with BOS")
 
     # --------------------------------------------------------------- forward
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Forward pass and pooling; differentiable, so training uses it too."""
+    def embed(
+        self, batch: dict[str, torch.Tensor], *, network: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """Forward pass and pooling; differentiable, so training uses it too.
+
+        ``network``: what runs the forward pass (None: the model; inference passes
+        :meth:`inference_network`).
+        """
         self.check_special_tokens(batch)
-        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        network = self.model if network is None else network
+        output = network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
         pool_mask = batch.get("pool_mask", batch["attention_mask"])
         pooled = pool(hidden, pool_mask, self.profile.pooling).float()
@@ -603,6 +613,19 @@ class Encoder:
             return onednn_bf16_matmuls()
         return contextlib.nullcontext()
 
+    def inference_network(self) -> torch.nn.Module:
+        """The network inference runs: the model, or for int8 its quantized copy.
+
+        The copy is made on first use and again whenever the model's weights changed
+        in place since (training steps, ``load_state_dict``), so it never goes stale.
+        """
+        if self.precision != INT8:
+            return self.model
+        version = tuple(parameter._version for parameter in self.model.parameters())
+        if self._int8_network is None or self._int8_network[0] != version:
+            self._int8_network = (version, quantize_linear_layers(self.model))
+        return self._int8_network[1]
+
     def _encode_batch(
         self, ids: list[Sequence[int]], instruction_spans: list[tuple[int, int]] | None = None
     ) -> np.ndarray:
@@ -612,7 +635,7 @@ class Encoder:
             # Entered per batch, not around the generator: the caller's code between
             # batches must not run under autocast.
             with self.inference_precision():
-                vectors = self.embed(batch)
+                vectors = self.embed(batch, network=self.inference_network())
             return vectors.cpu().numpy()
         except torch.OutOfMemoryError:
             if len(ids) == 1:

@@ -1,8 +1,26 @@
-"""Task instructions for queries: the presets `engine serve` offers, and `engine bench beir`'s.
+"""Task instructions for queries: the presets, and the rule that refuses a contradiction.
 
-The paper's instructions for the BEIR datasets (E5-mistral, appendix; the same
-strings as the released evaluation). Queries only: documents never get one.
+``INSTRUCTIONS`` holds the paper's instructions for the BEIR datasets (E5-mistral,
+appendix; the same strings as the released evaluation): `engine serve` offers them
+as presets, `engine bench beir` uses them. Queries only: documents never get one.
+Which instruction a search uses is :func:`indexer.search.resolve_instruction`.
 """
+
+from engine.errors import EngineError
+
+
+class InstructionConflict(EngineError):
+    """An instruction and "no instruction" asked for together (the server answers 422)."""
+
+
+def check_instruction(instruction: str | None, no_instruct: bool) -> None:
+    """Refuse ``--instruct`` with ``--no-instruct``: the CLI, the server, every search.
+
+    Torch-free, so `engine search --server` checks it before it sends anything.
+    """
+    if instruction and no_instruct:
+        raise InstructionConflict("--instruct and --no-instruct exclude each other")
+
 
 INSTRUCTIONS: dict[str, str] = {
     "ArguAna": "Given a claim, find documents that refute the claim",

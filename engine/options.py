@@ -59,7 +59,8 @@ def precision_option() -> Decorator:
         help="Encoding precision. auto (default): bf16 on CUDA; on a CPU with native bf16 "
         "(AVX512-BF16/AMX) mixed: fp32 tensors, bf16 matrix products in oneDNN, fp32-level "
         "vectors, ~1.5x as fast; fp32 on other CPUs. bf16: autocast, 2-3x as fast on such "
-        "a CPU, nDCG@10 may move by ~0.003.",
+        "a CPU, nDCG@10 may move by ~0.003. int8 (CPU): linear layers quantized to int8, "
+        "vectors move by ~1e-2, opt-in.",
     )
 
 
@@ -126,5 +127,5 @@ def search_knob_options(function: Callable[..., Any]) -> Callable[..., Any]:
         envvar="ENGINE_NPROBE",
         show_envvar=True,
         help="IVF: lists scanned per query; more is slower and more exact "
-        "(default: the index's, nlist/32 and at least 16).",
+        "(default: the index's, nlist/32 and at least 64, or nlist if smaller).",
     )(function)

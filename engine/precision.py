@@ -8,8 +8,15 @@
 * ``bf16``: on CPU, ``torch.autocast("cpu", dtype=torch.bfloat16)`` (2-3x as
   fast as fp32; vectors within about 2e-3, so SciFact nDCG@10 moves by up to
   0.003); on CUDA, bf16 weights.
+* ``int8`` (CPU only): the linear layers of a copy of the model quantized to int8
+  (torch's dynamic quantization: int8 weights per output channel, activations
+  quantized per batch), built on first use. Faster than fp32 on CPUs without bf16,
+  but vectors move by ~1e-2, so it is opt-in (bench/results/README.md, "CPUs
+  without bf16").
 * ``auto``: bf16 on CUDA; ``mixed`` on a CPU with native bf16 (AVX512-BF16 or
-  AMX), fp32 on other CPUs, which would only emulate bf16.
+  AMX), fp32 on other CPUs, which would only emulate bf16. A oneDNN ISA cap
+  (``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16``, e.g. ``AVX2``) counts as a
+  CPU without bf16: oneDNN then cannot use the instructions ``mixed`` relies on.
 
 Figures: bench/results/README.md, "Precision on CPU". Only inference is affected:
 training's forward/backward never runs under these settings. No torch import at
@@ -25,11 +32,22 @@ AUTO = "auto"
 FP32 = "fp32"
 MIXED = "mixed"
 BF16 = "bf16"
-PRECISIONS = (AUTO, FP32, MIXED, BF16)
+INT8 = "int8"
+PRECISIONS = (AUTO, FP32, MIXED, BF16, INT8)
+
+# oneDNN's ISA cap (its documented environment variable) and the caps that leave no
+# native bf16 dot products (AVX2_VNNI_2 only converts to bf16).
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+ISA_CAPS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 dot products in hardware (AVX512-BF16 or AMX tiles)."""
+    """Whether this CPU computes bf16 dot products in hardware (AVX512-BF16 or AMX tiles)
+    and oneDNN may use them (no ``ONEDNN_MAX_CPU_ISA`` cap below bf16)."""
+    if os.environ.get(ONEDNN_ISA_ENV, "").strip().upper() in ISA_CAPS_WITHOUT_BF16:
+        return False
     import torch
 
     cpu = torch.cpu
@@ -38,7 +56,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(requested: str | None, device_type: str) -> str:
-    """``fp32``, ``mixed`` or ``bf16`` for ``requested`` (None: ``$ENGINE_PRECISION``, else ``auto``)."""
+    """``fp32``, ``mixed``, ``bf16`` or ``int8`` for ``requested`` (None: ``$ENGINE_PRECISION``,
+    else ``auto``)."""
     from engine.errors import EngineError
 
     choice = (requested or os.environ.get(PRECISION_ENV) or AUTO).strip().lower()
@@ -47,6 +66,8 @@ def resolve_precision(requested: str | None, device_type: str) -> str:
             f"precision must be one of {', '.join(PRECISIONS)}, not {choice!r} "
             f"(--precision or ${PRECISION_ENV})"
         )
+    if choice == INT8 and device_type != "cpu":
+        raise EngineError(f"precision int8 runs on CPU only, not on {device_type}")
     if choice != AUTO:
         return choice
     if device_type == "cuda":
@@ -54,3 +75,27 @@ def resolve_precision(requested: str | None, device_type: str) -> str:
     if device_type == "cpu" and cpu_has_native_bf16():
         return MIXED
     return FP32
+
+
+def quantize_linear_layers(model):
+    """An int8 copy of ``model`` for CPU inference: every ``nn.Linear`` dynamically quantized.
+
+    Weights are quantized per output channel once; activations per batch at run time.
+    A PEFT model is merged first (its LoRA layers wrap the linear layers). The
+    original stays untouched, for training and the other precisions.
+    """
+    import copy
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    network = copy.deepcopy(model)
+    if hasattr(network, "merge_and_unload"):
+        network = network.merge_and_unload()
+    with warnings.catch_warnings():
+        # torch points eager-mode quantization users to torchao; this API still works.
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(
+            network, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        ).eval()

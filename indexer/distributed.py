@@ -12,7 +12,7 @@ single-process run: a killed rank (the launcher then stops the rest) or a killed
 writer loses at most the two rounds in flight (one being committed, whole or not
 at all, and one being encoded), and the next run finishes the job.
 
-The other ranks run :meth:`IndexingGroup.serve`: they wait for jobs from the
+The other ranks run :meth:`IndexingGroup.encode_for_writer`: they wait for jobs from the
 writer (one per ``update_index`` call that has something to encode), encode the
 shares of each round until the writer ends the job, until it says it is done.
 """
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch.distributed as dist
 
-from engine.distributed import join_launched_group, rank_and_world, rank_device
+from engine.distributed import join_launched_group, rank_device
 from engine.encoder import Encoder
 from engine.errors import EngineError
 
@@ -71,10 +71,6 @@ def _broadcast(message: Any) -> Any:
     return box[0]
 
 
-# True while the other ranks wait in IndexingGroup.serve for the writer's next message.
-_workers_waiting = False
-
-
 class IndexingGroup:
     """The ranks of one launched job, as seen by a command (a no-op in a plain process).
 
@@ -86,18 +82,22 @@ class IndexingGroup:
             if not group.is_writer:
                 group.encode_for_writer(encoder)
                 return
-            ...  # the writer's own work; update_index spreads encoding over the ranks
+            ...  # the writer's own work; update_index(..., group=group) spreads encoding
     """
+
+    def __init__(self) -> None:
+        self.rank, self.world = WRITER, 1
+        # True while the other ranks wait in serve() for the writer's next message.
+        self.workers_waiting = False
 
     def __enter__(self) -> IndexingGroup:
         self.rank, self.world = join_launched_group()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        global _workers_waiting
-        if self.world > 1 and self.is_writer and _workers_waiting:
+        if self.world > 1 and self.is_writer and self.workers_waiting:
             _broadcast({"job": "done"})
-            _workers_waiting = False
+            self.workers_waiting = False
         # Failing inside a round, the writer just exits and the launcher stops the others.
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -116,7 +116,6 @@ class IndexingGroup:
         An error on the writer is raised there (and printed as usual); the other
         ranks then leave quietly with exit status 1.
         """
-        global _workers_waiting
         if self.world == 1:
             return decide()
         if not self.is_writer:
@@ -130,7 +129,7 @@ class IndexingGroup:
             _broadcast({"failed": True})
             raise
         _broadcast({"value": value if share else None})
-        _workers_waiting = True
+        self.workers_waiting = True
         return value
 
     def encode_for_writer(self, encoder: Encoder) -> None:
@@ -159,9 +158,11 @@ class IndexingGroup:
 
 
 def encode_across_ranks(
-    encoder: Encoder, rounds: Iterable[tuple[P, Sequence[Sequence[int]]]]
+    group: IndexingGroup,
+    encoder: Encoder,
+    rounds: Iterable[tuple[P, Sequence[Sequence[int]]]],
 ) -> Iterator[tuple[P, Sequence[Sequence[int]], list[int], np.ndarray]]:
-    """On the writer: yield ``(payload, ids, positions, vectors)`` one round at a time.
+    """On the writer of ``group``: yield ``(payload, ids, positions, vectors)`` one round at a time.
 
     ``rounds`` gives each round's token id lists with a payload of the caller's (its
     documents), read lazily: the next round is drawn while the ranks encode this one.
@@ -170,15 +171,14 @@ def encode_across_ranks(
     vectors. The caller commits a round while the ranks already encode the next one,
     and the writer's own share shrinks by the time its commits and reads take.
     """
-    global _workers_waiting
-    if not _workers_waiting:
+    if not group.workers_waiting:
         raise EngineError("distributed indexing needs the ranks started through IndexingGroup")
-    _, world = rank_and_world()
+    world = group.world
     rounds = iter(rounds)
     upcoming = next(rounds, None)
     if upcoming is None:
         return  # nothing to encode: no job
-    _workers_waiting = False
+    group.workers_waiting = False
     _broadcast({"job": "encode", **encoder.describe()})
     problems: list[Any] = [None] * world
     dist.gather_object(None, problems, dst=WRITER)
@@ -215,5 +215,5 @@ def encode_across_ranks(
             rank_tokens = max(sum(lengths[p] for p in shares[-1]), 1)
             writer_share = max(0.0, 1.0 - busy_seconds * writer_rate / rank_tokens)
     dist.scatter_object_list([None], [None] * world, src=WRITER)  # the end of the job
-    _workers_waiting = True
+    group.workers_waiting = True
     yield previous

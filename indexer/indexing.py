@@ -17,16 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.distributed import rank_and_world
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.progress import progress_bar, progress_enabled
-from indexer.distributed import encode_across_ranks
+from indexer.distributed import IndexingGroup, encode_across_ranks
 from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
 from indexer.passages import PassageSpec, split_passages
-from indexer.schema import index_settings
-from indexer.store import Writer
+from indexer.schema import new_index_settings
+from indexer.store import Writer, read_index_settings
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -61,7 +60,7 @@ class IndexReport:
     total: int = 0
     ranks: int = 1
     kept_sources: list[str] = field(default_factory=list)
-    index: str = ""  # the FAISS index type and parameters after the run
+    index_type: str = ""  # the FAISS index type and parameters after the run
 
     @property
     def encoded(self) -> int:
@@ -81,8 +80,37 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.encoded / self.seconds, 2) if self.seconds else None,
             "ranks": self.ranks,
-            "index_type": self.index,
+            "index_type": self.index_type,
         }
+
+
+def model_for_index(
+    index_dir: Path, model: str | None, max_length: int | None, *, rebuild: bool = False
+) -> tuple[str | None, int | None]:
+    """The model and max length to index ``index_dir`` with: an existing index keeps its own.
+
+    An index already there (published, or recoverable) keeps the model it was built
+    with unless ``model`` names one or ``rebuild`` starts over, and its length unless
+    ``max_length`` is given. None: the encoder's defaults.
+    """
+    if model is None and not rebuild:
+        with reporting_damage(index_dir):
+            stored = read_index_settings(index_dir)
+        if stored is not None:
+            return stored["model"], max_length or stored["max_length"]
+    return model, max_length
+
+
+def passages_for_index(
+    index_dir: Path, asked: dict[str, int] | None, *, rebuild: bool = False
+) -> dict[str, int] | None:
+    """The passage setting to index ``index_dir`` with: the one asked for, else an existing
+    index's own (a new index, or ``rebuild`` without one asked: none)."""
+    if asked is not None or rebuild:
+        return asked
+    with reporting_damage(index_dir):
+        stored = read_index_settings(index_dir)
+    return stored.get("passages") if stored is not None else None
 
 
 def update_index(
@@ -96,6 +124,7 @@ def update_index(
     index_type: str | None = None,
     progress: bool = True,
     passages: PassageSpec | None = None,
+    group: IndexingGroup | None = None,
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
 
@@ -110,11 +139,13 @@ def update_index(
     deleted. ``index_type`` (None: keep the index's) switches the FAISS index type,
     re-using stored vectors. ``passages``: split documents into windows (the setting is
     stored with the index; another one needs ``rebuild``), a document's passages
-    committed together, the text streamed through the windows.
+    committed together, the text streamed through the windows. ``group`` (the ranks of
+    a ``torchrun`` launch, entered on every rank) spreads the encoding over its ranks;
+    None encodes in this process.
     """
     started = time.perf_counter()
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
-    world = rank_and_world()[1]
+    world = group.world if group is not None else 1
     report = IndexReport(ranks=world)
     if passages is not None:
         passages.check(encoder.max_length)
@@ -124,7 +155,7 @@ def update_index(
             raise EngineError(
                 f"--passages needs a fast tokenizer (offsets); {encoder.name} has none"
             )
-    settings = index_settings(
+    settings = new_index_settings(
         encoder.describe(),
         default_instruction,
         index_type,
@@ -145,7 +176,7 @@ def update_index(
                 )
             elif world > 1:
                 rounds = _tokenized(encoder, _chunks(pending, checkpoint_documents * world))
-                encoded = encode_across_ranks(encoder, rounds)
+                encoded = encode_across_ranks(group, encoder, rounds)
             else:
                 chunks = _tokenized(encoder, _chunks(pending, STREAM_DOCUMENTS))
                 encoded = _checkpoints(encoder, chunks, checkpoint_documents, bar)
@@ -161,7 +192,7 @@ def update_index(
         report.removed = len(removed)
         report.total = store.count()
         store.refresh_index()  # publish would: the spec the snapshot is built as
-        report.index = store.spec.describe()
+        report.index_type = store.spec.describe()
     report.seconds = time.perf_counter() - started
     return report
 

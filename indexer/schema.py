@@ -202,7 +202,7 @@ def _passages_text(value: Any) -> str:
     )
 
 
-def index_settings(
+def new_index_settings(
     describe: dict[str, Any],
     default_instruction: str | None,
     index_type: str | None = None,

@@ -12,6 +12,7 @@ import numpy as np
 
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from engine.instructions import check_instruction
 from indexer.folder import reporting_damage
 from indexer.passages import best_per_document
 from indexer.schema import check_compatible
@@ -111,9 +112,13 @@ def make_hits(
 def resolve_instruction(
     index: SearchIndex, instruction: str | None, no_instruct: bool
 ) -> str | None:
-    """The instruction a search uses: the one asked for, none, or the index's default."""
-    if instruction and no_instruct:
-        raise EngineError("--instruct and --no-instruct exclude each other")
+    """The instruction a search uses: the one asked for, none, or the index's default.
+
+    The one home of this choice for `engine search` and `engine serve`: ``instruction``
+    None means "the index's default", an empty one and ``no_instruct`` mean none; both
+    together are refused by :func:`engine.instructions.check_instruction`.
+    """
+    check_instruction(instruction, no_instruct)
     if no_instruct:
         return None
     if instruction is None:

@@ -517,7 +517,7 @@ class Writer:
                 self._lock.release()
 
 
-def indexed_settings(folder: Path) -> dict[str, Any] | None:
+def read_index_settings(folder: Path) -> dict[str, Any] | None:
     """Settings of the index a writer of ``folder`` continues (current or recoverable), else None."""
     current = read_pointer(folder)
     if current is None or not (folder / current).is_file():

@@ -17,13 +17,12 @@ Types (``engine index --index-type``)::
     auto       flat while documents x dim <= AUTO_EXACT_LIMIT, ivf-pq above (see below)
     other      any faiss index_factory string, e.g. "IVF1024,SQ8" or "HNSW16,Flat"
 
-Why ``auto`` picks ivf-pq at scale (bench/results/ann-synthetic-1000000x384.json, 1M x 384 on
-2 cores): ivf-pq is the one type that comes near every goal of the index at scale at once:
-recall@10 >= 0.95, a single query in a few ms, cold open + first search well under 1 s, and
-disk 1.303x of the fp16 vectors + text (goal 1.3x), because its 48-byte codes only pick candidates and the exact
+Why ``auto`` picks ivf-pq at scale (the figures: bench/results/README.md, "FAISS index types"):
+ivf-pq is the one type that comes near every goal of the index at 1M documents at once (recall,
+single-query latency, cold start, disk), because its codes only pick candidates and the exact
 scores come from the fp16 vectors SQLite keeps anyway. hnsw answers faster and with higher recall
-but stores a second fp16 copy plus its graph (2.4x the payload on disk, 2 GB at 1M x 384); choose
-it with ``--index-type hnsw`` when memory and disk are cheap. Indexes that ``auto`` made hnsw
+but stores a second fp16 copy plus its graph on disk; choose it with ``--index-type hnsw`` when
+memory and disk are cheap. Indexes that ``auto`` made hnsw
 before keep their graph (their spec is stored); only a new or exact ``auto`` index becomes ivf-pq.
 
 Removing ids: flat, SQ and IVF indexes remove in place (``remove_ids``). An HNSW
@@ -47,9 +46,8 @@ import numpy as np
 
 from engine.errors import EngineError
 
-# Exact search while documents x dim stays at or below this (about 50k x 384 or 5k x 4096):
-# a flat scan of 2e7 floats takes ~3 ms on the 2-core reference machine (59 ms at 1M x 384,
-# bench/results/ann-synthetic-1000000x384.json), where an exact answer is still cheap.
+# Exact search while documents x dim stays at or below this (about 50k x 384 or 5k x 4096),
+# where a flat scan is still cheap (flat latencies: bench/results/README.md, FAISS index types).
 AUTO_EXACT_LIMIT = 20_000_000
 # What auto builds above the limit (the module docstring says why).
 AUTO_APPROXIMATE_TYPE = "ivf-pq"
@@ -66,8 +64,8 @@ RERANK_FACTOR = 10
 # ivf-pq codes: one byte per this many dimensions (48 bytes at 384-d, 16x smaller than fp16):
 # PQ{dim/8}x8, or PQ{dim/4}x4 below 256 x 39 vectors (too few to train 256 centroids). The codes
 # only pick candidates (re-scoring is exact), so they can be coarse; what they cost on disk sits
-# next to SQLite's fp16 copy (bench/results/README.md, disk goal). On SciFact, PQ48x4 (24 bytes)
-# lost recall@10 (0.92); PQ96x4 and PQ48x8 kept it at 0.99.
+# next to SQLite's fp16 copy; coarser codes than these lost recall@10 on SciFact (both figures:
+# bench/results/README.md, FAISS index types).
 PQ_DIMS_PER_BYTE = 8
 # IVF training sample: faiss wants 39..256 points per centroid.
 TRAIN_POINTS_PER_LIST = 40

@@ -15,40 +15,20 @@ WORDS = (
 
 def build_tiny_mistral(folder: Path, *, seed: int = 0) -> Path:
     """A 2-layer Mistral whose tokenizer adds BOS (like Llama's) and pads with EOS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import MistralConfig, MistralModel, PreTrainedTokenizerFast
+    from bench.random_models import random_mistral, word_tokenizer
 
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {token: i for i, token in enumerate(specials + sorted(set(WORDS)) + list("0123456789"))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
-        model_max_length=256,
-    )
-    torch.manual_seed(seed)
-    config = MistralConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    model = MistralModel(config)
+    words = sorted(set(WORDS)) + list("0123456789")
+    tokenizer = word_tokenizer(words, 256, split_digits=True)
+    shape = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    model = random_mistral(shape, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from bench.ann import clustered_vectors, exact_top
@@ -54,11 +55,16 @@ def test_bench_memory_indexes_a_stream(tmp_path, tiny_bert_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
-    assert (
-        figures["encoded"] == 300 and figures["peak_rss_mb"] >= figures["peak_rss_mb_model_loaded"]
-    )
+    assert figures["encoded"] == 300
+    # The high-water mark was reset before indexing, so the growth is the indexer's own, not
+    # whatever this test session peaked at before: 300 short documents of a 32-dim model are a
+    # few MB at most, with the model (and torch) loaded the process holds far more.
+    assert figures["memory_kind"] == "rss"
+    assert 0 <= figures["peak_rss_growth_mb"] < 64
+    assert figures["peak_rss_mb_model_loaded"] > 100
 
 
+@pytest.mark.slow
 def test_bench_memory_measures_a_real_engine_index_of_a_folder(tmp_path, tiny_bert_path):
     out = tmp_path / "memory-folder.json"
     result = CliRunner().invoke(

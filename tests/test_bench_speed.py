@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench.speed import (
-    PeakMemory,
-    baseline_padding,
-    build_random_encoder,
-    compare_rankings,
-    engine_padding,
-    random_ids,
-    synthetic_lengths,
-    synthetic_texts,
-)
+from bench.peak_memory import PeakMemory
+from bench.random_models import build_random_encoder
+from bench.speed import baseline_padding, compare_rankings, engine_padding
+from bench.workloads import random_ids, synthetic_lengths, synthetic_texts
 from engine.app.cli import cli
 from engine.precision import PRECISION_ENV
 from tests.tolerances import score_tolerance
@@ -100,6 +94,33 @@ def test_real_folder_against_sentence_transformers(tmp_path, beir_folder):
     assert report["speedup"] > 0
     # Same model, same inputs: the vectors agree to float noise.
     assert report["vector_agreement"]["min_cosine"] > 0.9999
+
+
+def test_rounds_let_the_two_sides_take_turns(tmp_path, beir_folder, monkeypatch):
+    """--rounds 3: three slices, each encoded by both sides; the vectors keep document order
+    (fp32 on both sides: they agree to float noise) and the run records the ISA caps."""
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    report = run_speed(
+        ["--data-dir", str(beir_folder), "--max-length", "64", "--precision", "fp32"]
+        + ["--rounds", "3", "--out", str(tmp_path), "-q"]
+    )
+    rounds = report["engine"]["rounds"]
+    assert [r["documents"] for r in rounds] == [2, 2, 2]
+    assert all(r["engine_seconds"] > 0 and r["baseline_seconds"] > 0 for r in rounds)
+    assert report["engine"]["seconds"] == pytest.approx(
+        sum(r["engine_seconds"] for r in rounds), abs=0.01
+    )
+    assert report["vector_agreement"]["min_cosine"] > 0.9999
+    assert report["machine"]["isa_caps"]["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert "--rounds 3" in report["command"]
+
+
+def test_rounds_are_for_encoding_mode(beir_folder):
+    result = CliRunner().invoke(
+        cli, ["bench", "speed", "--data-dir", str(beir_folder), "--index", "--rounds", "2"]
+    )
+    assert result.exit_code != 0
+    assert "--rounds is for encoding mode" in result.output
 
 
 @pytest.mark.precision

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from indexer.distributed import balance_by_tokens
 from indexer.documents import read_corpus
@@ -78,6 +79,7 @@ def test_balance_by_tokens_evens_out_tokens_not_counts():
     assert [len(share) for share in half] == [20, 40, 40]
 
 
+@pytest.mark.slow
 def test_two_ranks_build_the_single_process_index(tmp_path, default_encoder):
     corpus = write_corpus(tmp_path / "corpus", 30)
     single = tmp_path / "single"
@@ -102,6 +104,7 @@ def test_two_ranks_build_the_single_process_index(tmp_path, default_encoder):
     assert_consistent(distributed, set(expected) - {"doc007.txt"})
 
 
+@pytest.mark.slow
 def test_killed_rank_leaves_a_sound_index_and_the_next_run_finishes(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 80, seed=1, longest=250)
     index_dir = tmp_path / "index"
@@ -151,6 +154,7 @@ def rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_bench_beir_under_torchrun(tmp_path):
     """`torchrun -m engine bench beir`: the ranks encode, rank 0 scores and writes the results."""
     data = tmp_path / "tiny"

@@ -19,7 +19,7 @@ from engine.app.cli import cli
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.documents import Document, read_corpus
-from indexer.indexing import update_index
+from indexer.indexing import model_for_index, update_index
 from indexer.search import search_queries
 from indexer.store import Store
 
@@ -366,3 +366,16 @@ def test_check_finds_text_altered_inside_a_sound_database(tmp_path, default_enco
     again = update_index(index_dir, default_encoder, read_corpus(corpus), progress=False)
     assert again.added == 1 and again.unchanged == 3  # only the dropped document is re-encoded
     assert_consistent(index_dir, set(TOPICS))
+
+
+def test_an_existing_index_keeps_its_model(tmp_path, default_encoder):
+    """`engine index` without --model continues with the index's model and length."""
+    folder = tmp_path / "index"
+    assert model_for_index(folder, None, None) == (None, None)
+    assert model_for_index(folder, None, 64) == (None, 64)
+    update_index(folder, default_encoder, [Document("a", "a.txt", "", "text")], progress=False)
+    built = (default_encoder.name, default_encoder.max_length)
+    assert model_for_index(folder, None, None) == built
+    assert model_for_index(folder, None, 32) == (built[0], 32)
+    assert model_for_index(folder, "another-model", None) == ("another-model", None)
+    assert model_for_index(folder, None, None, rebuild=True) == (None, None)

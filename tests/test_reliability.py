@@ -62,7 +62,10 @@ def test_damaged_file_never_crashes_or_answers_wrongly_and_is_repaired(fault_bas
         assert result.encoded_by_next_run == 0, result  # nothing was re-encoded
 
 
-@pytest.mark.parametrize(("kind", "seed"), [("first", 1), ("first", 9), ("incremental", 3)])
+@pytest.mark.parametrize(
+    ("kind", "seed"),
+    [("first", 1), pytest.param("first", 9, marks=pytest.mark.slow), ("incremental", 3)],
+)
 def test_kill_minus_nine_loses_nothing_and_resumes(tmp_path, kind, seed):
     """Seeds whose random kill point falls inside the encoding (8 and 29 of 60 committed)."""
     round_ = kill_round(

@@ -90,6 +90,16 @@ def _train_rank(rank: int, port: int, base: str, data: str, out: str, results) -
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+    # Count the micro-steps whose gradients DDP was told to keep local (the real no_sync runs).
+    ddp = torch.nn.parallel.DistributedDataParallel
+    real_no_sync = ddp.no_sync
+    local_steps = []
+
+    def counting_no_sync(self):
+        local_steps.append(len(local_steps))
+        return real_no_sync(self)
+
+    ddp.no_sync = counting_no_sync
     trainer = Trainer(
         ModelArguments(base=base, temperature=0.1),
         DataArguments(
@@ -99,14 +109,19 @@ def _train_rank(rank: int, port: int, base: str, data: str, out: str, results) -
             max_document_length=32,
         ),
         TrainingArguments(
-            out=Path(out), epochs=2, batch_size=2, learning_rate=5e-3, progress=False
+            out=Path(out),
+            epochs=4,
+            batch_size=2,
+            grad_accum=2,
+            learning_rate=5e-3,
+            progress=False,
         ),
         argv=["torchrun", "-m", "train"],
     )
     try:
         trainer.run()
         lora = {n: p.detach().clone() for n, p in lora_parameters(trainer.encoder.model).items()}
-        results[rank] = (trainer.world, [e["loss"] for e in trainer.log], lora)
+        results[rank] = (trainer.world, [e["loss"] for e in trainer.log], lora, len(local_steps))
     finally:
         dist.destroy_process_group()
 
@@ -125,10 +140,14 @@ def test_ddp_training_on_two_cpu_ranks(tmp_path, tiny_bert_path):
         nprocs=WORLD,
         join=True,
     )
-    (world0, losses0, lora0), (world1, losses1, lora1) = results[0], results[1]
+    (world0, losses0, lora0, local0), (world1, losses1, lora1, local1) = results[0], results[1]
     assert world0 == world1 == WORLD
-    # 8 examples / (2 per rank x 2 ranks) x 2 epochs; the logged loss is the mean over ranks.
+    # 8 examples / (2 per rank x 2 ranks) x 4 epochs = 8 micro-batches, 2 per optimizer step;
+    # the logged loss is the mean over ranks.
     assert len(losses0) == 4 and losses0 == losses1
+    # Gradients stayed local on each step's first micro-batch only: synchronising there would
+    # waste a round trip, skipping it on the last would leave the replicas apart.
+    assert local0 == local1 == 4
     # DDP kept the replicas identical, and the adapter moved.
     assert lora0.keys() == lora1.keys() and lora0
     for name in lora0:

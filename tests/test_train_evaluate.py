@@ -91,14 +91,21 @@ def test_eval_data_benchmarks_before_and_after(tmp_path, tiny_bert_path, monkeyp
     assert len(list((tmp_path / "cache" / "beir").iterdir())) == 2  # base + trained
 
 
-def test_eval_data_errors_come_before_training(tmp_path):
+def test_eval_data_errors_come_before_training(tmp_path, tiny_bert_path):
     with pytest.raises(Exception, match="not a BEIR dataset folder|not found"):
         beir_evaluator([tmp_path / "nope"], 32, trains_instruction=True)
     toy = write_beir_test(tmp_path / "toy")
     with pytest.raises(Exception, match="no task instruction is known for dataset 'toy'"):
         beir_evaluator([toy], 32, trains_instruction=True)
-    # Without instructions an unknown dataset is fine.
-    assert callable(beir_evaluator([toy], 32, trains_instruction=False))
+    # Without instructions an unknown dataset is fine: it is scored, with no instruction, at
+    # the evaluator's length, and the encoder gets its own length back.
+    evaluate = beir_evaluator([toy], 32, trains_instruction=False, cache_dir=tmp_path / "cache")
+    encoder = Encoder.load(str(tiny_bert_path), max_length=64)
+    results = evaluate(encoder)
+    assert list(results) == ["toy"] and encoder.max_length == 64
+    toy_result = results["toy"]
+    assert (toy_result["documents"], toy_result["queries"], toy_result["max_length"]) == (6, 3, 32)
+    assert toy_result["instruction"] is None and 0 <= toy_result["metrics"]["ndcg@10"] <= 1
 
 
 def test_comparison_table():

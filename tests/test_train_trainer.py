@@ -79,7 +79,7 @@ def run(base: Path, data: Path, out: Path, **overrides) -> Trainer:
 def trained_bert(tiny_bert_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     data = make_data(folder / "train.jsonl")
-    trainer = run(tiny_bert_path, data, folder / "model", merge=False)
+    trainer = run(tiny_bert_path, data, folder / "model", merge=False, save_steps=5)
     return trainer, data, folder / "model"
 
 
@@ -120,6 +120,26 @@ def test_saved_adapter_reloads_and_encodes_identically(trained_bert):
     assert profile["instruction_tuned"] is True  # trained with instructions
 
 
+def test_save_steps_checkpoints_load_back(trained_bert):
+    """--save-steps 5 over 18 steps: checkpoints after steps 5, 10 and 15 (the end is the
+    output folder itself), each a loadable adapter with the log up to its step."""
+    trainer, _, out = trained_bert
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-10",
+        "checkpoint-15",
+        "checkpoint-5",
+    ]
+    final = Encoder.load(str(out)).encode_texts(PROBES)
+    for step in (5, 10, 15):
+        folder = out / f"checkpoint-{step}"
+        log = json.loads((folder / "training_log.json").read_text())
+        assert [entry["step"] for entry in log] == list(range(1, step + 1))
+        assert log == trainer.log[:step]
+        vectors = Encoder.load(str(folder)).encode_texts(PROBES)
+        assert vectors.shape == final.shape and np.isfinite(vectors).all()
+        assert np.abs(vectors - final).max() > 1e-4  # an earlier state, not the final one
+
+
 def test_records_command_log_and_plot(trained_bert):
     trainer, _, out = trained_bert
     record = json.loads((out / "training_args.json").read_text())
@@ -147,7 +167,10 @@ def test_merge_writes_a_full_model(tiny_bert_path, tmp_path):
         merged.encode_texts(PROBES), adapter.encode_texts(PROBES), atol=tolerance
     )
     assert "lora" not in " ".join(n for n, _ in merged.model.named_parameters())
-    assert trainer.log
+    # The merge really folded the trained adapter in: the merged model is not the base one.
+    base = Encoder.load(str(tiny_bert_path)).encode_texts(PROBES)
+    assert np.abs(merged.encode_texts(PROBES) - base).max() > 1e-3
+    assert len(trainer.log) == 1  # 8 examples, one batch of 8, one epoch
 
 
 def test_unchanged_lora_weights_fail_loudly(tiny_bert_path, tmp_path):

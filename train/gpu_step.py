@@ -25,39 +25,6 @@ import torch
 from engine.errors import EngineError
 from engine.options import json_option
 
-MISTRAL_7B = {
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "vocab_size": 32000,
-    "max_position_embeddings": 32768,
-}
-
-
-def word_tokenizer(vocab_size: int, max_length: int):
-    """A word-level tokenizer over ``w0 .. wN``: every word is exactly one token."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {token: i for i, token in enumerate(specials)}
-    vocab.update({f"w{i}": i + len(specials) for i in range(vocab_size - len(specials))})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="</s>",
-        model_max_length=max_length,
-    )
-
 
 @dataclass
 class StepReport:
@@ -89,8 +56,7 @@ def measure(
     seed: int = 0,
 ) -> StepReport:
     """Build the random model on the GPU, run ``steps`` optimiser steps, report the last ones."""
-    from transformers import MistralConfig, MistralModel
-
+    from bench.random_models import MISTRAL_SHAPES, SPECIAL_TOKENS, random_mistral, word_tokenizer
     from engine.encoder import Encoder
     from engine.profiles import E5_MISTRAL
     from train.collator import Collator
@@ -100,20 +66,15 @@ def measure(
     if not torch.cuda.is_available():
         raise EngineError("train.gpu_step needs a CUDA GPU")
     device = torch.device("cuda")
-    shape = dict(MISTRAL_7B, num_hidden_layers=layers)
+    shape = dict(MISTRAL_SHAPES["mistral-7b"], num_hidden_layers=layers)
     if hidden_size:
         shape.update(hidden_size=hidden_size, intermediate_size=hidden_size * 7 // 2)
-    config = MistralConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(seed)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # build in bf16: no fp32 copy of 7B weights
-    try:
-        with torch.device(device):
-            network = MistralModel(config)
-    finally:
-        torch.set_default_dtype(default_dtype)
+    # Built in bf16 on the GPU: no fp32 copy of 7B weights.
+    network = random_mistral(shape, device=device, dtype=torch.bfloat16, seed=seed)
     torch.cuda.reset_peak_memory_stats()
-    tokenizer = word_tokenizer(config.vocab_size, max_length)
+    # Words w0 .. wN, one token each, so a text of N words is N tokens.
+    words = [f"w{i}" for i in range(shape["vocab_size"] - len(SPECIAL_TOKENS))]
+    tokenizer = word_tokenizer(words, max_length)
     encoder = Encoder.from_model(network, tokenizer, E5_MISTRAL.with_max_length(max_length))
     if gradient_checkpointing:
         enable = getattr(network, "activation_checkpointing_enable", None)
@@ -131,8 +92,8 @@ def measure(
     generator = torch.Generator().manual_seed(seed)
 
     def text() -> str:
-        ids = torch.randint(0, config.vocab_size - 3, (max_length,), generator=generator)
-        return " ".join(f"w{int(i)}" for i in ids)
+        ids = torch.randint(0, len(words), (max_length,), generator=generator)
+        return " ".join(words[int(i)] for i in ids)
 
     encoder.model.train()
     times = []

@@ -25,7 +25,7 @@ from engine.app.models import (
     SearchResponse,
     Usage,
 )
-from engine.instructions import INSTRUCTIONS
+from engine.instructions import INSTRUCTIONS, check_instruction
 from indexer.search import check_queries
 from indexer.vector_index import SearchKnobs
 
@@ -76,8 +76,7 @@ async def answer_search(
     if instruct is not None and len(instruct) > limits.max_query_chars:
         raise ApiError(413, f"the instruction is over {limits.max_query_chars} characters")
     check_queries(queries, k)
-    if instruct and no_instruct:
-        raise ApiError(422, "instruct and no_instruct exclude each other")
+    check_instruction(instruct, no_instruct)
     searched: Searched = await run(
         batcher,
         Job(texts=queries, instruction=instruct, no_instruct=no_instruct, k=k, knobs=knobs),

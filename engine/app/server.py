@@ -29,6 +29,7 @@ from engine.app.routes import STATIC_DIR, router
 from engine.app.served import ServedIndex, ServedMilvus
 from engine.encoder import Encoder
 from engine.errors import EngineError
+from engine.instructions import InstructionConflict
 from indexer.milvus import MilvusIndex
 from indexer.search import load_encoder_for
 from indexer.store import Store
@@ -158,7 +159,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        return JSONResponse(error_body(400, str(exc)), status_code=400)
+        status = 422 if isinstance(exc, InstructionConflict) else 400
+        return JSONResponse(error_body(status, str(exc)), status_code=status)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

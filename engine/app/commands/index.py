@@ -111,27 +111,18 @@ def index_command(
     # Here, not at the top: `engine index --help` and argument errors load no torch.
     from engine.encoder import Encoder, document_tokens
     from indexer.distributed import IndexingGroup
-    from indexer.folder import reporting_damage
-    from indexer.indexing import update_index
-    from indexer.store import indexed_settings
+    from indexer.indexing import model_for_index, passages_for_index, update_index
     from indexer.vector_index import validate_type
 
     def model_and_length() -> tuple[str | None, int | None, dict | None]:
-        """An existing index keeps its model, length and passages unless told otherwise."""
+        """Checked on the writer (rank 0) before any rank loads a model."""
         if not corpus.exists():
             raise EngineError(f"corpus not found: {corpus}")
         if index_type is not None:
             validate_type(index_type)
         asked = passage_spec(passage_tokens, passage_overlap, max_document_tokens)
-        if not rebuild:
-            with reporting_damage(index_dir):
-                stored = indexed_settings(index_dir)
-            if stored is not None:
-                kept = stored.get("passages") if passage_tokens is None else asked
-                if model is None:
-                    return stored["model"], max_length or stored["max_length"], kept
-                return model, max_length, kept
-        return model, max_length, asked
+        passages = passages_for_index(index_dir, asked, rebuild=rebuild)
+        return (*model_for_index(index_dir, model, max_length, rebuild=rebuild), passages)
 
     # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
     with IndexingGroup() as group:
@@ -162,6 +153,7 @@ def index_command(
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,
             passages=passages,
+            group=group,
         )
     summary = {
         "index": str(index_dir),
@@ -181,7 +173,7 @@ def index_command(
     click.echo(
         f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
         f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.total} documents; index {report.index}."
+        f"{report.unchanged} unchanged; {report.total} documents; index {report.index_type}."
     )
     if report.encoded:
         split = f" in {report.passages:,} passages" if passages else ""

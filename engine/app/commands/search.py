@@ -16,6 +16,7 @@ from engine.app.commands import (
     token_option,
 )
 from engine.errors import EngineError
+from engine.instructions import check_instruction
 from engine.options import (
     api_key_option,
     device_option,
@@ -82,8 +83,7 @@ def search_command(
     """
     if not query.strip():
         raise EngineError("empty query")
-    if instruction and no_instruct:
-        raise EngineError("--instruct and --no-instruct exclude each other")
+    check_instruction(instruction, no_instruct)
     if server and backend:
         raise EngineError("--server and --backend exclude each other")
     if server:
