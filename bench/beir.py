@@ -49,6 +49,7 @@ from engine.options import (
     search_knob_options,
 )
 from engine.progress import progress_enabled
+from indexer.passages import PassageSpec, passage_spec
 
 if TYPE_CHECKING:
     from engine.encoder import Encoder
@@ -83,14 +84,19 @@ def default_cache_dir() -> Path:
     return Path(root) / "engine"
 
 
-def index_dir_for(cache_dir: Path, name: str, encoder: Encoder) -> Path:
-    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>]``.
+def index_dir_for(
+    cache_dir: Path, name: str, encoder: Encoder, passages: PassageSpec | None = None
+) -> Path:
+    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>][-p<T>o<O>]``.
 
-    One index per model, length and precision (fp32 keeps the suffix-free name),
-    so a bf16 evaluation never scores vectors encoded in fp32 or the other way round.
+    One index per model, length, precision (fp32 keeps the suffix-free name) and
+    passage setting, so a bf16 evaluation never scores vectors encoded in fp32 or the
+    other way round, and passages never mix with whole documents.
     """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
     suffix = "" if encoder.precision == "fp32" else f"-{encoder.precision}"
+    if passages is not None:
+        suffix += f"-p{passages.tokens}o{passages.overlap}"
     return cache_dir / "beir" / f"{slug}-{encoder.fingerprint[:12]}-{encoder.max_length}{suffix}"
 
 
@@ -115,7 +121,7 @@ def index_in_memory(store: Store, index_type: str) -> tuple[IndexSpec, Any]:
     from indexer import vector_index
 
     spec = vector_index.resolve(
-        vector_index.validate_type(index_type), store.count(), int(store.settings["dim"])
+        vector_index.validate_type(index_type), store.vector_count(), int(store.settings["dim"])
     )
     index = store.snapshots.build(spec)
     return spec, vector_index.to_gpus(index, spec) or index
@@ -144,6 +150,12 @@ def retrieve(
     from indexer.vector_index import SearchKnobs
 
     store = Store.open(index_dir)
+    if store.has_passages:
+        store.close()
+        return _retrieve_documents_by_passage(
+            encoder, index_dir, queries, instruction=instruction, k=k,
+            exclude_own_id=exclude_own_id, progress=progress,
+        )  # fmt: skip
     try:
         built = time.perf_counter()
         if index_type is not None:
@@ -192,6 +204,57 @@ def retrieve(
     return run, timing
 
 
+def _retrieve_documents_by_passage(
+    encoder: Encoder,
+    index_dir: Path,
+    queries: dict[str, str],
+    *,
+    instruction: str | None,
+    k: int,
+    exclude_own_id: bool,
+    progress: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """:func:`retrieve` on an index of passages: ``k`` distinct documents per query, each
+    scored by its best passage, as `engine search` ranks them."""
+    from indexer.search import passage_hits
+    from indexer.store import Store
+
+    store = Store.open(index_dir)
+    try:
+        store.load_faiss()
+        spec = store.spec
+        query_ids = list(queries)
+        started = time.perf_counter()
+        vectors = encoder.encode_queries(
+            [queries[q] for q in query_ids], instruction, progress=progress
+        )
+        encoded = time.perf_counter()
+        found = passage_hits(store, vectors, k + int(exclude_own_id))
+        searched = time.perf_counter()
+    finally:
+        store.close()
+    run = {
+        query_id: dict(
+            [
+                (hit.doc_id, hit.score)
+                for hit in hits
+                if not (exclude_own_id and hit.doc_id == query_id)
+            ][:k]
+        )
+        for query_id, hits in zip(query_ids, found, strict=True)
+    }
+    timing = {
+        "index_type": spec.describe(),
+        "index_load_seconds": None,
+        "nprobe": None,
+        "ef_search": None,
+        "query_encode_seconds": round(encoded - started, 3),
+        "search_seconds": round(searched - encoded, 3),
+        "queries_per_second": round(len(query_ids) / max(searched - started, 1e-9), 2),
+    }
+    return run, timing
+
+
 def evaluate_dataset(
     encoder: Encoder,
     folder: str | Path,
@@ -206,6 +269,7 @@ def evaluate_dataset(
     nprobe: int | None = None,
     ef_search: int | None = None,
     group: IndexingGroup | None = None,
+    passages: PassageSpec | None = None,
 ) -> dict[str, Any]:
     """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
 
@@ -215,6 +279,8 @@ def evaluate_dataset(
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
     ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
+    ``passages``: index documents as passages (``engine index --passages``), a document
+    scored by its best passage.
     """
     from indexer.indexing import update_index
 
@@ -222,8 +288,10 @@ def evaluate_dataset(
     data = dataset or load_beir(Path(folder), split)
     used_instruction = resolve_instruction(encoder, data.name, instruction)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    index_dir = index_dir_for(cache_dir, data.name, encoder)
-    report = update_index(index_dir, encoder, data.corpus, progress=progress, group=group)
+    index_dir = index_dir_for(cache_dir, data.name, encoder, passages)
+    report = update_index(
+        index_dir, encoder, data.corpus, progress=progress, group=group, passages=passages
+    )
     exclude_own_id = ignores_identical_ids(data.name)
     run, query_timing = retrieve(
         encoder,
@@ -246,6 +314,7 @@ def evaluate_dataset(
         "instruction": used_instruction,
         "query_example": encoder.format_query(next(iter(data.queries.values())), used_instruction),
         "max_length": encoder.max_length,
+        "passages": passages.to_settings() if passages is not None else None,
         "k": k,
         "ignore_identical_ids": exclude_own_id,
         "documents": len(data.corpus),
@@ -313,6 +382,7 @@ def result_filename(
     max_length: int,
     index_type: str | None = None,
     precision: str = "fp32",
+    passages: PassageSpec | None = None,
 ) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
@@ -320,6 +390,8 @@ def result_filename(
         names = f"{len(datasets)}-datasets"
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
     suffix = "" if precision == "fp32" else f"-{precision}"
+    if passages is not None:
+        suffix += f"-passages{passages.tokens}"
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}.json"
 
 
@@ -383,6 +455,20 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     "(default: the cached index's own, exact at BEIR sizes)."
 )
 @search_knob_options
+@click.option(
+    "--passages",
+    "passage_tokens",
+    type=click.IntRange(min=16),
+    metavar="TOKENS",
+    help="Index documents as passages of TOKENS tokens (engine index --passages); a document "
+    "scores its best passage.",
+)
+@click.option(
+    "--passage-overlap",
+    type=click.IntRange(min=0),
+    metavar="TOKENS",
+    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+)
 @batch_tokens_option()
 @device_option()
 @precision_option()
@@ -402,6 +488,8 @@ def beir(
     index_type: str | None,
     nprobe: int | None,
     ef_search: int | None,
+    passage_tokens: int | None,
+    passage_overlap: int | None,
     batch_tokens: int | None,
     device: str | None,
     precision: str | None,
@@ -425,6 +513,7 @@ def beir(
       engine bench beir --data-dir data --datasets scifact --model ./my-model --no-instruct
       engine bench beir --data-dir data --datasets fiqa --instruction "Given a question, retrieve answers" --json
       engine bench beir --data-dir data --datasets scifact --index-type hnsw --ef-search 64
+      engine bench beir --data-dir data --datasets scifact --passages 256
     """
     from engine.encoder import Encoder
     from indexer.distributed import IndexingGroup
@@ -439,6 +528,10 @@ def beir(
 
         index_type = validate_type(index_type)
     cache_dir = cache_dir or default_cache_dir()
+    settings = passage_spec(passage_tokens, passage_overlap, None)
+    passages = PassageSpec(**settings) if settings is not None else None
+    if passages is not None and index_type is not None:
+        raise EngineError("--passages searches the cached index's own type; drop --index-type")
 
     def load_datasets() -> list[BeirDataset]:
         names = [n.strip() for n in (datasets or "").split(",") if n.strip()]
@@ -486,6 +579,7 @@ def beir(
                     nprobe=nprobe,
                     ef_search=ef_search,
                     group=group,
+                    passages=passages,
                 )
             )
 
@@ -510,6 +604,7 @@ def beir(
         "index_type": index_type,
         "nprobe": nprobe,
         "ef_search": ef_search,
+        "passages": settings,
         "metrics_order": list(METRICS),
         "datasets": results,
         "groups": group_averages(results),
@@ -518,7 +613,7 @@ def beir(
     out.mkdir(parents=True, exist_ok=True)
     units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
     path = out / result_filename(
-        encoder.name, units, encoder.max_length, index_type, encoder.precision
+        encoder.name, units, encoder.max_length, index_type, encoder.precision, passages
     )
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
@@ -527,6 +622,7 @@ def beir(
     click.echo(
         f"Model {encoder.name} ({encoder.fingerprint[:12]}), max {encoder.max_length} tokens, "
         f"top {k}, on {encoder.device}"
+        + (f"; passages of {passages.describe()}" if passages is not None else "")
     )
     for result in results:
         timing = result["timing"]
