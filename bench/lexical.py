@@ -28,7 +28,6 @@ import json
 import random
 import re
 import sqlite3
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 import click
 
+from bench.common import latency_ms
 from engine.errors import EngineError
 from engine.options import json_option, results_dir_option
 
@@ -251,15 +251,15 @@ def latency(candidate, queries: list[str], k: int, budget_s: float) -> dict[str,
     for query in queries:
         t0 = time.perf_counter()
         candidate.search(query, k)
-        times.append((time.perf_counter() - t0) * 1000)
+        times.append(time.perf_counter() - t0)
         if time.perf_counter() - started > budget_s:
             break
-    times.sort()
+    latency = latency_ms(times)
     return {
         "queries": len(times),
         "of": len(queries),
-        "p50_ms": round(statistics.median(times), 3),
-        "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 3),
+        "p50_ms": latency["p50_ms"],
+        "p95_ms": latency["p95_ms"],
     }
 
 

@@ -65,19 +65,22 @@ def word_tokenizer(words: Sequence[str], max_length: int, *, split_digits: bool 
     )
 
 
-def random_mistral(shape: dict[str, int], *, device=None, dtype=None, seed: int = 0):
-    """A ``MistralModel`` of ``shape`` (MistralConfig fields) with seeded random weights.
+def random_mistral(
+    shape: dict[str, int], *, device=None, dtype=None, seed: int = 0, causal_lm: bool = False
+):
+    """A ``MistralModel`` (``MistralForCausalLM`` with ``causal_lm``: a generator) of ``shape``
+    (MistralConfig fields) with seeded random weights.
 
     Built directly on ``device`` in ``dtype`` (no fp32 copy of 7B weights on the host); the
     special-token ids are :data:`SPECIAL_TOKENS`' (BOS 1, EOS and pad 2).
     """
     import torch
-    from transformers import MistralConfig, MistralModel
+    from transformers import MistralConfig, MistralForCausalLM, MistralModel
 
     config = MistralConfig(**shape, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     torch.manual_seed(seed)
     with torch.device(device or "cpu"):
-        return MistralModel._from_config(config, dtype=dtype)
+        return (MistralForCausalLM if causal_lm else MistralModel)._from_config(config, dtype=dtype)
 
 
 def shape_named(name: str) -> dict[str, int]:

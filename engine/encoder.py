@@ -24,6 +24,7 @@ from engine.errors import EngineError
 from engine.precision import BF16, FP32, INT8, MIXED, quantize_linear_layers, resolve_precision
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
 from engine.progress import progress_bar
+from engine.text import repair_text
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
@@ -434,7 +435,7 @@ class Encoder:
                 "(character offsets)"
             )
         encoded = self.tokenizer(
-            list(texts),
+            [repair_text(text) for text in texts],  # a lone surrogate would raise TypeError
             add_special_tokens=True,
             truncation=True,
             max_length=limit,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS
+from engine.text import path_text, repair_text
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -141,13 +142,13 @@ class CorpusScan:
     def _files(self, *, count_ignored: bool = True) -> Iterator[tuple[Path, str]]:
         """Supported files with their source names (the others counted as ignored)."""
         if not self.root.is_dir():
-            yield self.root, self.root.name
+            yield self.root, path_text(self.root.name)
             return
         for file in _walk(self.root):
             if file.suffix.lower() not in SUPPORTED_SUFFIXES:
                 self.ignored += count_ignored
                 continue
-            yield file, file.relative_to(self.root).as_posix()
+            yield file, path_text(file.relative_to(self.root).as_posix())
 
     def _read(self, file: Path, source: str) -> Iterator[Document]:
         start = self.bytes_read
@@ -446,7 +447,14 @@ def record_document(record: object, source: str, fallback_id: str) -> Document:
         raise Unreadable("'_id' is not a string or number")
     if not text.strip() and not title.strip():
         raise Unreadable("empty")
-    return Document(doc_id=str(raw_id), source=source, title=title.strip(), text=text.strip())
+    # Lone surrogates (JSON escapes like "\\ud800" in scraped data) cannot be tokenized or
+    # stored: each becomes U+FFFD, the record is kept.
+    return Document(
+        doc_id=repair_text(str(raw_id)),
+        source=source,
+        title=repair_text(title.strip()),
+        text=repair_text(text.strip()),
+    )
 
 
 _PREFERRED_CHARSETS = ("cp1252", "latin_1", "iso8859_15")

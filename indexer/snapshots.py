@@ -11,6 +11,7 @@ rebuilt from SQLite. Readers map the snapshot instead of copying it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,13 @@ class Snapshots:
         # Ids still in a graph index (HNSW) that searches must skip.
         self.tombstones = no_ids()
         self.verified = False
+        # Read the snapshot into memory and verify those very bytes instead of mapping it
+        # (`engine serve`: a file truncated or overwritten under a long-lived process can
+        # neither crash it with SIGBUS nor change its answers).
+        self.in_memory = False
+        # The snapshot file the index in memory was read from, and its (inode, size, mtime).
+        self.read_from: Path | None = None
+        self.stamp: tuple[int, int, int] | None = None
 
     def path(self, generation: int | None = None) -> Path:
         store = self.store
@@ -67,7 +75,7 @@ class Snapshots:
         """The FAISS index for the current generation.
 
         The current snapshot, verified against its recorded checksum (mapped for
-        readers); when a run was killed after a commit, the last published snapshot
+        readers, unless :attr:`in_memory`); when a run was killed after a commit, the last published snapshot
         caught up with SQLite by id difference; else a rebuild from SQLite. Stale
         snapshots are handled quietly, damaged ones with a one-line warning.
         """
@@ -75,11 +83,15 @@ class Snapshots:
             return self.index
         spec = self.store.spec
         index = None
-        problem = self.problem(hash_limit=SNAPSHOT_HASH_MAX_BYTES)
+        self.stamp = None
+        problem = self.problem(hash_limit=0 if self.in_memory else SNAPSHOT_HASH_MAX_BYTES)
         if problem is None:
-            index = self._read(self.path())
+            if self.in_memory:
+                index, problem = self._read_verified(self.path())
+            else:
+                index = self._read(self.path())
             index = self._with_tombstones(index, spec) if index is not None else None
-            if index is None:
+            if index is None and problem is None:
                 problem = "unreadable"
         if problem not in (None, *QUIET_SNAPSHOT_PROBLEMS):
             warn(
@@ -115,6 +127,31 @@ class Snapshots:
         if path.stat().st_size <= hash_limit and file_sha256(path) != record.get("sha256"):
             return "checksum mismatch"
         return None
+
+    def changed_on_disk(self) -> bool:
+        """Whether the snapshot file the index in memory came from was replaced, truncated or
+        rewritten since it was read (one ``stat``, no SQLite: safe from any thread)."""
+        if self.stamp is None or self.read_from is None:
+            return False
+        try:
+            stat = os.stat(self.read_from)
+        except OSError:
+            return True
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns) != self.stamp
+
+    def _read_verified(self, path: Path) -> tuple[faiss.Index | None, str | None]:
+        """The snapshot read whole into memory, its bytes checked against the recorded SHA-256."""
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            data = handle.read()
+        if hashlib.sha256(data).hexdigest() != self.store.settings[SNAPSHOT_KEY].get("sha256"):
+            return None, "checksum mismatch"
+        try:
+            index = vector_index.deserialize(data)
+        except RuntimeError:
+            return None, "unreadable"
+        self.read_from, self.stamp = path, (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        return index, None
 
     def _read(self, path: Path, *, mmap: bool | None = None) -> faiss.Index | None:
         try:

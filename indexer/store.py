@@ -32,6 +32,8 @@ from indexer import vector_index
 from indexer.folder import (
     POINTER,
     WriterLock,
+    crash_point,
+    interrupted_first_run,
     published_databases,
     read_pointer,
     rebuild_hint,
@@ -92,6 +94,11 @@ class Store:
                 raise EngineError(
                     f"index at {folder} has lost its {POINTER} pointer; {repair_hint(folder)}"
                 )
+            if interrupted_first_run(folder):
+                raise EngineError(
+                    f"the first `engine index` of {folder} was killed before it published; "
+                    f"run `engine index CORPUS --index {folder}` again to resume it"
+                )
             raise EngineError(f"no index at {folder} (run `engine index` first)")
         db_name = read_pointer(folder)
         if db_name is None:
@@ -151,6 +158,8 @@ class Store:
                 "created": now,
                 "updated": now,
                 "generation": 0,
+                # A kill before the first publish completes resumes from this database.
+                **({"first_run": True} if publish_first_commit else {}),
             }
         )
         return store
@@ -161,10 +170,14 @@ class Store:
         The ``published`` setting is what pointer recovery trusts: only a database
         that was once current can take the pointer back.
         """
+        crash_point("publish:start")
         self.refresh_index()
         self.snapshots.write()
+        crash_point("publish:snapshot")
         self.write_settings({"published": utc_now()})
+        crash_point("publish:settings")
         write_pointer(self.folder, self.db_name)
+        crash_point("publish:pointer")
         remove_stale_files(self.folder, self.db_name, self.snapshots.path().name)
 
     @property

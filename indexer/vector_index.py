@@ -390,6 +390,11 @@ def read(path: Path, *, mmap: bool) -> faiss.Index:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
 
 
+def deserialize(data: bytes) -> faiss.Index:
+    """A snapshot from bytes already in memory (read and verified by the caller)."""
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
 def iter_chunks(
     rows: Iterable[tuple[int, bytes]], dtype: np.dtype, dim: int, size: int = 65536
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -13,8 +13,9 @@ WORDS = (
 ).split()
 
 
-def build_tiny_mistral(folder: Path, *, seed: int = 0) -> Path:
-    """A 2-layer Mistral whose tokenizer adds BOS (like Llama's) and pads with EOS."""
+def build_tiny_mistral(folder: Path, *, seed: int = 0, causal_lm: bool = False) -> Path:
+    """A 2-layer Mistral whose tokenizer adds BOS (like Llama's) and pads with EOS; with
+    ``causal_lm`` a language model that generates (garbage)."""
     from bench.random_models import random_mistral, word_tokenizer
 
     words = sorted(set(WORDS)) + list("0123456789")
@@ -28,7 +29,7 @@ def build_tiny_mistral(folder: Path, *, seed: int = 0) -> Path:
         "num_key_value_heads": 2,
         "max_position_embeddings": 256,
     }
-    model = random_mistral(shape, seed=seed)
+    model = random_mistral(shape, seed=seed, causal_lm=causal_lm)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -218,11 +218,11 @@ def test_out_of_memory_batches_are_retried_in_halves(tiny_mistral_path, monkeypa
     real_embed = encoder.embed
     batch_sizes = []
 
-    def embed_at_most_two(batch):
+    def embed_at_most_two(batch, **options):
         batch_sizes.append(batch["input_ids"].shape[0])
         if batch["input_ids"].shape[0] > 2:
             raise torch.OutOfMemoryError("simulated: batch too large")
-        return real_embed(batch)
+        return real_embed(batch, **options)
 
     monkeypatch.setattr(encoder, "embed", embed_at_most_two)
     np.testing.assert_allclose(
@@ -231,7 +231,7 @@ def test_out_of_memory_batches_are_retried_in_halves(tiny_mistral_path, monkeypa
     assert batch_sizes == [5, 2, 3, 1, 2]  # 5 fails -> 2 + 3; 3 fails -> 1 + 2
 
     monkeypatch.setattr(
-        encoder, "embed", lambda batch: (_ for _ in ()).throw(torch.OutOfMemoryError())
+        encoder, "embed", lambda batch, **_: (_ for _ in ()).throw(torch.OutOfMemoryError())
     )
     with pytest.raises(EngineError, match="lower --max-length"):
         encoder.encode_texts(["sky"])

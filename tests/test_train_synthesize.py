@@ -105,18 +105,13 @@ def test_knobs_are_seeded_and_prompts_fill():
 @pytest.fixture(scope="module")
 def tiny_causal_lm(tmp_path_factory):
     """A random 2-layer Mistral causal LM with a chat template: it can only produce garbage."""
-    import torch
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import AutoTokenizer
 
     from tests.models import build_tiny_mistral
 
-    base = build_tiny_mistral(tmp_path_factory.mktemp("gen") / "tokenizer-source")
-    folder = tmp_path_factory.mktemp("gen") / "tiny-causal-lm"
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    folder = build_tiny_mistral(tmp_path_factory.mktemp("gen") / "tiny-causal-lm", causal_lm=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %} answer"
-    config = MistralConfig.from_pretrained(base)
-    torch.manual_seed(0)
-    MistralForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -26,6 +26,7 @@ from engine.app.models import (
     Usage,
 )
 from engine.instructions import INSTRUCTIONS, check_instruction
+from engine.text import repair_text, unencodable
 from indexer.search import check_queries
 from indexer.vector_index import SearchKnobs
 
@@ -61,6 +62,10 @@ async def answer_search(
     k: int,
     knobs: SearchKnobs,
 ) -> SearchResponse:
+    # A lone surrogate ("\\ud800" in the JSON) cannot be encoded: search text is repaired
+    # (U+FFFD), as `engine search` does; embedding inputs are refused instead (embeddings).
+    queries = [repair_text(query) for query in queries]
+    instruct = repair_text(instruct) if instruct is not None else None
     if not queries:
         raise ApiError(422, "give `query` or `queries`")
     if len(queries) > limits.max_inputs:
@@ -130,6 +135,10 @@ async def embeddings(
         raise ApiError(413, f"at most {limits.max_inputs} inputs per request")
     if any(len(text) > limits.max_input_chars for text in texts):
         raise ApiError(413, f"an input is over {limits.max_input_chars} characters")
+    refuse_unencodable("input", texts)
+    refuse_unencodable("titles", request.titles or [])
+    if request.instruct is not None:
+        refuse_unencodable("instruct", [request.instruct])
     if request.model and not _names_model(request.model, encoder.name):
         raise ApiError(404, f"model {request.model!r} is not served here; this is {encoder.name!r}")
     if request.dimensions is not None and request.dimensions != encoder.dim:
@@ -159,9 +168,11 @@ async def embeddings(
 
 @router.get("/health", tags=["server"])
 async def health(batcher: BatcherDep) -> dict[str, Any]:
-    """Liveness, and the index generation the server last answered from."""
+    """Liveness, the index generation the server last answered from, and what is degraded."""
+    problems = getattr(batcher.index, "problems", [])
     return {
-        "status": "ok",
+        "status": "degraded" if problems else "ok",
+        "problems": problems,
         "generation": batcher.index.generation,
         "model": batcher.encoder.name,
         "waiting": batcher.waiting,
@@ -185,6 +196,19 @@ async def instructions() -> dict[str, Any]:
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
+
+
+def refuse_unencodable(field: str, texts: list[str]) -> None:
+    """Embeddings of silently repaired text would be vectors of another text: a 400 instead."""
+    for number, text in enumerate(texts):
+        position = unencodable(text)
+        if position is not None:
+            where = f"{field}[{number}]" if len(texts) > 1 else field
+            raise ApiError(
+                400,
+                f"{where} is not valid Unicode (a lone surrogate at character {position}); "
+                "send UTF-8 text",
+            )
 
 
 def _names_model(asked: str, served: str) -> bool:

@@ -3,7 +3,9 @@
 Before a batch that searches, :class:`ServedIndex` checks (one ``stat``) whether
 ``engine index`` published since: every publish atomically replaces the
 ``CURRENT`` pointer, so a new pointer file means a complete new generation, and
-the store is reopened from it. Checkpoints a running ``engine index`` commits
+the store is reopened from it. The snapshot is read into memory and verified (a
+file truncated or overwritten under the server cannot crash it or change its
+answers; the change is reported on /health). Checkpoints a running ``engine index`` commits
 before it publishes stay invisible: the server reads the store in one SQLite read
 transaction (a WAL snapshot) from one publish to the next.
 """
@@ -38,6 +40,12 @@ class ServedIndex:
         self.store: Store | None = None
         self.generation: int | None = None
         self._stamp: tuple[int, int, int] | None = None
+        # Why the server answers from less than the published index (shown on /health):
+        # a reopen that failed (kept until the pointer changes again: no retry per batch),
+        # a served snapshot changed on disk (answered from the verified copy in memory).
+        self.reopen_problem: str | None = None
+        self.snapshot_problem: str | None = None
+        self._failed_stamp: tuple[int, int, int] | None = None
 
     def _pointer_stamp(self) -> tuple[int, int, int]:
         try:
@@ -49,20 +57,45 @@ class ServedIndex:
     def current(self) -> Store:
         """The store of the latest published generation (reopened only when it changed)."""
         stamp = self._pointer_stamp()
-        if stamp == self._stamp and self.store is not None:
+        if self.store is not None and stamp in (self._stamp, self._failed_stamp):
+            self._check_snapshot(self.store)
             return self.store
         try:
             store = self._open()
-        except EngineError:
+        except EngineError as exc:
             if self.store is None:
                 raise
-            log.warning("kept generation %s: reopening %s failed", self.generation, self.folder)
+            self._failed_stamp = stamp
+            self.reopen_problem = (
+                f"reopening {self.folder} failed ({exc}); answering from generation "
+                f"{self.generation} until the next publish"
+            )
+            log.warning("%s", self.reopen_problem)
             return self.store
         old, self.store, self._stamp = self.store, store, stamp
         self.generation = store.generation
+        self.reopen_problem = self.snapshot_problem = None
         if old is not None:
             old.close()
         return store
+
+    @property
+    def problems(self) -> list[str]:
+        """What /health reports as degraded (checks the snapshot: one ``stat``, any thread)."""
+        if self.store is not None:
+            self._check_snapshot(self.store)
+        return [p for p in (self.reopen_problem, self.snapshot_problem) if p is not None]
+
+    def _check_snapshot(self, store: Store) -> None:
+        """The served snapshot replaced, truncated or rewritten in place is said once (the
+        answers still come from the copy verified when it was read)."""
+        snapshots = store.snapshots
+        if self.snapshot_problem is None and snapshots.changed_on_disk():
+            self.snapshot_problem = (
+                f"FAISS snapshot {snapshots.read_from.name} changed on disk after it was "
+                "verified; answering from the verified copy in memory until the next publish"
+            )
+            log.warning("%s", self.snapshot_problem)
 
     def _open(self) -> Store:
         store = Store.open(self.folder)
@@ -79,6 +112,7 @@ class ServedIndex:
                 f"index at {self.folder}",
                 fix="restart `engine serve` with the model it was built with",
             )
+            store.snapshots.in_memory = True  # never a mapped file that can change under us
             store.load_faiss()
         except BaseException:
             store.close()

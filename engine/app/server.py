@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import signal
 from contextlib import asynccontextmanager
@@ -55,6 +56,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "HEAD":  # every GET route answers HEAD: the GET, without a body
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
         path = scope["path"]
         headers = dict(scope["headers"])
         if self.api_key is not None and path not in OPEN_PATHS:
@@ -95,10 +99,63 @@ class Guard:
                 self.batcher.requests_in_flight -= 1
 
 
+def _without_body(send):
+    async def send_head(message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head
+
+
+def json_400_protocol(base: type) -> type:
+    """uvicorn's HTTP protocol class answering what its parser refuses (a malformed or
+    oversized request line or header) in the JSON error shape instead of plain text."""
+
+    class JsonErrorProtocol(base):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(
+                error_body(
+                    400,
+                    "invalid HTTP request: malformed, or a request line or "
+                    "header over the size limit (send long queries with POST /search)",
+                )
+            ).encode()
+            head = (
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            )
+            self.transport.write(head + body)
+            self.transport.close()
+
+    return JsonErrorProtocol
+
+
+def http_protocol() -> type:
+    """The protocol uvicorn's "auto" picks (httptools when installed, else h11), with JSON 400s."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return json_400_protocol(HttpToolsProtocol)
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return json_400_protocol(H11Protocol)
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     """OpenAI's error shape, so their clients show the message; one line of JSON."""
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": {"message": " ".join(message.split()), "type": kind, "code": status}}
+
+
+def check_api_key(api_key: str | None) -> None:
+    """An empty key (``--api-key "$KEY"`` with KEY unset) would silently open every route."""
+    if api_key is not None and not api_key.strip():
+        raise EngineError(
+            "the API key is empty (--api-key or ENGINE_API_KEY): give a key, "
+            "or unset both to serve without one"
+        )
 
 
 def create_app(
@@ -110,6 +167,7 @@ def create_app(
     backend: MilvusIndex | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``."""
+    check_api_key(api_key)
     limits = limits or Limits()
     index_dir = Path(index_dir)
     served = ServedMilvus(backend) if backend is not None else ServedIndex(index_dir, encoder)
@@ -183,6 +241,7 @@ def run_server(
     backend: MilvusIndex | None = None,
 ) -> None:
     """Load the encoder and the index once, then serve until SIGTERM or Ctrl-C."""
+    check_api_key(api_key)  # before the model loads: a misconfiguration is said at once
     if backend is not None:
         encoder = load_encoder_for(backend, model, device)
         documents, what = backend.count(), str(backend)
@@ -211,6 +270,7 @@ def run_server(
         port=port,
         log_level="warning",
         access_log=access_log,
+        http=http_protocol(),
         timeout_graceful_shutdown=30,
     )
     print("Stopped.", flush=True)

@@ -12,8 +12,21 @@ from pathlib import Path
 import click
 
 from engine.options import DEFAULT_MODEL_NOTE
+from engine.text import repair_text, unencodable
 
 DEFAULT_INDEX = ".engine"
+
+
+def repaired(text: str | None, what: str) -> str | None:
+    """A command-line text whose bytes are not UTF-8 (``printf 'caf\\xe9'``), with each such
+    byte replaced by U+FFFD and one warning line; valid text as it is."""
+    if text is None or unencodable(text) is None:
+        return text
+    click.echo(
+        f"Warning: {what} is not valid UTF-8; undecodable bytes replaced by U+FFFD", err=True
+    )
+    return repair_text(text)
+
 
 index_option = click.option(
     "--index",

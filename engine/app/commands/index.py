@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from engine.app.commands import INDEX_MODEL, index_option
+from engine.app.commands import INDEX_MODEL, index_option, repaired
 from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
@@ -148,7 +148,7 @@ def index_command(
             encoder,
             scan,
             rebuild=rebuild,
-            default_instruction=default_instruction,
+            default_instruction=repaired(default_instruction, "--instruct"),
             keep_sources=scan.failed_sources,
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,

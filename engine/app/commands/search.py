@@ -13,6 +13,7 @@ from engine.app.commands import (
     backend_option,
     collection_option,
     index_option,
+    repaired,
     token_option,
 )
 from engine.errors import EngineError
@@ -81,6 +82,8 @@ def search_command(
       engine search "how do plants make sugar" --server http://127.0.0.1:8000
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
     """
+    query = repaired(query, "the query")
+    instruction = repaired(instruction, "--instruct")
     if not query.strip():
         raise EngineError("empty query")
     check_instruction(instruction, no_instruct)

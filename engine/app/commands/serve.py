@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -96,6 +97,8 @@ def serve_command(
     from engine.app.batcher import Limits
     from engine.app.server import run_server
 
+    if api_key is None and "ENGINE_API_KEY" in os.environ:
+        api_key = os.environ["ENGINE_API_KEY"]  # set but empty: click would drop it silently
     milvus = None
     if backend:
         milvus = MilvusIndex.open(backend, collection, token)
@@ -106,7 +109,7 @@ def serve_command(
         port=port,
         model=model,
         device=device,
-        api_key=api_key or None,
+        api_key=api_key,
         limits=limits,
         access_log=access_log,
         backend=milvus,
