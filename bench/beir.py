@@ -47,17 +47,23 @@ from engine.options import (
     quiet_option,
     results_dir_option,
     search_knob_options,
+    search_mode_options,
 )
 from engine.progress import progress_enabled
+from indexer.fusion import METHODS, MODES, Fusion
 from indexer.passages import PassageSpec, passage_spec
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from engine.encoder import Encoder
     from indexer.distributed import IndexingGroup
     from indexer.store import Store
     from indexer.vector_index import IndexSpec
 
 DEFAULT_MAX_LENGTH = 512
+# The weighted fusions `--sweep` scores (alpha: the dense side's weight).
+SWEEP_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class _Choice:
@@ -127,6 +133,41 @@ def index_in_memory(store: Store, index_type: str) -> tuple[IndexSpec, Any]:
     return spec, vector_index.to_gpus(index, spec) or index
 
 
+class OtherIndexType:
+    """A store searched through another FAISS index type built in memory from its vectors
+    (:func:`index_in_memory`); its lexical side as it is. Nothing is written."""
+
+    def __init__(self, store: Store, index_type: str) -> None:
+        self.store = store
+        self.spec, self.index = index_in_memory(store, index_type)
+
+    def search(self, vectors: np.ndarray, k: int, knobs: Any = None) -> tuple[Any, Any]:
+        from indexer import vector_index
+        from indexer.vector_index import SearchKnobs
+
+        return vector_index.top_k(
+            self.index, self.spec, vectors, k, self.store.vectors, knobs=knobs or SearchKnobs()
+        )
+
+    def lexical_search(self, queries: list[str], k: int) -> tuple[Any, Any]:
+        return self.store.lexical_search(queries, k)
+
+
+def ranking_label(mode: str, fusion: Fusion | None = None) -> str:
+    """``dense``, ``lexical``, ``rrf`` or ``weighted-0.3``: how a run was ranked."""
+    if mode != "hybrid":
+        return mode
+    fusion = fusion or Fusion()
+    return "rrf" if fusion.method == "rrf" else f"weighted-{fusion.alpha:g}"
+
+
+def sweep_rankings() -> dict[str, tuple[str, Fusion]]:
+    """What ``--sweep`` evaluates: dense, lexical, RRF and weighted fusion at SWEEP_ALPHAS."""
+    rankings = [("dense", Fusion()), ("lexical", Fusion()), ("hybrid", Fusion("rrf"))]
+    rankings += [("hybrid", Fusion("weighted", alpha)) for alpha in SWEEP_ALPHAS]
+    return {ranking_label(mode, fusion): (mode, fusion) for mode, fusion in rankings}
+
+
 def retrieve(
     encoder: Encoder,
     index_dir: Path,
@@ -139,49 +180,132 @@ def retrieve(
     index_type: str | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    mode: str = "dense",
+    fusion: Fusion | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Top-``k`` document ids and scores per query, through the Store; also the timings.
 
     ``index_type`` searches through that FAISS index type, built in memory from the
-    cached vectors (the shared cache keeps its own type).
+    cached vectors (the shared cache keeps its own type). ``mode``/``fusion``: dense,
+    lexical or hybrid, as `engine search --mode` ranks.
     """
-    from indexer import vector_index
+    label = ranking_label(mode, fusion)
+    runs, timing = retrieve_rankings(
+        encoder,
+        index_dir,
+        queries,
+        instruction=instruction,
+        k=k,
+        rankings={label: (mode, fusion or Fusion())},
+        exclude_own_id=exclude_own_id,
+        progress=progress,
+        index_type=index_type,
+        nprobe=nprobe,
+        ef_search=ef_search,
+    )
+    return runs[label], timing
+
+
+def retrieve_rankings(
+    encoder: Encoder,
+    index_dir: Path,
+    queries: dict[str, str],
+    *,
+    instruction: str | None,
+    k: int,
+    rankings: dict[str, tuple[str, Fusion]],
+    exclude_own_id: bool = False,
+    progress: bool = False,
+    index_type: str | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+    """:func:`retrieve` for several rankings (label -> (mode, fusion)) from one encoding of
+    the queries, each ranked by :func:`indexer.search.ranked`, the path `engine search`
+    takes. Returns a run per label, and the timings."""
+    from indexer.search import ranked
     from indexer.store import Store
     from indexer.vector_index import SearchKnobs
 
+    modes = {mode for mode, _ in rankings.values()}
     store = Store.open(index_dir)
     if store.has_passages:
         store.close()
-        return _retrieve_documents_by_passage(
+        if modes != {"dense"}:
+            raise EngineError("--passages is ranked dense only for now (not --mode/--sweep)")
+        run, timing = _retrieve_documents_by_passage(
             encoder, index_dir, queries, instruction=instruction, k=k,
             exclude_own_id=exclude_own_id, progress=progress,
         )  # fmt: skip
+        return {label: run for label in rankings}, timing
     try:
         built = time.perf_counter()
-        if index_type is not None:
-            spec, index = index_in_memory(store, index_type)
-        else:
-            store.load_faiss()
-            spec = store.spec
+        searched_index: Any = store
+        spec = store.spec
+        if modes != {"lexical"}:
+            if index_type is not None:
+                searched_index = OtherIndexType(store, index_type)
+                spec = searched_index.spec
+            else:
+                store.load_faiss()
         built = time.perf_counter() - built
         query_ids = list(queries)
+        texts = [queries[q] for q in query_ids]
         started = time.perf_counter()
-        vectors = encoder.encode_queries(
-            [queries[q] for q in query_ids], instruction, progress=progress
-        )
+        vectors = None
+        if modes != {"lexical"}:
+            vectors = encoder.encode_queries(texts, instruction, progress=progress)
         encoded = time.perf_counter()
-        # One extra hit, so dropping a query's own id still leaves k.
         knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-        if index_type is not None:
-            scores, ids = vector_index.top_k(
-                index, spec, vectors, k + int(exclude_own_id), store.vectors, knobs=knobs
+        results = {}
+        search_seconds = {}
+        for label, (mode, fusion) in rankings.items():
+            began = time.perf_counter()
+            # One extra hit, so dropping a query's own id still leaves k.
+            results[label] = ranked(
+                searched_index,
+                vectors,
+                texts,
+                k + int(exclude_own_id),
+                knobs,
+                mode=mode,
+                fusion=fusion,
             )
-        else:
-            scores, ids = store.search(vectors, k + int(exclude_own_id), knobs)
-        searched = time.perf_counter()
+            search_seconds[label] = round(time.perf_counter() - began, 3)
         doc_ids = store.doc_ids()
     finally:
         store.close()
+    runs = {
+        label: to_run(query_ids, scores, ids, doc_ids, k, exclude_own_id)
+        for label, (scores, ids) in results.items()
+    }
+    searched = sum(search_seconds.values())
+    timing = {
+        "index_type": spec.describe(),
+        "index_load_seconds": round(built, 3),
+        "nprobe": nprobe,
+        "ef_search": ef_search,
+        "query_encode_seconds": round(encoded - started, 3),
+        "search_seconds": round(searched, 3),
+        "queries_per_second": round(
+            len(query_ids) * len(rankings) / max(encoded - started + searched, 1e-9), 2
+        ),
+    }
+    if len(rankings) > 1:
+        timing["search_seconds_by_ranking"] = search_seconds
+    return runs, timing
+
+
+def to_run(
+    query_ids: list[str],
+    scores: np.ndarray,
+    ids: np.ndarray,
+    doc_ids: dict[int, str],
+    k: int,
+    exclude_own_id: bool,
+) -> dict[str, dict[str, float]]:
+    """Query id -> {document id: score}, at most ``k`` each, a query's own id left out
+    where the dataset asks it."""
     run: dict[str, dict[str, float]] = {}
     for query_id, row_scores, row_ids in zip(query_ids, scores, ids, strict=True):
         hits: dict[str, float] = {}
@@ -192,16 +316,7 @@ def retrieve(
             if len(hits) < k:
                 hits[doc_id] = float(score)
         run[query_id] = hits
-    timing = {
-        "index_type": spec.describe(),
-        "index_load_seconds": round(built, 3),
-        "nprobe": nprobe,
-        "ef_search": ef_search,
-        "query_encode_seconds": round(encoded - started, 3),
-        "search_seconds": round(searched - encoded, 3),
-        "queries_per_second": round(len(query_ids) / max(searched - started, 1e-9), 2),
-    }
-    return run, timing
+    return run
 
 
 def _retrieve_documents_by_passage(
@@ -270,17 +385,23 @@ def evaluate_dataset(
     ef_search: int | None = None,
     group: IndexingGroup | None = None,
     passages: PassageSpec | None = None,
+    mode: str = "dense",
+    fusion: Fusion | None = None,
+    sweep: bool = False,
 ) -> dict[str, Any]:
     """Index (cached), retrieve and score one BEIR dataset folder with ``encoder``.
 
     ``instruction``: ``PROFILE_DEFAULT`` (the dataset's paper instruction when the
     model is instruction-tuned, else none), ``PAPER_INSTRUCTION``, ``None`` for
     none, or a string.
+    ``passages``: index documents as passages (``engine index --passages``), a document
+    scored by its best passage.
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
     ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
-    ``passages``: index documents as passages (``engine index --passages``), a document
-    scored by its best passage.
+    ``mode``/``fusion``: how the run is ranked (dense by default: the model's figure);
+    ``sweep`` also scores every ranking of :func:`sweep_rankings` (``rankings`` in the
+    result), from one encoding of the queries.
     """
     from indexer.indexing import update_index
 
@@ -293,19 +414,24 @@ def evaluate_dataset(
         index_dir, encoder, data.corpus, progress=progress, group=group, passages=passages
     )
     exclude_own_id = ignores_identical_ids(data.name)
-    run, query_timing = retrieve(
+    fusion = fusion or Fusion()
+    label = ranking_label(mode, fusion)
+    rankings = {**(sweep_rankings() if sweep else {}), label: (mode, fusion)}
+    runs, query_timing = retrieve_rankings(
         encoder,
         index_dir,
         data.queries,
         instruction=used_instruction,
         k=k,
+        rankings=rankings,
         exclude_own_id=exclude_own_id,
         progress=progress,
         index_type=index_type,
         nprobe=nprobe,
         ef_search=ef_search,
     )
-    metrics = evaluate_run(data.qrels, run)
+    scored = {name: evaluate_run(data.qrels, run) for name, run in runs.items()}
+    extra = {"rankings": scored} if sweep else {}
     return {
         "dataset": data.name,
         "canonical_name": known_name(data.folder),
@@ -321,7 +447,10 @@ def evaluate_dataset(
         "skipped_records": len(data.skipped),
         "queries": len(data.queries),
         "judgements": sum(len(judged) for judged in data.qrels.values()),
-        "metrics": metrics,
+        "mode": mode,
+        "fusion": fusion.describe() if mode == "hybrid" else None,
+        "metrics": scored[label],
+        **extra,
         "index": {"folder": str(index_dir), **report.to_dict()},
         "timing": {
             "index_seconds": round(report.seconds, 3),
@@ -382,7 +511,7 @@ def result_filename(
     max_length: int,
     index_type: str | None = None,
     precision: str = "fp32",
-    passages: PassageSpec | None = None,
+    ranking: str = "dense",
 ) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
@@ -390,9 +519,8 @@ def result_filename(
         names = f"{len(datasets)}-datasets"
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
     suffix = "" if precision == "fp32" else f"-{precision}"
-    if passages is not None:
-        suffix += f"-passages{passages.tokens}"
-    return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}.json"
+    ranked_by = "" if ranking == "dense" else f"-{ranking}"
+    return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}{ranked_by}.json"
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -410,6 +538,20 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
         cells = "  ".join(f"{metrics[m]:>9.4f}" if m in metrics else f"{'':>9}" for m in METRICS)
         lines.append(f"{name:<{width}}  {cells}")
     return "\n".join(lines)
+
+
+def sweep_table(results: list[dict[str, Any]]) -> str:
+    """nDCG@10 of every ranking (rows) on every dataset (columns), and the difference to dense."""
+    names = [r["dataset"] for r in results]
+    lines = ["ranking".ljust(14) + "".join(f"{n:>12}{'vs dense':>10}" for n in names)]
+    for label in results[0]["rankings"]:
+        cells = ""
+        for result in results:
+            value = result["rankings"][label]["ndcg@10"]
+            delta = value - result["rankings"]["dense"]["ndcg@10"]
+            cells += f"{value:>12.4f}{delta:>+10.4f}"
+        lines.append(label.ljust(14) + cells)
+    return "nDCG@10 by ranking\n" + "\n".join(lines)
 
 
 @click.command()
@@ -461,13 +603,20 @@ def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     type=click.IntRange(min=16),
     metavar="TOKENS",
     help="Index documents as passages of TOKENS tokens (engine index --passages); a document "
-    "scores its best passage.",
+    "scores its best passage (dense only).",
 )
 @click.option(
     "--passage-overlap",
     type=click.IntRange(min=0),
     metavar="TOKENS",
     help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+)
+@search_mode_options(MODES, METHODS, "dense: the model's own figure")
+@click.option(
+    "--sweep",
+    is_flag=True,
+    help="Also score dense, lexical, RRF and weighted fusion at alpha 0.1..0.9 (one "
+    "encoding of the queries); the table and JSON list each.",
 )
 @batch_tokens_option()
 @device_option()
@@ -490,6 +639,10 @@ def beir(
     ef_search: int | None,
     passage_tokens: int | None,
     passage_overlap: int | None,
+    mode: str | None,
+    fusion: str | None,
+    alpha: float | None,
+    sweep: bool,
     batch_tokens: int | None,
     device: str | None,
     precision: str | None,
@@ -513,6 +666,8 @@ def beir(
       engine bench beir --data-dir data --datasets scifact --model ./my-model --no-instruct
       engine bench beir --data-dir data --datasets fiqa --instruction "Given a question, retrieve answers" --json
       engine bench beir --data-dir data --datasets scifact --index-type hnsw --ef-search 64
+      engine bench beir --data-dir data --datasets scifact,nfcorpus --mode hybrid --fusion rrf
+      engine bench beir --data-dir data --datasets scifact,nfcorpus --max-length 256 --sweep
       engine bench beir --data-dir data --datasets scifact --passages 256
     """
     from engine.encoder import Encoder
@@ -532,6 +687,10 @@ def beir(
     passages = PassageSpec(**settings) if settings is not None else None
     if passages is not None and index_type is not None:
         raise EngineError("--passages searches the cached index's own type; drop --index-type")
+    from indexer.search import resolve_fusion
+
+    mode = mode or "dense"
+    fused = resolve_fusion(fusion, alpha)
 
     def load_datasets() -> list[BeirDataset]:
         names = [n.strip() for n in (datasets or "").split(",") if n.strip()]
@@ -578,6 +737,9 @@ def beir(
                     index_type=index_type,
                     nprobe=nprobe,
                     ef_search=ef_search,
+                    mode=mode,
+                    fusion=fused,
+                    sweep=sweep,
                     group=group,
                     passages=passages,
                 )
@@ -605,6 +767,8 @@ def beir(
         "nprobe": nprobe,
         "ef_search": ef_search,
         "passages": settings,
+        "mode": mode,
+        "fusion": fused.describe() if mode == "hybrid" else None,
         "metrics_order": list(METRICS),
         "datasets": results,
         "groups": group_averages(results),
@@ -612,8 +776,9 @@ def beir(
     }
     out.mkdir(parents=True, exist_ok=True)
     units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
+    ranking = "sweep" if sweep else ranking_label(mode, fused)
     path = out / result_filename(
-        encoder.name, units, encoder.max_length, index_type, encoder.precision, passages
+        encoder.name, units, encoder.max_length, index_type, encoder.precision, ranking, passages
     )
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
@@ -641,4 +806,6 @@ def beir(
     if len(results) > 1:
         rows.append(("average", summary["average"]))
     click.echo(format_table(rows))
+    if sweep:
+        click.echo(sweep_table(results))
     click.echo(f"Wrote {path}")

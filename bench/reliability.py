@@ -36,6 +36,7 @@ from click.testing import CliRunner
 
 from bench.common import command_line, machine
 from engine.options import results_dir_option
+from indexer.lexical import LexicalError, LexicalIndex
 from indexer.store import Store
 
 # Documents a search must find first, with the query that finds each.
@@ -71,7 +72,7 @@ _FILLER_FACTS = (
     "attracts visitors every summer.",
 )
 FAULTS = ("truncate", "empty", "zeros", "garbage", "delete")
-FILES = ("database", "snapshot", "pointer")
+FILES = ("database", "snapshot", "pointer", "lexical")
 
 
 @dataclass
@@ -123,6 +124,9 @@ def planted_files() -> dict[str, str]:
 class IndexState:
     doc_ids: list[str]
     faiss_consistent: bool
+    # The lexical index as the last writer left it: SQLite's ids exactly, its generation
+    # recorded (read as it is on disk: nothing caught up or rebuilt to look at it).
+    lexical_consistent: bool
 
     def lost(self, expected: set[str]) -> int:
         return len(expected - set(self.doc_ids))
@@ -132,17 +136,25 @@ class IndexState:
 
 
 def index_state(index_dir: Path) -> IndexState:
-    """Documents of the current database, and whether the FAISS index matches them one to one."""
-
+    """Documents of the current database, and whether the FAISS index and the lexical index
+    match them one to one."""
     store = Store.open(index_dir)
     try:
         doc_ids = [row[0] for row in store.db.execute("SELECT doc_id FROM documents")]
         index = store.load_faiss()
         faiss_ids = {int(index.id_map.at(i)) for i in range(index.ntotal)}
         consistent = faiss_ids == set(store.doc_ids()) and index.ntotal == len(doc_ids)
+        try:
+            lexical = LexicalIndex.open(store.lexical.path)
+            lexical_consistent = set(lexical.ids().tolist()) == set(
+                store.doc_ids()
+            ) and store.lexical.in_step(lexical)
+            lexical.close()
+        except LexicalError:
+            lexical_consistent = False
     finally:
         store.close()
-    return IndexState(doc_ids, consistent)
+    return IndexState(doc_ids, consistent, lexical_consistent)
 
 
 def committed_documents(index_dir: Path) -> int:
@@ -158,11 +170,16 @@ def committed_documents(index_dir: Path) -> int:
         return 0
 
 
-def wrong_answers(runner: Runner, index_dir: Path, *, strict: bool = True) -> tuple[int, int]:
-    """(searches answered with a wrong first hit, searches refused or crashed) over PLANTED."""
+def wrong_answers(
+    runner: Runner, index_dir: Path, *, strict: bool = True, mode: str = "dense"
+) -> tuple[int, int]:
+    """(searches answered with a wrong first hit, searches refused or crashed) over PLANTED,
+    in a search ``mode`` (dense, or lexical: BM25 alone)."""
     wrong = refused = 0
     for doc_id, (_, query) in PLANTED.items():
-        outcome = runner(["search", query, "--index", str(index_dir), "--json", "-k", "1"])
+        outcome = runner(
+            ["search", query, "--index", str(index_dir), "--json", "-k", "1", "--mode", mode]
+        )
         if outcome.exit_code != 0 or outcome.traceback:
             refused += 1
             continue
@@ -186,6 +203,11 @@ class KillRound:
     duplicated: int
     faiss_consistent: bool
     wrong_answers: int
+    # The lexical index after the next run: in step with SQLite, and answering.
+    lexical_consistent: bool = False
+    lexical_wrong_answers: int = 0
+    # Lexical searches of what the killed run committed (first runs): caught up, answering.
+    lexical_searchable_after_kill: bool | None = None
 
     @property
     def reencoded(self) -> int:
@@ -241,10 +263,11 @@ def kill_round(
     process.wait()
     delay = time.monotonic() - started
     committed = committed_documents(index_dir)
-    searchable = None
+    searchable = lexical_searchable = None
     if kind == "first" and committed:
-        # What a killed first run committed answers searches.
+        # What a killed first run committed answers searches, dense and lexical.
         searchable = wrong_answers(search, index_dir)[1] == 0
+        lexical_searchable = wrong_answers(search, index_dir, mode="lexical")[1] == 0
     present = set(index_state(index_dir).doc_ids) if (index_dir / "CURRENT").exists() else set()
     missing = len(set(expected) - present)
 
@@ -265,6 +288,9 @@ def kill_round(
         duplicated=state.duplicated(),
         faiss_consistent=state.faiss_consistent,
         wrong_answers=wrong_answers(search, index_dir)[0],
+        lexical_consistent=state.lexical_consistent,
+        lexical_wrong_answers=sum(wrong_answers(search, index_dir, mode="lexical")),
+        lexical_searchable_after_kill=lexical_searchable,
     )
 
 
@@ -304,6 +330,8 @@ def index_file(index_dir: Path, which: str) -> Path:
     name = json.loads((index_dir / "CURRENT").read_text())["db"]
     if which == "database":
         return index_dir / name
+    if which == "lexical":  # the file every open of the tantivy index reads first
+        return index_dir / f"{Path(name).stem}.lexical" / "meta.json"
     return next(index_dir.glob(f"{Path(name).stem}.*.faiss"))
 
 
@@ -315,11 +343,14 @@ class FaultRound:
     silent_wrong_answers: int = 0
     refused_in_one_line: int = 0
     detected_by_check: bool = False
+    # A search said (one "Warning:" line) that it found damage and rebuilt from SQLite.
+    warned_by_search: bool = False
     repair: str = ""
     wrong_after_repair: int = 0
     lost_after_next_run: int = 0
     duplicated_after_next_run: int = 0
     encoded_by_next_run: int = 0
+    lexical_consistent_after_next_run: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -347,12 +378,14 @@ def fault_round(
         return outcome
 
     for doc_id, (_, query) in PLANTED.items():
-        outcome = record(run(["search", query, *index, "--json", "-k", "1"]))
-        if outcome.exit_code == 0 and not outcome.traceback:
-            lines = outcome.stdout.splitlines()
-            warned = "Warning:" in outcome.stderr
-            if (not lines or json.loads(lines[0])["doc_id"] != doc_id) and not warned:
-                result.silent_wrong_answers += 1
+        for mode in ("dense", "lexical"):
+            outcome = record(run(["search", query, *index, "--json", "-k", "1", "--mode", mode]))
+            if outcome.exit_code == 0 and not outcome.traceback:
+                lines = outcome.stdout.splitlines()
+                warned = "Warning:" in outcome.stderr
+                result.warned_by_search |= warned
+                if (not lines or json.loads(lines[0])["doc_id"] != doc_id) and not warned:
+                    result.silent_wrong_answers += 1
     record(run(["info", *index]))
     result.detected_by_check = record(run(["check", *index])).exit_code != 0
 
@@ -369,11 +402,13 @@ def fault_round(
         expected = {p.relative_to(corpus).as_posix() for p in corpus.rglob("*") if p.is_file()}
         result.lost_after_next_run = state.lost(expected)
         result.duplicated_after_next_run = state.duplicated()
+        result.lexical_consistent_after_next_run = state.lexical_consistent
     else:
         result.notes.append(f"next run failed: {next_run.stderr.strip()}")
         result.repair = "failed"
     wrong, refused = wrong_answers(run, index_dir)
-    result.wrong_after_repair = wrong + refused
+    lexical_wrong, lexical_refused = wrong_answers(run, index_dir, mode="lexical")
+    result.wrong_after_repair = wrong + refused + lexical_wrong + lexical_refused
     return result
 
 
@@ -424,7 +459,8 @@ def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out
             f"kill {number + 1}/{kill_rounds} ({kind}, {last.delay_s}s): "
             f"committed {last.committed_at_kill}, next run encoded {last.encoded_by_next_run} "
             f"of {last.missing_before_next_run} missing; lost {last.lost}, "
-            f"duplicated {last.duplicated}, wrong {last.wrong_answers}"
+            f"duplicated {last.duplicated}, wrong {last.wrong_answers}, "
+            f"lexical in step {last.lexical_consistent}, lexical wrong {last.lexical_wrong_answers}"
         )
     corpus, base = work_dir / "faults" / "corpus", work_dir / "faults" / "base"
     write_corpus(corpus, planted_files() | filler_corpus(24, seed=seed))
@@ -466,6 +502,9 @@ def summarize(kills: list[KillRound], faults: list[FaultRound]) -> dict:
         "faults_detected_by_check": sum(f.detected_by_check for f in faults),
         "faults_repaired": sum(f.repair not in ("", "failed") for f in faults),
         "faiss_inconsistent": sum(not k.faiss_consistent for k in kills),
+        "lexical_inconsistent": sum(not k.lexical_consistent for k in kills)
+        + sum(not f.lexical_consistent_after_next_run for f in faults),
+        "lexical_wrong_answers": sum(k.lexical_wrong_answers for k in kills),
     }
     return {
         "machine": machine(),

@@ -9,7 +9,7 @@ import here: ``--help`` stays fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +129,35 @@ def search_knob_options(function: Callable[..., Any]) -> Callable[..., Any]:
         help="IVF: lists scanned per query; more is slower and more exact "
         "(default: the index's, nlist/32 and at least 64, or nlist if smaller).",
     )(function)
+
+
+def search_mode_options(
+    modes: Sequence[str], methods: Sequence[str], default_note: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--mode``, ``--fusion``, ``--alpha``: dense, lexical (BM25) or hybrid ranking.
+
+    The choices and the default come from ``indexer.fusion`` (passed in: this layer is
+    below the indexer).
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        function = click.option(
+            "--alpha",
+            type=click.FloatRange(0.0, 1.0),
+            help="Hybrid, weighted fusion: the dense side's weight, 0..1 (the lexical side "
+            "gets 1 - alpha); implies --fusion weighted (default 0.5).",
+        )(function)
+        function = click.option(
+            "--fusion",
+            type=click.Choice(list(methods)),
+            help="Hybrid: rrf (reciprocal rank fusion, k=60) or weighted (min-max normalised "
+            "scores, see --alpha); over at least 100 candidates a side (default: rrf).",
+        )(function)
+        return click.option(
+            "--mode",
+            type=click.Choice(list(modes)),
+            help="dense (embeddings), lexical (BM25 over title and text, loads no model) or "
+            f"hybrid (both, fused) (default: {default_note}).",
+        )(function)
+
+    return decorate

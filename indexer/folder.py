@@ -5,6 +5,7 @@ Layout of an index folder::
     CURRENT                 {"db": "index-<token>.db"}   (atomically replaced)
     index-<token>.db        SQLite: settings, documents, vectors
     index-<token>.<gen>.faiss
+    index-<token>.lexical/  the BM25 index (indexer.lexical)
     lock                    held by the one writer
 
 Every file that must survive a crash whole is written to a temp file, fsynced and
@@ -18,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -156,13 +158,18 @@ def refuse_unknown_databases(folder: Path) -> None:
             )
 
 
-def remove_stale_files(folder: Path, db_name: str, snapshot_name: str) -> None:
-    """Old FAISS snapshots and databases that no pointer names any more."""
-    keep = {db_name, snapshot_name, POINTER, LOCK}
+def remove_stale_files(folder: Path, db_name: str, derived: set[str]) -> None:
+    """Old databases and what was derived from them (FAISS snapshots, lexical index folders)
+    that no pointer names any more; ``derived`` names the current database's own."""
+    keep = {db_name, POINTER, LOCK, *derived}
     keep |= {db_name + "-wal", db_name + "-shm", db_name + "-journal"}
-    for file in folder.iterdir():
-        if file.is_file() and file.name not in keep and file.name.startswith("index-"):
-            file.unlink(missing_ok=True)
+    for path in folder.iterdir():
+        if path.name in keep or not path.name.startswith("index-"):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class WriterLock:

@@ -19,6 +19,12 @@ import numpy as np
 
 METHODS = ("rrf", "weighted")
 MODES = ("dense", "lexical", "hybrid")
+# What a search without --mode / --fusion / --alpha does where the index has a lexical side
+# (a Milvus collection has none: dense there). Chosen by `engine bench beir --sweep`, see
+# bench/results/README.md.
+DEFAULT_MODE = "dense"
+DEFAULT_METHOD = "rrf"
+DEFAULT_ALPHA = 0.5
 RRF_K = 60
 # Candidates taken from each side before fusing (at least; k if more).
 MIN_DEPTH = 100
@@ -28,8 +34,8 @@ MIN_DEPTH = 100
 class Fusion:
     """How a hybrid search fuses its two rankings."""
 
-    method: str = "rrf"
-    alpha: float = 0.5
+    method: str = DEFAULT_METHOD
+    alpha: float = DEFAULT_ALPHA
     rrf_k: int = RRF_K
     depth: int = MIN_DEPTH
 
@@ -49,6 +55,21 @@ class Fusion:
         if self.method == "rrf":
             return f"rrf (k={self.rrf_k})"
         return f"weighted (alpha={self.alpha:g})"
+
+
+def resolve(method: str | None = None, alpha: float | None = None) -> Fusion:
+    """The fusion a search asked for: ``alpha`` alone means weighted; nothing, the default."""
+    if method is None:
+        method = "weighted" if alpha is not None else DEFAULT_METHOD
+    if method == "rrf" and alpha is not None:
+        raise ValueError("alpha applies to the weighted fusion, not to rrf")
+    return Fusion(method, DEFAULT_ALPHA if alpha is None else float(alpha))
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (choose {', '.join(MODES)})")
+    return mode
 
 
 def fuse(

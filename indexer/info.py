@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from indexer.fusion import DEFAULT_MODE
+from indexer.lexical import LEXICAL_KEY
 from indexer.store import Store
 
 
@@ -24,6 +26,9 @@ def index_info(store: Store, index_dir: str | Path) -> dict[str, Any]:
         "index_factory": store.spec.factory,
         "index_params": store.spec.params,
         "vector_dtype": str(store.vector_dtype),
+        # The BM25 index's documents at its last recorded commit (None: not built yet).
+        "lexical_documents": (settings.get(LEXICAL_KEY) or {}).get("documents"),
+        "default_mode": DEFAULT_MODE,
         **store.stats(),
         "generation": store.generation,
         "engine_version": settings["engine_version"],

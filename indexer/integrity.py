@@ -7,13 +7,15 @@ vector of the right size, every text matching its stored content hash (damage
 inside a row passes quick_check) -- in an index of passages: every document with its
 passages, passages and vectors one to one, every passage's text as long as its
 character offsets say; the FAISS snapshot against the checksum, vector count
-and generation recorded when it was written.
+and generation recorded when it was written; the lexical (BM25) index opens and holds
+exactly the database's documents.
 
 What is repaired, always from what is sound: a lost pointer is pointed back at
 the last published database; a damaged database is salvaged row by row into a
 fresh one (documents whose vector is lost are left out, so the next
-``engine index`` re-encodes them); a damaged or missing snapshot is rebuilt from
-SQLite. A database whose settings are gone cannot be repaired: re-index.
+``engine index`` re-encodes them); a damaged or missing snapshot, and a damaged lexical
+index, are rebuilt from SQLite. A database whose settings are gone cannot be repaired:
+re-index.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def _inspect(folder: Path) -> CheckReport:
         conn.close()
     if all(f.ok for f in report.findings if f.check != "pointer"):
         report.findings.append(_check_snapshot(folder, name))
+        report.findings.append(_check_lexical(folder, name))
     return report
 
 
@@ -301,6 +304,24 @@ def _check_snapshot(folder: Path, name: str) -> Finding:
     return Finding("snapshot", False, f"{path.name}: {problem}")
 
 
+def _check_lexical(folder: Path, name: str) -> Finding:
+    """The lexical (BM25) index holds exactly the database's documents and opens cleanly."""
+    store = Store.open_database(folder, name, quick_check=False)
+    try:
+        path = store.lexical.path
+        problem = store.lexical.problem()
+    finally:
+        store.close()
+    if problem is None:
+        return Finding("lexical", True, f"{path.name} holds the database's documents, one to one")
+    if problem == "missing":
+        # An index made before the lexical side existed: built from SQLite when first needed.
+        return Finding(
+            "lexical", True, f"{path.name} not built yet (built from SQLite when needed)"
+        )
+    return Finding("lexical", False, f"{path.name}: {problem}")
+
+
 # ----------------------------------------------------------------- repairs
 def _repair(folder: Path, report: CheckReport) -> list[str]:
     done: list[str] = []
@@ -328,6 +349,16 @@ def _repair(folder: Path, report: CheckReport) -> list[str]:
             done.append(
                 f"rebuilt the FAISS snapshot {store.snapshots.path().name} from the database "
                 f"({store.count()} vectors)"
+            )
+        finally:
+            store.close()
+    if "lexical" in failed and not {"database", "documents"} & failed.keys():
+        store = Store.open_database(folder, name, quick_check=False)
+        try:
+            index = store.lexical.rebuild()
+            done.append(
+                f"rebuilt the lexical index {store.lexical.path.name} from the database "
+                f"({index.count()} documents)"
             )
         finally:
             store.close()

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import EngineError
+
 ID_FIELD = "id"
 BODY_FIELD = "body"
 ANALYZER_NAME = "engine_english"
@@ -110,6 +112,9 @@ class LexicalIndex:
         try:
             path.mkdir(parents=True, exist_ok=True)
             index = tantivy.Index(schema, path=str(path), reuse=True)
+            # Searches see the commit that was current at open (or at refresh()), like a
+            # store holding a read snapshot: a running writer's later commits stay unseen.
+            index.config_reader(reload_policy="Manual")
             index.register_tokenizer(ANALYZER_NAME, analyzer)
             lexical = cls(path, index, schema, analyzer)
             lexical.count()  # reads meta.json and opens every segment
@@ -285,6 +290,175 @@ def catch_up(
     return len(missing), len(gone)
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first line, cut to ``limit`` characters (tantivy quotes file contents)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------ with the store
+# The settings key of the last lexical commit: {"generation", "documents"}.
+LEXICAL_KEY = "lexical"
+
+
+class LexicalSide:
+    """The lexical index of one store database, kept in step with it.
+
+    ``index-<token>.lexical/`` beside ``index-<token>.db``. The writer applies each
+    SQLite commit to it right after the transaction and records the generation it
+    reached; whoever opens it finds it in step, or behind (a writer killed between the
+    two commits: caught up by id difference), or missing (an index made before the
+    lexical side existed, or a lost folder: rebuilt from SQLite), or unreadable
+    (rebuilt, with a one-line warning). Catching up and rebuilding write, so a reader
+    does them only under the folder's writer lock; while an ``engine index`` holds it,
+    that writer keeps the index in step and readers search what is committed.
+    """
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.index: LexicalIndex | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.store.folder / f"{Path(self.store.db_name).stem}.lexical"
+
+    def load(self) -> LexicalIndex:
+        """The lexical index, in step with SQLite (see the class docstring)."""
+        if self.index is not None:
+            return self.index
+        if self.store.writer:
+            self.index = self._in_step()
+            return self.index
+        from indexer.folder import WriterLock
+
+        lock = WriterLock(self.store.folder)
+        try:
+            lock.acquire()
+        except EngineError:  # a writer is running: it keeps the index in step
+            try:
+                self.index = LexicalIndex.open(self.path)
+            except LexicalError:
+                raise EngineError(
+                    f"the lexical index of {self.store.folder} is being built by a running "
+                    "`engine index`; search with --mode dense until it finishes"
+                ) from None
+            return self.index
+        try:
+            self.index = self._in_step()
+        finally:
+            lock.release()
+        return self.index
+
+    def _in_step(self) -> LexicalIndex:
+        try:
+            index = LexicalIndex.open(self.path)
+        except LexicalError as exc:
+            if self.path.exists():
+                from indexer.folder import warn
+
+                warn(f"{exc}; rebuilt it from the database")
+            return self.rebuild()
+        if not self.in_step(index):
+            catch_up(index, self._live_ids(), self.rows)
+            self._record(index)
+        return index
+
+    def in_step(self, index: LexicalIndex) -> bool:
+        """Whether the last lexical commit recorded is SQLite's generation (and count)."""
+        record = self.store.settings.get(LEXICAL_KEY)
+        return (
+            isinstance(record, dict)
+            and record.get("generation") == self.store.generation
+            and index.count() == self.store.count()
+        )
+
+    def rebuild(self) -> LexicalIndex:
+        """A fresh lexical index from every document in SQLite (streamed), recorded."""
+        if self.index is not None:
+            self.index.close()
+        rows = self.store.db.execute("SELECT id, title, text FROM documents ORDER BY id")
+        self.index = build(self.path, rows)
+        self._record(self.index)
+        return self.index
+
+    def apply_commit(self, gone: Sequence[int], new_ids: Sequence[int], rows) -> None:
+        """After a SQLite commit (the writer): remove ``gone``, add the new documents
+        (``rows``: their title and text, in ``new_ids`` order), commit, record."""
+        if self.index is None:
+            self.load()  # in step with SQLite, which already holds this commit
+            return
+        index = self.index
+        if gone:
+            index.remove(gone)
+        if len(new_ids):
+            index.add(new_ids, [document_text(r["title"], r["text"]) for r in rows])
+        index.commit()
+        self._record(index)
+
+    def search(
+        self, queries: Sequence[str], k: int, allowed: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` BM25 (scores, ids) per query as (n, k) arrays, empty slots id -1."""
+        index = self.load()
+        scores = np.zeros((len(queries), k), dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        wanted = None if allowed is None else list(allowed)
+        for row, query in enumerate(queries):
+            row_scores, row_ids = index.search(query, k, wanted)
+            scores[row, : len(row_ids)] = row_scores
+            ids[row, : len(row_ids)] = row_ids
+        return scores, ids
+
+    def problem(self) -> str | None:
+        """What is wrong with the lexical index on disk, or None (`engine check`).
+
+        "missing" is no damage: it is rebuilt from SQLite when first needed.
+        """
+        if not self.path.exists():
+            return "missing"
+        try:
+            index = LexicalIndex.open(self.path)
+        except LexicalError as exc:
+            return str(exc).split(" is ", 1)[-1]
+        try:
+            held = index.ids()
+            index.search("a probe query", 1)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return f"unreadable ({_first_line(exc)})"
+        finally:
+            index.close()
+        live = self._live_ids()
+        if np.array_equal(held, live):
+            return None
+        extra = len(np.setdiff1d(held, live))
+        lacking = len(np.setdiff1d(live, held))
+        return (
+            f"{len(held)} documents, the database has {len(live)} "
+            f"({lacking} missing, {extra} no longer in the database)"
+        )
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+
+    def rows(self, ids: Sequence[int]) -> list[tuple[int, str, str]]:
+        """(id, title, text) of these documents, from SQLite."""
+        out: list[tuple[int, str, str]] = []
+        for start in range(0, len(ids), 500):
+            part = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(part))
+            out += self.store.db.execute(
+                f"SELECT id, title, text FROM documents WHERE id IN ({marks}) ORDER BY id", part
+            ).fetchall()
+        return out
+
+    def _live_ids(self) -> np.ndarray:
+        rows = self.store.db.execute("SELECT id FROM documents ORDER BY id")
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def _record(self, index: LexicalIndex) -> None:
+        self.store.write_settings(
+            {LEXICAL_KEY: {"generation": self.store.generation, "documents": index.count()}}
+        )

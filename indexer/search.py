@@ -1,4 +1,10 @@
-"""Query -> prompt -> encoder -> store (or a Milvus collection) -> hits."""
+"""Query -> prompt -> encoder -> store (or a Milvus collection) -> hits.
+
+Three modes (``--mode``): ``dense`` (the query's embedding against the vector index),
+``lexical`` (BM25 over the lexical index: no model needed) and ``hybrid`` (both, fused by
+:mod:`indexer.fusion` over at least 100 candidates a side). :func:`ranked` is the one place
+a mode is carried out; the CLI, the server and ``engine bench beir`` all go through it.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +12,28 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.instructions import check_instruction
+from indexer import fusion as fusion_module
 from indexer.folder import reporting_damage
+from indexer.fusion import Fusion, fuse
 from indexer.passages import best_per_document
 from indexer.schema import check_compatible
 from indexer.store import PASSAGE_FIELDS, Store
 from indexer.vector_index import SearchKnobs
 
+if TYPE_CHECKING:  # torch is imported only when a query is embedded: lexical searches skip it
+    from engine.encoder import Encoder
+
 SNIPPET_CHARS = 240
+PASSAGES_DENSE_ONLY = (
+    "--mode {mode} is not available on an index of passages yet (its lexical side holds "
+    "documents, its vectors passages): search it with --mode dense"
+)
 # A passage search first fetches this many passages per document asked for, more if
 # too few distinct documents come back.
 PASSAGES_PER_HIT = 4
@@ -71,6 +85,8 @@ def load_encoder_for(
     index: SearchIndex, model: str | None = None, device: str | None = None
 ) -> Encoder:
     """The encoder an index was built with; a different ``model`` is refused."""
+    from engine.encoder import Encoder
+
     settings = index.settings
     encoder = Encoder.load(model or settings["model"], device=device)
     # The model first: a length error would hide that the model is the wrong one.
@@ -133,22 +149,117 @@ def check_queries(queries: Sequence[str], k: int) -> None:
         raise EngineError("-k must be at least 1")
 
 
-def hits_for(
+def has_lexical(index: SearchIndex) -> bool:
+    """Whether ``index`` can search lexically (the local store; not a Milvus collection)."""
+    return hasattr(index, "lexical_search")
+
+
+def has_passages(index: SearchIndex) -> bool:
+    """Whether ``index`` holds passages (``engine index --passages``): its vectors are passages'."""
+    return isinstance(index.settings.get("passages"), dict)
+
+
+def resolve_mode(index: SearchIndex, mode: str | None) -> str:
+    """The mode asked for, or the default: DEFAULT_MODE where there is a lexical side, else
+    dense (an index of passages: dense only, for now)."""
+    if has_passages(index):
+        if mode not in (None, "dense"):
+            raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
+        return "dense"
+    if mode is None:
+        return fusion_module.DEFAULT_MODE if has_lexical(index) else "dense"
+    try:
+        fusion_module.check_mode(mode)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    if mode != "dense" and not has_lexical(index):
+        raise EngineError(f"--mode {mode} needs a lexical index; {describe_index(index)} has none")
+    return mode
+
+
+def resolve_fusion(method: str | None = None, alpha: float | None = None) -> Fusion:
+    """:func:`indexer.fusion.resolve` with its errors as one line."""
+    try:
+        return fusion_module.resolve(method, alpha)
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def ranked(
     index: SearchIndex,
-    vectors: np.ndarray,
+    vectors: np.ndarray | None,
+    queries: Sequence[str],
     k: int,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
-) -> list[list[Hit]]:
-    """Top-``k`` hits for each query vector (rows of ``vectors``): search_queries() and the server.
+    *,
+    mode: str = "dense",
+    fusion: Fusion = Fusion(),  # noqa: B008 - frozen
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) per query, rows padded with id -1, in the given mode.
 
-    ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS index or a Milvus one).
-    An index of passages answers ``k`` distinct documents (see :func:`passage_hits`).
+    ``vectors`` (the queries' embeddings) are needed by dense and hybrid, ``queries`` (the
+    texts) by lexical and hybrid. Hybrid takes ``fusion.candidates(k)`` from each side.
+    """
+    if mode == "dense":
+        return index.search(vectors, k, knobs)
+    if mode == "lexical":
+        return index.lexical_search(queries, k)
+    depth = fusion.candidates(k)
+    dense = index.search(vectors, depth, knobs)
+    return fuse_rows(dense, index.lexical_search(queries, depth), k, fusion)
+
+
+def fuse_rows(
+    dense: tuple[np.ndarray, np.ndarray],
+    lexical: tuple[np.ndarray, np.ndarray],
+    k: int,
+    fusion: Fusion,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's dense and lexical candidates (rows of (n, depth) arrays) fused into its
+    top ``k``, as (n, k) arrays padded with id -1."""
+    dense_scores, dense_ids = dense
+    lexical_scores, lexical_ids = lexical
+    fused = [
+        fuse((dense_scores[i], dense_ids[i]), (lexical_scores[i], lexical_ids[i]), k, fusion)
+        for i in range(len(dense_ids))
+    ]
+    return pad(fused, k)
+
+
+def pad(rows: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query (scores, ids) of any lengths as (n, k) arrays, empty slots id -1."""
+    scores = np.zeros((len(rows), k), dtype=np.float32)
+    ids = np.full((len(rows), k), -1, dtype=np.int64)
+    for row, (row_scores, row_ids) in enumerate(rows):
+        scores[row, : len(row_ids)] = row_scores[:k]
+        ids[row, : len(row_ids)] = row_ids[:k]
+    return scores, ids
+
+
+def hits_for(
+    index: SearchIndex,
+    vectors: np.ndarray | None,
+    k: int,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+    *,
+    queries: Sequence[str] = (),
+    mode: str = "dense",
+    fusion: Fusion = Fusion(),  # noqa: B008 - frozen
+) -> list[list[Hit]]:
+    """Top-``k`` hits for each query: search_queries() and the server.
+
+    ``vectors``: the queries' embeddings (dense, hybrid); ``queries``: their texts
+    (lexical, hybrid). ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS
+    index or a Milvus one). An index of passages answers ``k`` distinct documents by
+    their best passage, dense only (see :func:`passage_hits`).
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
-        if isinstance(index.settings.get("passages"), dict):
+        if has_passages(index):
+            if mode != "dense":
+                raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
             return passage_hits(index, vectors, k, knobs)
-        scores, ids = index.search(vectors, k, knobs)
+        scores, ids = ranked(index, vectors, queries, k, knobs, mode=mode, fusion=fusion)
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
 
@@ -211,16 +322,26 @@ def search_queries(
     encoder: Encoder | None = None,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    mode: str | None = None,
+    fusion: Fusion | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
 
     ``index`` is an index folder, an open :class:`Store`, or an open
     :class:`indexer.milvus.MilvusIndex`. ``nprobe`` (IVF) and ``ef_search`` (HNSW)
-    trade speed for recall (None: the index's defaults). Only the hits'
-    rows are read from SQLite.
+    trade speed for recall (None: the index's defaults). ``mode``: dense, lexical or
+    hybrid (None: the default, see :func:`resolve_mode`); ``fusion``: how hybrid fuses
+    (None: the default). Lexical searches load no model. Only the hits' rows are read
+    from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
     check_queries(queries, k)
-    encoder = encoder or load_encoder_for(index)
+    mode = resolve_mode(index, mode)
+    vectors = None
+    if mode != "lexical":
+        encoder = encoder or load_encoder_for(index)
+        vectors = encoder.encode_queries(list(queries), instruction)
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-    return hits_for(index, encoder.encode_queries(list(queries), instruction), k, knobs)
+    return hits_for(
+        index, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion or resolve_fusion()
+    )

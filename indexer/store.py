@@ -45,6 +45,7 @@ from indexer.folder import (
     utc_now,
     write_pointer,
 )
+from indexer.lexical import LexicalSide
 from indexer.schema import (
     QUICK_CHECK_MAX_BYTES,
     check_and_migrate,
@@ -82,6 +83,8 @@ class Store:
         self.snapshots = Snapshots(self)
         # Set by create(publish_first_commit=True): see commit().
         self._publish_pending = False
+        # The BM25 index beside this database (indexer.lexical), loaded when first needed.
+        self.lexical = LexicalSide(self)
 
     # ------------------------------------------------------------- opening
     @classmethod
@@ -174,11 +177,14 @@ class Store:
         self.refresh_index()
         self.snapshots.write()
         crash_point("publish:snapshot")
+        self.lexical.load()  # in step (built on the first publish of an older index)
         self.write_settings({"published": utc_now()})
         crash_point("publish:settings")
         write_pointer(self.folder, self.db_name)
         crash_point("publish:pointer")
-        remove_stale_files(self.folder, self.db_name, self.snapshots.path().name)
+        remove_stale_files(
+            self.folder, self.db_name, {self.snapshots.path().name, self.lexical.path.name}
+        )
 
     @property
     def is_current(self) -> bool:
@@ -190,6 +196,7 @@ class Store:
         self.db.execute("BEGIN")
 
     def close(self) -> None:
+        self.lexical.close()
         self.db.conn.close()
 
     # ------------------------------------------------------------ settings
@@ -291,6 +298,8 @@ class Store:
             0
         ]
         size = sum(f.stat().st_size for f in self.folder.iterdir() if f.is_file())
+        if self.lexical.path.is_dir():
+            size += sum(f.stat().st_size for f in self.lexical.path.rglob("*") if f.is_file())
         sources = self.db.execute("SELECT count(DISTINCT source) FROM documents").fetchone()[0]
         counts = {"documents": self.count(), "sources": sources}
         if self.has_passages:
@@ -378,6 +387,7 @@ class Store:
                 raise ValueError("one vector a document (or a passage) is needed")
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
+        self.lexical.apply_commit(gone, new_ids, upsert)
         if self._publish_pending:
             self._publish_pending = False
             self.publish()
@@ -454,6 +464,13 @@ class Store:
     def load_faiss(self) -> faiss.Index:
         """The FAISS index of the current generation (see :meth:`Snapshots.load`)."""
         return self.snapshots.load()
+
+    def lexical_search(
+        self, queries: Sequence[str], k: int, allowed: Iterable[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` BM25 (scores, ids) per query, (n, k) arrays padded with id -1; only
+        ids in ``allowed`` when given (a filter applied inside the search)."""
+        return self.lexical.search(queries, k, allowed)
 
     def search(
         self,

@@ -53,13 +53,21 @@ def test_damaged_file_never_crashes_or_answers_wrongly_and_is_repaired(fault_bas
     assert result.repair in ("check --repair", "index --rebuild"), result
     assert result.wrong_after_repair == 0, result
     assert result.lost_after_next_run == result.duplicated_after_next_run == 0, result
-    if (file, result.fault) != ("snapshot", "delete"):  # a missing snapshot is no damage
+    assert result.lexical_consistent_after_next_run, result
+    if file == "lexical":
+        # The first lexical search finds the damage, says so and rebuilds the index from
+        # SQLite (on disk, under the writer lock), so check finds it sound afterwards.
+        assert result.warned_by_search or result.detected_by_check, result
+    elif (file, result.fault) != ("snapshot", "delete"):  # a missing snapshot is no damage
         assert result.detected_by_check, result
     if file == "database":
         # Searches are refused in one line that names the repair, never answered from junk.
         assert result.refused_in_one_line >= len(PLANTED), result
-    if file == "pointer" or (file == "snapshot"):
+    if file in ("pointer", "snapshot", "lexical"):
         assert result.encoded_by_next_run == 0, result  # nothing was re-encoded
+    if file == "lexical":
+        # Dense searches never touch it; lexical ones rebuild it from SQLite with a warning.
+        assert result.refused_in_one_line == 0, result
 
 
 @pytest.mark.parametrize(
@@ -81,8 +89,12 @@ def test_kill_minus_nine_loses_nothing_and_resumes(tmp_path, kind, seed):
     assert (round_.lost, round_.duplicated, round_.wrong_answers) == (0, 0, 0), round_
     assert round_.faiss_consistent, round_
     assert round_.reencoded == 0, round_  # the next run encoded only what was missing
+    # The lexical index: caught up with what the killed run committed, in step after the next.
+    assert round_.lexical_consistent, round_
+    assert round_.lexical_wrong_answers == 0, round_
     if kind == "first" and round_.committed_at_kill:
         assert round_.searchable_during_run, round_
+        assert round_.lexical_searchable_after_kill, round_
 
 
 def test_first_run_answers_searches_from_its_first_checkpoint(tmp_path):
@@ -98,6 +110,9 @@ def test_first_run_answers_searches_from_its_first_checkpoint(tmp_path):
             assert process.poll() is None, process.stderr.read().decode()
             time.sleep(0.05)
         outcome = click_run(["search", "river delta", "--index", str(index_dir), "--json"])
+        lexical = click_run(
+            ["search", "river delta", "--index", str(index_dir), "--json", "--mode", "lexical"]
+        )
         still_running = process.poll() is None
     finally:
         process.send_signal(signal.SIGKILL)
@@ -107,4 +122,8 @@ def test_first_run_answers_searches_from_its_first_checkpoint(tmp_path):
     hits = [json.loads(line)["doc_id"] for line in outcome.stdout.splitlines()]
     state = index_state(index_dir)
     assert 4 <= len(hits) and set(hits) <= set(state.doc_ids)  # answered from what is committed
+    # Lexically too: the writer keeps the BM25 index in step from its first checkpoint.
+    assert lexical.exit_code == 0, lexical.stderr
+    lexical_hits = [json.loads(line)["doc_id"] for line in lexical.stdout.splitlines()]
+    assert lexical_hits and set(lexical_hits) <= set(state.doc_ids)
     assert state.faiss_consistent and state.duplicated() == 0

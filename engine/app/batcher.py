@@ -24,7 +24,8 @@ from starlette.exceptions import HTTPException
 
 from engine.app.served import ServedIndex, ServedMilvus
 from engine.encoder import Encoder
-from indexer.search import Hit, hits_for, resolve_instruction
+from indexer.fusion import Fusion
+from indexer.search import Hit, hits_for, resolve_instruction, resolve_mode
 from indexer.vector_index import SearchKnobs
 
 log = logging.getLogger("engine.server")
@@ -46,7 +47,18 @@ class Limits:
 
 
 class ApiError(HTTPException):
-    """An HTTP error answered as one line of JSON."""
+    """An HTTP error answered as one line of JSON; ``param`` names the field at fault."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        *,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(status_code, detail, headers)
+        self.param = param
 
 
 class Overloaded(ApiError):
@@ -62,11 +74,19 @@ class Job:
     texts: Sequence[str] = ()
     instruction: str | None = None  # queries
     titles: Sequence[str] | None = None  # documents
+    token_ids: Sequence[Sequence[int]] | None = None  # documents given as token ids, not texts
     k: int | None = None  # a search: answer hits, not vectors
     no_instruct: bool = False  # a search: not even the index's default instruction
     knobs: SearchKnobs = SearchKnobs()  # a search: nprobe (IVF), ef_search (HNSW)
+    mode: str | None = None  # a search: dense, lexical or hybrid (None: the default)
+    fusion: Fusion = Fusion()  # a hybrid search: how to fuse
     call: Callable[[ServedIndex], Any] | None = None  # work on the index, no encoding
     future: Future = field(default_factory=Future)
+
+    @property
+    def inputs(self) -> int:
+        """How many sequences the job embeds."""
+        return len(self.token_ids) if self.token_ids is not None else len(self.texts)
 
 
 @dataclass
@@ -80,6 +100,7 @@ class Searched:
     hits: list[list[Hit]]
     instruction: str | None
     generation: int | None
+    mode: str
 
 
 class Batcher:
@@ -162,7 +183,7 @@ class Batcher:
         if first is None:
             return []
         jobs = [first]
-        texts = len(first.texts)
+        texts = first.inputs
         deadline = time.perf_counter() + self.limits.batch_wait
         while texts < self.limits.max_inputs:
             remaining = deadline - time.perf_counter()
@@ -178,7 +199,7 @@ class Batcher:
                 self._stopping.set()
                 break
             jobs.append(job)
-            texts += len(job.texts)
+            texts += job.inputs
         # A job whose client went away is dropped; the rest can no longer be cancelled.
         return [job for job in jobs if job.future.set_running_or_notify_cancel()]
 
@@ -201,14 +222,31 @@ class Batcher:
                     if job.k is not None:
                         job.future.set_exception(exc)
                 encoding = [job for job in encoding if job.k is None]
+        # Searches grouped by what they ask: one index search and one SQLite read a group.
+        searches: dict[tuple[int, SearchKnobs, str, Fusion], list[tuple[Job, Any]]] = {}
         prepared = []
         for job in encoding:
             try:
+                if job.k is not None:
+                    job.mode = resolve_mode(store, job.mode)
+                    if job.mode == "lexical":  # BM25 alone: nothing to embed
+                        job.instruction = None
+                        searches.setdefault(self._search_key(job), []).append((job, None))
+                        continue
                 prepared.append((job, *self._tokenize(job, store)))
             except Exception as exc:
                 job.future.set_exception(exc)
-        if not prepared:
-            return
+        if prepared:
+            self._encode(prepared, searches)
+        for key, group in searches.items():
+            self._search(store, key, group)
+
+    def _encode(
+        self,
+        prepared: list[tuple[Job, list[list[int]], list[tuple[int, int]] | None]],
+        searches: dict[tuple[int, SearchKnobs, str, Fusion], list[tuple[Job, Any]]],
+    ) -> None:
+        """Embed the prepared jobs' texts together; answer embeddings, queue searches."""
         ids = [row for _, job_ids, _ in prepared for row in job_ids]
         spans = None
         if any(job_spans is not None for _, _, job_spans in prepared):
@@ -232,36 +270,46 @@ class Batcher:
                 job.future.set_exception(exc)
             return
         start = 0
-        searches: dict[tuple[int, SearchKnobs], list[tuple[Job, np.ndarray]]] = {}
         for job, job_ids, _ in prepared:
             own = vectors[start : start + len(job_ids)]
             start += len(job_ids)
             if job.k is None:
                 job.future.set_result(Embedded(own, sum(len(row) for row in job_ids)))
             else:
-                searches.setdefault((job.k, job.knobs), []).append((job, own))
-        for (k, knobs), group in searches.items():
-            self._search(store, k, knobs, group)
+                searches.setdefault(self._search_key(job), []).append((job, own))
+
+    @staticmethod
+    def _search_key(job: Job) -> tuple[int, SearchKnobs, str, Fusion]:
+        return (int(job.k or 0), job.knobs, str(job.mode), job.fusion)
 
     def _search(
-        self, store: Any, k: int, knobs: SearchKnobs, group: list[tuple[Job, np.ndarray]]
+        self,
+        store: Any,
+        key: tuple[int, SearchKnobs, str, Fusion],
+        group: list[tuple[Job, np.ndarray | None]],
     ) -> None:
-        """One FAISS search and one SQLite read for every job asking the same k and knobs."""
+        """One index search and one SQLite read for every job asking the same k, knobs, mode
+        and fusion (lexical jobs carry no vectors)."""
+        k, knobs, mode, fusion = key
+        queries = [text for job, _ in group for text in job.texts]
+        vectors = None if mode == "lexical" else np.concatenate([own for _, own in group])
         try:
-            hits = hits_for(store, np.concatenate([own for _, own in group]), k, knobs)
+            hits = hits_for(store, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion)
         except Exception as exc:
             for job, _ in group:
                 job.future.set_exception(exc)
             return
         start = 0
-        for job, own in group:
-            own_hits = hits[start : start + len(own)]
-            start += len(own)
-            job.future.set_result(Searched(own_hits, job.instruction, self.index.generation))
+        for job, _ in group:
+            own_hits = hits[start : start + len(job.texts)]
+            start += len(job.texts)
+            job.future.set_result(Searched(own_hits, job.instruction, self.index.generation, mode))
 
     def _tokenize(
         self, job: Job, store: Any
     ) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
+        if job.token_ids is not None:
+            return self.encoder.tokenize_document_ids(job.token_ids), None
         if job.side == "document":
             titles = job.titles or [""] * len(job.texts)
             formatted = [

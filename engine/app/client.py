@@ -19,10 +19,14 @@ def search_server(
     *,
     nprobe: int | None = None,
     ef_search: int | None = None,
+    mode: str | None = None,
+    fusion: str | None = None,
+    alpha: float | None = None,
 ) -> dict[str, Any]:
     """``POST /search`` for one query; the server's answer, or its error as an EngineError.
 
-    ``nprobe``/``ef_search`` (None: the served index's defaults) go to the server's search.
+    ``nprobe``/``ef_search``, ``mode``/``fusion``/``alpha`` (None: the server's defaults)
+    go to the server's search.
     """
     import httpx
 
@@ -33,6 +37,9 @@ def search_server(
         body["nprobe"] = nprobe
     if ef_search is not None:
         body["ef_search"] = ef_search
+    for name, value in (("mode", mode), ("fusion", fusion), ("alpha", alpha)):
+        if value is not None:
+            body[name] = value
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     endpoint = url.rstrip("/") + "/search"
     try:

@@ -24,7 +24,9 @@ from engine.options import (
     json_option,
     model_option,
     search_knob_options,
+    search_mode_options,
 )
+from indexer.fusion import DEFAULT_MODE, METHODS, MODES
 
 
 @click.command("search")
@@ -38,6 +40,7 @@ from engine.options import (
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
+@search_mode_options(MODES, METHODS, f"{DEFAULT_MODE}; dense on a Milvus backend")
 @search_knob_options
 @model_option(INDEX_MODEL)
 @device_option()
@@ -58,6 +61,9 @@ def search_command(
     instruction: str | None,
     no_instruct: bool,
     k: int,
+    mode: str | None,
+    fusion: str | None,
+    alpha: float | None,
     nprobe: int | None,
     ef_search: int | None,
     model: str | None,
@@ -81,6 +87,8 @@ def search_command(
       engine search "TCP handshake" --backend http://milvus.internal:19530 --token root:Milvus
       engine search "how do plants make sugar" --server http://127.0.0.1:8000
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
+      engine search "BRCA1 p.Glu1836fs" --mode lexical   # BM25 only: exact names and codes
+      engine search "how do plants make sugar" --mode hybrid --fusion weighted --alpha 0.7
     """
     query = repaired(query, "the query")
     instruction = repaired(instruction, "--instruct")
@@ -91,12 +99,28 @@ def search_command(
         raise EngineError("--server and --backend exclude each other")
     if server:
         answer = search_server(
-            server, query, instruction, no_instruct, k, api_key, nprobe=nprobe, ef_search=ef_search
+            server,
+            query,
+            instruction,
+            no_instruct,
+            k,
+            api_key,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            mode=mode,
+            fusion=fusion,
+            alpha=alpha,
         )
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
         # Here, not at the top: `--server` stays a light client (no torch, no FAISS).
-        from indexer.search import load_encoder_for, resolve_instruction, search_queries
+        from indexer.search import (
+            load_encoder_for,
+            resolve_fusion,
+            resolve_instruction,
+            resolve_mode,
+            search_queries,
+        )
 
         if backend:
             from indexer.milvus import MilvusIndex
@@ -106,8 +130,14 @@ def search_command(
             from indexer.store import Store
 
             searched = Store.open(index_dir)
-        instruction = resolve_instruction(searched, instruction, no_instruct)
-        encoder = load_encoder_for(searched, model, device)
+        mode = resolve_mode(searched, mode)
+        fused = resolve_fusion(fusion, alpha)
+        encoder = None
+        if mode == "lexical":
+            instruction = None  # no query embedding: an instruction has nothing to change
+        else:
+            instruction = resolve_instruction(searched, instruction, no_instruct)
+            encoder = load_encoder_for(searched, model, device)
         found = search_queries(
             searched,
             [query],
@@ -116,6 +146,8 @@ def search_command(
             encoder=encoder,
             nprobe=nprobe,
             ef_search=ef_search,
+            mode=mode,
+            fusion=fused,
         )[0]
         hits = [hit.to_dict() for hit in found]
     if as_json:

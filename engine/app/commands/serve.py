@@ -54,7 +54,11 @@ from indexer.milvus import MilvusIndex
     show_default=True,
     help="Requests that may wait for the encoder; more get 503 with Retry-After.",
 )
-@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option(
+    "--access-log",
+    is_flag=True,
+    help="Print one line per request on stdout: client, method, path, status, milliseconds.",
+)
 @backend_option
 @collection_option
 @token_option
@@ -81,7 +85,8 @@ def serve_command(
     \b
     API (OpenAPI at /docs):
       GET  /search?q=...&k=10      POST /search {"query": "...", "instruct": "...", "k": 10}
-      (both take nprobe / ef_search for an IVF / HNSW index)
+      (both take mode dense|lexical|hybrid, fusion rrf|weighted, alpha, and nprobe /
+      ef_search for an IVF / HNSW index)
       POST /v1/embeddings          OpenAI-compatible (+ input_type query|document, instruct)
       GET  /health                 GET /info
 

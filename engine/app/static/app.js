@@ -32,16 +32,20 @@ function escapeRegExp(text) {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-// The snippet as text nodes, with the query's words wrapped in <mark>.
+// The snippet as text nodes, with the query's words wrapped in <mark>: whole words, or
+// the start of a longer word ("plant" in "plants"), never the inside of one ("pre" in
+// "expression").
 function highlighted(text, query) {
   const words = query.toLowerCase().split(/[^\p{L}\p{N}]+/u)
-    .filter((w) => w.length > 1 && !STOP_WORDS.has(w));
+    .filter((w) => w.length > 1 && !STOP_WORDS.has(w))
+    .sort((a, b) => b.length - a.length);  // the longest alternative first
   const fragment = document.createDocumentFragment();
   if (!words.length) {
     fragment.append(document.createTextNode(text));
     return fragment;
   }
-  const pattern = new RegExp("(" + words.map(escapeRegExp).join("|") + ")", "giu");
+  const alternatives = words.map(escapeRegExp).join("|");
+  const pattern = new RegExp("(?<![\\p{L}\\p{N}])(?:" + alternatives + ")", "giu");
   let last = 0;
   for (const match of text.matchAll(pattern)) {
     fragment.append(document.createTextNode(text.slice(last, match.index)));
@@ -80,6 +84,7 @@ async function search(event) {
   if (!query) return;
   const instruct = $("instruct").value.trim();
   const k = Math.max(1, parseInt($("k").value, 10) || 10);
+  const mode = $("mode").value;
   const status = $("status");
   status.className = "muted";
   status.textContent = "searching…";
@@ -87,15 +92,23 @@ async function search(event) {
   try {
     const body = await api("/search", {
       method: "POST",
-      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}) }),
+      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}), ...(mode ? { mode } : {}) }),
     });
     const hits = body.results[0];
     const ms = Math.round(performance.now() - started);
-    status.textContent = hits.length + " hits in " + ms + " ms" +
-      (body.instruction ? " · instruction: " + body.instruction : " · no instruction");
+    status.textContent = hits.length + " hits in " + ms + " ms · " +
+      (body.fusion ? body.mode + ", " + body.fusion : body.mode) +
+      (body.mode === "lexical" ? "" :
+        body.instruction ? " · instruction: " + body.instruction : " · no instruction");
     showHits(hits, query);
-    history.replaceState(null, "", "?q=" + encodeURIComponent(query));
+    // The URL is a deep link to this search: query, instruction, k and mode.
+    const link = new URLSearchParams({ q: query });
+    if (instruct) link.set("instruct", instruct);
+    link.set("k", String(k));
+    if (mode) link.set("mode", mode);
+    history.replaceState(null, "", "?" + link);
   } catch (error) {
+    $("results").replaceChildren();  // no hits of an earlier search under this error
     status.className = "error";
     status.textContent = error.message;
   }
@@ -126,8 +139,11 @@ $("preset").addEventListener("change", (event) => {
 });
 loadPresets().catch(() => {});
 loadInfo().catch((error) => { $("index-info").textContent = error.message; });
-const initial = new URLSearchParams(location.search).get("q");
-if (initial) {
-  $("query").value = initial;
+const linked = new URLSearchParams(location.search);
+if (linked.get("instruct")) $("instruct").value = linked.get("instruct");
+if (linked.get("k")) $("k").value = linked.get("k");
+if (["dense", "lexical", "hybrid"].includes(linked.get("mode"))) $("mode").value = linked.get("mode");
+if (linked.get("q")) {
+  $("query").value = linked.get("q");
   $("search-form").requestSubmit();
 }
