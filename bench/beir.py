@@ -512,6 +512,7 @@ def result_filename(
     index_type: str | None = None,
     precision: str = "fp32",
     ranking: str = "dense",
+    passages: PassageSpec | None = None,
 ) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
@@ -519,6 +520,8 @@ def result_filename(
         names = f"{len(datasets)}-datasets"
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
     suffix = "" if precision == "fp32" else f"-{precision}"
+    if passages is not None:
+        suffix += f"-passages{passages.tokens}"
     ranked_by = "" if ranking == "dense" else f"-{ranking}"
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}{ranked_by}.json"
 
