@@ -447,10 +447,10 @@ def fairness(index_dir: Path, workdir: Path, *, batch: int, chars: int, limit_s:
     import httpx
 
     case = Case(f"one query behind a {batch} x {chars}-character batch")
-    server = Server(index_dir, workdir / "fair.log")
+    server = Server(index_dir, workdir / "fair.log", "--request-timeout", "900")
     try:
         big: dict[str, Any] = {}
-        queries = [f"query {i} " + ("lava plants river " * chars)[:chars] for i in range(batch)]
+        queries = [(f"query {i} " + "lava plants river " * chars)[:chars] for i in range(batch)]
 
         def ask_big() -> None:
             started = time.monotonic()
@@ -475,6 +475,44 @@ def fairness(index_dir: Path, workdir: Path, *, batch: int, chars: int, limit_s:
             f"the single query took {case.details['single_query_s']} s (limit {limit_s} s)",
         )
         case.expect(big["response"].status_code == 200, f"batch: {big['response'].status_code}")
+        case.server_crashes += not server.alive
+    finally:
+        server.stop()
+    case.tracebacks += has_traceback(server.stderr())
+    return case
+
+
+def deadline_and_disconnect(index_dir: Path, workdir: Path) -> Case:
+    """Case 6 (deadlines): a request past ``--request-timeout`` answers 504 in JSON; a client
+    that hangs up has its remaining work dropped (the forward pass count stops growing)."""
+    import httpx
+
+    case = Case("deadline passed, client gone")
+    server = Server(index_dir, workdir / "deadline.log", "--request-timeout", "2")
+    queries = [(f"query {i} " + "lava plants river " * 120)[:2000] for i in range(256)]
+    try:
+        started = time.monotonic()
+        late = httpx.post(f"{server.url}/search", json={"queries": queries}, timeout=120)
+        case.details["deadline_answer_s"] = round(time.monotonic() - started, 2)
+        case.expect(is_json_error(late, 504), f"past the deadline: {late.status_code}")
+        case.expect(case.details["deadline_answer_s"] < 6, "the 504 came late")
+        try:
+            httpx.post(f"{server.url}/v1/embeddings", json={"input": queries}, timeout=0.5)
+        except httpx.TimeoutException:
+            pass  # the client hangs up
+        # The work stops within a poll and the unit in progress: the count is still for 2 s
+        # well before the batch (minutes of encoding on 2 cores) could have finished.
+        hung_up = time.monotonic()
+        passes = [httpx.get(f"{server.url}/health").json()["forward_passes"]]
+        while time.monotonic() - hung_up < 20:
+            time.sleep(2.0)
+            passes.append(httpx.get(f"{server.url}/health").json()["forward_passes"])
+            if passes[-1] == passes[-2]:
+                break
+        case.details["stopped_after_s"] = round(time.monotonic() - hung_up, 1)
+        case.details["passes_after_hang_up"] = passes[-1] - passes[0]
+        case.expect(passes[-1] == passes[-2], "work went on for a client that left")
+        case.wrong_answers += planted_first(httpx.Client(timeout=60), server.url)
         case.server_crashes += not server.alive
     finally:
         server.stop()
