@@ -226,6 +226,11 @@ def export_index(
         raise EngineError(
             f"unknown --index-type {index_type!r}; choose one of {', '.join(INDEX_TYPE_CHOICES)}"
         )
+    if store.has_passages:
+        raise EngineError(
+            "engine export milvus does not export an index of passages yet "
+            "(index without --passages to export it)"
+        )
     started = time.perf_counter()
     report = ExportReport()
     wanted = {key: store.settings.get(key) for key in CARRIED_SETTINGS}
