@@ -240,6 +240,17 @@ class Store:
         rows = self.db.execute("SELECT source, doc_id, id, content_hash FROM documents")
         return {(s, d): StoredDocument(i, h) for s, d, i, h in rows}
 
+    def vector_keys(self) -> dict[int, tuple[str, str, str]]:
+        """FAISS id -> (doc id, source, content hash) of its document (or its passage's)."""
+        if self.has_passages:
+            rows = self.db.execute(
+                "SELECT p.id, d.doc_id, d.source, d.content_hash FROM passages p "
+                "JOIN documents d ON d.id = p.document"
+            )
+        else:
+            rows = self.db.execute("SELECT id, doc_id, source, content_hash FROM documents")
+        return {i: (doc_id, source, content_hash) for i, doc_id, source, content_hash in rows}
+
     def doc_ids(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, doc_id FROM documents").fetchall())
 

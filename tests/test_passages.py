@@ -308,12 +308,14 @@ def test_cli_index_info_search_check_with_passages(tmp_path):
     assert bad.exit_code == 1 and "exceeds" in bad.output
 
 
-def test_the_server_answers_documents_with_their_best_passage(tmp_path, default_encoder):
+def test_the_server_and_milvus_answer_documents_with_their_best_passage(tmp_path, default_encoder):
     """POST /search on an index of passages: the hit carries the passage's offsets, like
-    `engine search --json`; Milvus export says plainly it does not take passages yet."""
+    `engine search --json`; a Milvus export answers the same documents and passages."""
+    import httpx
+
     from engine.app.server import create_app
     from indexer.documents import Document
-    from indexer.milvus import export_index
+    from indexer.milvus import MilvusIndex, export_index
     from tests.test_server import LiveServer
 
     text = "Checking the valves weekly. " * 100 + "To bleed the pump, open the release screw."
@@ -325,17 +327,29 @@ def test_the_server_answers_documents_with_their_best_passage(tmp_path, default_
     update_index(index_dir, default_encoder, documents, passages=PassageSpec(64, 8), progress=False)
     server = LiveServer(create_app(index_dir, default_encoder))
     try:
-        import httpx
-
         answer = httpx.post(server.url + "/search", json={"query": "bleed the pump", "k": 2}).json()
     finally:
         server.stop()
     top = answer["results"][0][0]
     assert top["doc_id"] == "manual" and "bleed" in top["snippet"]
     assert top["passage"]["char_end"] == len(text) and top["passage"]["position"] > 0
+
     store = Store.open(index_dir)
+    uri = str(tmp_path / "vectors.db")
     try:
-        with pytest.raises(EngineError, match="passages"):
-            export_index(store, str(tmp_path / "vectors.db"), progress=False)
+        first = export_index(store, uri, progress=False)
+        again = export_index(store, uri, progress=False)
+        passages = store.vector_count()
+        local = hits_for(store, default_encoder.encode_queries(["bleed the pump"]), 2)[0]
     finally:
         store.close()
+    assert first.upserted == passages and first.total == passages
+    assert again.upserted == 0 and again.unchanged == passages
+    milvus = MilvusIndex.open(uri)
+    try:
+        remote = hits_for(milvus, default_encoder.encode_queries(["bleed the pump"]), 2)[0]
+    finally:
+        milvus.close()
+    assert [h.doc_id for h in remote] == [h.doc_id for h in local] == ["manual", "plants"]
+    assert remote[0].passage == local[0].passage == top["passage"]
+    assert remote[0].snippet == local[0].snippet
