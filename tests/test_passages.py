@@ -141,7 +141,10 @@ def _passage_rows(index_dir):
         conn.close()
 
 
-def test_a_changed_document_replaces_all_its_passages_in_one_commit(tmp_path, tiny_bert):
+def test_a_changed_document_replaces_all_its_passages_in_one_commit(
+    tmp_path, tiny_bert, monkeypatch
+):
+    monkeypatch.setenv("ENGINE_CHECKPOINT_DOCUMENTS", "1")  # a commit per document
     long = " ".join(["plants make sugar from light"] * 60)
     folder = _corpus(tmp_path, {"a.txt": long, "b.txt": "the sky is blue"})
     index_dir = tmp_path / "index"
@@ -152,6 +155,12 @@ def test_a_changed_document_replaces_all_its_passages_in_one_commit(tmp_path, ti
     before = _passage_rows(index_dir)
     a_before = [row for row in before if row[1] == "a.txt"]
     assert first.added == 2 and len(a_before) > 5 and first.passages == len(before)
+    store = Store.open(index_dir)  # the lexical side is keyed by documents, not passages
+    try:
+        _, found = store.lexical_search(["the sky is blue"], 1)
+        assert store.doc_ids()[int(found[0][0])] == "b.txt"
+    finally:
+        store.close()
 
     (folder / "a.txt").write_text(long + " the grass is green")
     second = update_index(
