@@ -362,3 +362,68 @@ def test_the_server_and_milvus_answer_documents_with_their_best_passage(tmp_path
     assert [h.doc_id for h in remote] == [h.doc_id for h in local] == ["manual", "plants"]
     assert remote[0].passage == local[0].passage == top["passage"]
     assert remote[0].snippet == local[0].snippet
+
+
+def _write_pdf(path, pages):
+    """A PDF with one line of Helvetica text per page (pypdf only; no PDF library needed)."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        stream = DecodedStreamObject()
+        stream.set_data(f"BT /F1 10 Tf 20 700 Td ({text}) Tj ET".encode())
+        page[NameObject("/Contents")] = writer._add_object(stream)
+    with open(path, "wb") as out:
+        writer.write(out)
+
+
+def test_every_source_type_is_split_into_passages(tmp_path, default_encoder):
+    """txt, md, html, pdf (streamed page by page) and JSON lines records, read whole."""
+    filler = "Checking the valves weekly keeps the plant running. " * 12
+    pump = "To bleed the hydraulic pump, open the release screw two turns."
+    folder = _corpus(
+        tmp_path,
+        {
+            "a.txt": filler + pump,
+            "b.md": "# Notes\n\n" + filler + "Plants make sugar from light.",
+            "c.html": f"<html><head><title>Page</title></head><body><p>{filler}</p>"
+            "<p>The TCP handshake opens a connection.</p></body></html>",
+            "e.jsonl": json.dumps({"_id": "r1", "title": "Bread", "text": filler + "Yeast."})
+            + "\n"
+            + json.dumps({"_id": "r2", "text": "Volcanoes erupt lava."})
+            + "\n",
+        },
+    )
+    _write_pdf(folder / "d.pdf", [filler, "Chess: castling moves the king two squares."])
+    index_dir = tmp_path / "index"
+    report = update_index(index_dir, default_encoder, read_corpus(folder, whole=True),
+                          passages=PassageSpec(48, 8), progress=False)  # fmt: skip
+    assert report.added == 6
+    rows = _passage_rows(index_dir)
+    per_document = {doc_id: [r for r in rows if r[1] == doc_id] for doc_id in {r[1] for r in rows}}
+    assert set(per_document) == {"a.txt", "b.md", "c.html", "d.pdf", "r1", "r2"}
+    assert all(len(per_document[d]) > 1 for d in ("a.txt", "b.md", "c.html", "d.pdf", "r1"))
+    assert len(per_document["r2"]) == 1
+    store = Store.open(index_dir)
+    try:
+        queries = ["how do I bleed the hydraulic pump", "how does castling move the king"]
+        found = hits_for(store, default_encoder.encode_queries(queries), 1)
+    finally:
+        store.close()
+    assert [hits[0].doc_id for hits in found] == ["a.txt", "d.pdf"]
+    assert all(hits[0].passage["position"] > 0 for hits in found)
+    assert "castling" in found[1][0].snippet
