@@ -427,3 +427,33 @@ def test_every_source_type_is_split_into_passages(tmp_path, default_encoder):
     assert [hits[0].doc_id for hits in found] == ["a.txt", "d.pdf"]
     assert all(hits[0].passage["position"] > 0 for hits in found)
     assert "castling" in found[1][0].snippet
+
+
+def test_repeated_passages_are_encoded_once_with_the_same_vector(tmp_path, tiny_bert):
+    """A log of one repeated line: identical windows share one encoding, and every passage's
+    vector is what encoding that passage alone gives."""
+    folder = _corpus(tmp_path, {"log.txt": "the sun is blue " * 200 + "the grass is green"})
+    index_dir = tmp_path / "index"
+    calls = []
+    real = tiny_bert.iter_encode
+
+    def counting(ids, **kwargs):
+        calls.append(len(ids))
+        return real(ids, **kwargs)
+
+    tiny_bert.iter_encode = counting
+    try:
+        update_index(index_dir, tiny_bert, read_corpus(folder, whole=True),
+                     passages=PassageSpec(32, 0), progress=False)  # fmt: skip
+    finally:
+        del tiny_bert.iter_encode
+    rows = _passage_rows(index_dir)
+    assert len(rows) > 20 and sum(calls) < 5  # 4 words a window step: a handful of distinct windows
+    store = Store.open(index_dir)
+    try:
+        vectors = store.vectors([row[0] for row in rows])
+    finally:
+        store.close()
+    alone = tiny_bert.encode_ids(tiny_bert.tokenize([rows[-1][3], rows[3][3]], max_length=32))
+    assert np.allclose(vectors[-1], alone[0], atol=2e-3)
+    assert np.allclose(vectors[3], alone[1], atol=2e-3)
