@@ -307,7 +307,10 @@ def long(
         "long_documents": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"long-{data.name}-{encoder.name.split('/')[-1]}-passages{spec.tokens}.json"
+    subset = f"-{documents}docs" if documents is not None else ""
+    path = (
+        out / f"long-{data.name}{subset}-{encoder.name.split('/')[-1]}-passages{spec.tokens}.json"
+    )
     path.write_text(json.dumps(summary, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(summary))
