@@ -457,3 +457,66 @@ def test_repeated_passages_are_encoded_once_with_the_same_vector(tmp_path, tiny_
     alone = tiny_bert.encode_ids(tiny_bert.tokenize([rows[-1][3], rows[3][3]], max_length=32))
     assert np.allclose(vectors[-1], alone[0], atol=2e-3)
     assert np.allclose(vectors[3], alone[1], atol=2e-3)
+
+
+def _passages_per_document(index_dir):
+    store = Store.open(index_dir)
+    try:
+        rows = store.db.execute(
+            "SELECT d.doc_id, count(p.id) FROM documents d LEFT JOIN passages p "
+            "ON p.document = d.id GROUP BY d.id"
+        ).fetchall()
+        index = store.load_faiss()
+        held = {int(index.id_map.at(i)) for i in range(index.ntotal)}
+        passage_ids = {row[0] for row in store.db.execute("SELECT id FROM passages")}
+    finally:
+        store.close()
+    return dict(rows), held == passage_ids
+
+
+def test_kill_minus_nine_leaves_whole_documents_and_the_next_run_finishes(tmp_path):
+    """A first run with passages killed with SIGKILL after a few commits: every committed
+    document has all its passages (never a part), the index answers, and the next run encodes
+    only the documents that were missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench.reliability import committed_documents
+
+    files = {
+        f"doc{i:02d}.txt": f"Entry {i}. " + " ".join(["plants make sugar from light"] * 40)
+        for i in range(24)
+    }
+    folder = _corpus(tmp_path, files)
+    reference, index_dir = tmp_path / "reference", tmp_path / "index"
+    env = {**os.environ, "ENGINE_CHECKPOINT_DOCUMENTS": "8", "ENGINE_NO_PROGRESS": "1"}
+    command = [sys.executable, "-m", "engine", "index", str(folder), "--passages", "48"]
+    subprocess.run([*command, "--index", str(reference)], env=env, check=True, capture_output=True)
+    expected, _ = _passages_per_document(reference)
+    process = subprocess.Popen(
+        [*command, "--index", str(index_dir)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if committed_documents(index_dir) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed, consistent = _passages_per_document(index_dir)
+    assert 3 <= len(committed) < len(files) and consistent
+    assert all(count == expected[doc_id] for doc_id, count in committed.items())
+    finish = subprocess.run(
+        [*command, "--index", str(index_dir), "--json"], env=env, check=True, capture_output=True
+    )
+    report = json.loads(finish.stdout)
+    assert report["added"] == len(files) - len(committed) and report["unchanged"] == len(committed)
+    final, consistent = _passages_per_document(index_dir)
+    assert final == expected and consistent
+    checked = CliRunner().invoke(cli, ["check", "--index", str(index_dir), "--json"])
+    assert checked.exit_code == 0 and json.loads(checked.output)["ok"]
