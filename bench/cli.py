@@ -37,7 +37,7 @@ BENCHMARKS = {
     ),
     "reliability": Lazy(
         "bench.reliability:reliability",
-        "Kill -9 indexing runs at random moments and damage every file of an index.",
+        "Kill -9 indexing runs at random moments, damage every file of an index, hostile cases.",
     ),
     "scaling": Lazy(
         "bench.scaling:scaling",

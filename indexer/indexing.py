@@ -338,14 +338,20 @@ def _passage_checkpoints(
 
 
 def _encode_passages(encoder: Encoder, chunk: list, ids: list, bar: RunProgress):
-    """Encode every passage of ``chunk``'s documents; their vectors row after row."""
-    flat = [passage for document in ids for passage in document]
-    vectors = np.zeros((len(flat), encoder.dim), dtype=np.float32)
-    for positions, batch in encoder.iter_encode(flat):
-        vectors[positions] = batch
-        bar.encoded(0, sum(len(flat[p]) for p in positions))
+    """Encode every passage of ``chunk``'s documents; their vectors row after row.
+
+    Passages with the same token ids (repeated boilerplate, headers, log lines) are
+    encoded once: the vectors are the same."""
+    flat = [tuple(passage) for document in ids for passage in document]
+    first: dict[tuple[int, ...], int] = {}
+    slot = [first.setdefault(passage, len(first)) for passage in flat]
+    distinct = list(first)
+    encoded = np.zeros((len(distinct), encoder.dim), dtype=np.float32)
+    for positions, batch in encoder.iter_encode(distinct):
+        encoded[positions] = batch
+        bar.encoded(0, sum(len(distinct[p]) for p in positions))
     bar.encoded(len(chunk), 0)
-    return chunk, ids, list(range(len(chunk))), vectors
+    return chunk, ids, list(range(len(chunk))), encoded[slot]
 
 
 def _passage_title(encoder: Encoder, title: str, tokens: int) -> str:

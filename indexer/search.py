@@ -37,6 +37,8 @@ PASSAGES_DENSE_ONLY = (
 # A passage search first fetches this many passages per document asked for, more if
 # too few distinct documents come back.
 PASSAGES_PER_HIT = 4
+# The most passages one search asks for (Milvus's own cap on a search's limit).
+MAX_FETCH = 16_384
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,7 @@ def passage_hits(
                 if i >= 0 and i in rows
             ]
             best = best_per_document(ranked, k)
-            if len(best) < k and int((row_ids >= 0).sum()) == fetch and fetch < 2**20:
+            if len(best) < k and int((row_ids >= 0).sum()) == fetch and fetch < MAX_FETCH:
                 left.append(query)  # more passages may hold more documents
                 continue
             results[query] = [
@@ -309,7 +311,7 @@ def passage_hits(
                 )
                 for rank, (score, _, row) in enumerate(best, start=1)
             ]
-        todo, fetch = left, fetch * 4
+        todo, fetch = left, min(fetch * 4, MAX_FETCH)
     return [hits or [] for hits in results]
 
 
