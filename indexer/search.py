@@ -21,18 +21,32 @@ from engine.instructions import check_instruction
 from indexer import fusion as fusion_module
 from indexer.folder import reporting_damage
 from indexer.fusion import Fusion, fuse
+from indexer.passages import best_per_document
 from indexer.schema import check_compatible
-from indexer.store import Store
+from indexer.store import PASSAGE_FIELDS, Store
 from indexer.vector_index import SearchKnobs
 
 if TYPE_CHECKING:  # torch is imported only when a query is embedded: lexical searches skip it
     from engine.encoder import Encoder
 
 SNIPPET_CHARS = 240
+PASSAGES_DENSE_ONLY = (
+    "--mode {mode} is not available on an index of passages yet (its lexical side holds "
+    "documents, its vectors passages): search it with --mode dense"
+)
+# A passage search first fetches this many passages per document asked for, more if
+# too few distinct documents come back.
+PASSAGES_PER_HIT = 4
+# The most passages one search asks for (Milvus's own cap on a search's limit).
+MAX_FETCH = 16_384
 
 
 @dataclass(frozen=True)
 class Hit:
+    """One document found. In an index of passages ``score`` is its best passage's,
+    ``snippet`` that passage's text and ``passage`` where it lies (position, token and
+    character offsets in the document's text); otherwise ``passage`` is None."""
+
     rank: int
     score: float
     id: int
@@ -40,6 +54,7 @@ class Hit:
     source: str
     title: str
     snippet: str
+    passage: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +69,8 @@ class SearchIndex(Protocol):
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def get(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
+
+    def get_passages(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -139,8 +156,18 @@ def has_lexical(index: SearchIndex) -> bool:
     return hasattr(index, "lexical_search")
 
 
+def has_passages(index: SearchIndex) -> bool:
+    """Whether ``index`` holds passages (``engine index --passages``): its vectors are passages'."""
+    return isinstance(index.settings.get("passages"), dict)
+
+
 def resolve_mode(index: SearchIndex, mode: str | None) -> str:
-    """The mode asked for, or the default: DEFAULT_MODE where there is a lexical side, else dense."""
+    """The mode asked for, or the default: DEFAULT_MODE where there is a lexical side, else
+    dense (an index of passages: dense only, for now)."""
+    if has_passages(index):
+        if mode not in (None, "dense"):
+            raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
+        return "dense"
     if mode is None:
         return fusion_module.DEFAULT_MODE if has_lexical(index) else "dense"
     try:
@@ -225,13 +252,67 @@ def hits_for(
 
     ``vectors``: the queries' embeddings (dense, hybrid); ``queries``: their texts
     (lexical, hybrid). ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS
-    index or a Milvus one).
+    index or a Milvus one). An index of passages answers ``k`` distinct documents by
+    their best passage, dense only (see :func:`passage_hits`).
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
+        if has_passages(index):
+            if mode != "dense":
+                raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
+            return passage_hits(index, vectors, k, knobs)
         scores, ids = ranked(index, vectors, queries, k, knobs, mode=mode, fusion=fusion)
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
+
+
+def passage_hits(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    k: int,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+) -> list[list[Hit]]:
+    """``k`` distinct documents per query, each scored by its best passage (the max rule).
+
+    Passages are fetched ``PASSAGES_PER_HIT * k`` at a time, four times more while a
+    query has fewer than ``k`` distinct documents and the index has more passages;
+    removed documents' passages are gone from the index (or skipped as tombstones).
+    """
+    results: list[list[Hit] | None] = [None] * len(vectors)
+    fetch = PASSAGES_PER_HIT * k
+    todo = list(range(len(vectors)))
+    while todo:
+        scores, ids = index.search(vectors[todo], fetch, knobs)
+        rows = {
+            row["passage"]["id"]: row
+            for row in index.get_passages({int(i) for i in ids.ravel() if i >= 0})
+        }
+        left = []
+        for query, row_scores, row_ids in zip(todo, scores, ids, strict=True):
+            ranked = [
+                (float(score), (rows[i]["source"], rows[i]["doc_id"]), rows[i])
+                for score, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
+                if i >= 0 and i in rows
+            ]
+            best = best_per_document(ranked, k)
+            if len(best) < k and int((row_ids >= 0).sum()) == fetch and fetch < MAX_FETCH:
+                left.append(query)  # more passages may hold more documents
+                continue
+            results[query] = [
+                Hit(
+                    rank=rank,
+                    score=score,
+                    id=row["id"],
+                    doc_id=row["doc_id"],
+                    source=row["source"],
+                    title=row["title"],
+                    snippet=" ".join(row["passage"]["text"].split()),
+                    passage={key: row["passage"][key] for key in PASSAGE_FIELDS},
+                )
+                for rank, (score, _, row) in enumerate(best, start=1)
+            ]
+        todo, fetch = left, min(fetch * 4, MAX_FETCH)
+    return [hits or [] for hits in results]
 
 
 def search_queries(

@@ -163,4 +163,10 @@ def search_command(
         where = doc_id if doc_id == source else f"{doc_id}  [{source}]"
         title = f"  {hit['title']}" if hit["title"] else ""
         click.echo(f"{hit['rank']:>3}. {hit['score']:.4f}  {where}{title}")
+        passage = hit.get("passage")
+        if passage:  # an index of passages: the best passage and where it lies
+            click.echo(
+                f"     passage {passage['position'] + 1}, characters "
+                f"{passage['char_start']:,}-{passage['char_end']:,}"
+            )
         click.echo(f"     {hit['snippet']}")
