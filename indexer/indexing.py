@@ -9,6 +9,7 @@ does not grow with the corpus beyond the store's own keys.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Collection, Iterable, Iterator, Sized
@@ -261,6 +262,7 @@ def _commit(store, chunk: Pending, ids, positions, vectors, report: IndexReport)
             "text": split[0][0].text if split else doc.text,
             "content_hash": doc.content_hash,
             "token_count": tokens,
+            "metadata": json.dumps(doc.metadata),
         }
         if split:
             row["passages"] = [{**p.offsets(), "text": p.text} for p in split[0]]

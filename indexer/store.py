@@ -17,6 +17,7 @@ together, in the transaction that changes the document.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import sqlite_utils
 
 from engine.errors import EngineError
 from indexer import vector_index
+from indexer.filters import Condition
 from indexer.folder import (
     POINTER,
     WriterLock,
@@ -491,8 +493,10 @@ class Store:
         vectors: np.ndarray,
         k: int,
         knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some."""
+        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some.
+        ``allowed``: only these vector ids (:meth:`matching`), applied inside the search."""
         return vector_index.top_k(
             self.snapshots.search_index(),
             self.spec,
@@ -501,7 +505,27 @@ class Store:
             self.vectors,
             knobs=knobs,
             tombstones=self.snapshots.tombstones,
+            allowed=allowed,
         )
+
+    def matching(self, condition: Condition, *, vectors: bool = False) -> np.ndarray:
+        """Ids of the documents a filter matches; with ``vectors``, the vector ids they own
+        (their passages' in an index of passages). The condition's values are bound."""
+        try:
+            if vectors and self.has_passages:
+                rows = self.db.execute(
+                    "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document "
+                    f"WHERE {condition.sql}",
+                    list(condition.params),
+                )
+            else:
+                rows = self.db.execute(
+                    f"SELECT id FROM documents WHERE {condition.sql}", list(condition.params)
+                )
+            found = [row[0] for row in rows]
+        except sqlite3.OperationalError as exc:
+            raise EngineError(f"--where {condition.text!r} cannot be applied: {exc}") from None
+        return np.asarray(found, dtype=np.int64)
 
 
 class Writer:

@@ -168,6 +168,7 @@ def test_fp32_index_is_migrated_to_fp16(tmp_path):
         conn.execute("DELETE FROM settings WHERE key IN ('vector_dtype', 'index')")
         conn.execute("DROP TABLE tombstones")
         conn.execute("DROP TABLE passages")  # migration 3, after this version
+        conn.execute("ALTER TABLE documents DROP COLUMN metadata")  # migration 4
         conn.execute("PRAGMA user_version = 1")
     for snapshot in folder.glob("*.faiss"):
         snapshot.unlink()

@@ -238,13 +238,13 @@ async def embeddings(
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["embeddings"])
-async def models(request: Request, batcher: BatcherDep) -> ModelList:
+async def list_models(request: Request, batcher: BatcherDep) -> ModelList:
     """OpenAI's model list: the one model this server embeds with."""
     return ModelList(data=[_served_model(request, batcher)])
 
 
 @router.get("/v1/models/{model:path}", response_model=Model, tags=["embeddings"])
-async def model(model: str, request: Request, batcher: BatcherDep) -> Model:
+async def retrieve_model(model: str, request: Request, batcher: BatcherDep) -> Model:
     """The served model, under its name (or its last path part)."""
     if not _names_model(model, batcher.encoder.name):
         raise ApiError(404, f"model {model!r} is not served here; this is {batcher.encoder.name!r}")
