@@ -405,3 +405,44 @@ def test_bench_beir_sweep_scores_every_ranking(tmp_path, tiny_bert_path):
     assert lexical.exit_code == 0, lexical.output
     assert json.loads(lexical.stdout)["datasets"][0]["metrics"] == result["rankings"]["lexical"]
     assert list(out.glob("*-lexical.json"))
+
+
+def test_server_on_an_index_without_a_lexical_side_never_blocks_the_writer(fresh):
+    """The server brings the lexical index in step before it pins its read snapshot, and
+    never writes while it holds one: `engine index` runs beside it."""
+    index_dir, encoder = fresh
+    store = Store.open(index_dir)
+    path = store.lexical.path
+    shutil.rmtree(path)
+    store.db.execute("DELETE FROM settings WHERE key = ?", [LEXICAL_KEY])
+    store.db.conn.commit()
+    store.close()
+    server = LiveServer(create_app(index_dir, encoder))
+    try:
+        got = httpx.get(f"{server.url}/search", params={"q": "XK-4471", "mode": "lexical"})
+        assert [hit["doc_id"] for hit in got.json()["results"][0]] == ["recall"]
+        assert path.is_dir()  # built on disk, before the snapshot was pinned
+        more = [*DOCUMENTS, Document("walrus", "walrus.txt", "", "Walrus tusks grow.")]
+        report = update_index(index_dir, encoder, more, progress=False)
+        assert report.added == 1
+    finally:
+        server.stop()
+    held, live, recorded = lexical_state(index_dir)
+    assert held == live and len(live) == 6 and recorded
+
+
+def test_server_searches_in_memory_while_a_writer_builds_the_lexical_index(fresh):
+    index_dir, encoder = fresh
+    store = Store.open(index_dir)
+    path = store.lexical.path
+    store.close()
+    shutil.rmtree(path)
+    with WriterLock(index_dir):  # what a running `engine index` holds
+        server = LiveServer(create_app(index_dir, encoder))
+        try:
+            got = httpx.get(f"{server.url}/search", params={"q": "XK-4471", "mode": "lexical"})
+            assert got.status_code == 200, got.text
+            assert [hit["doc_id"] for hit in got.json()["results"][0]] == ["recall"]
+            assert not path.exists()  # nothing written without the lock
+        finally:
+            server.stop()
