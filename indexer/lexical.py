@@ -236,11 +236,16 @@ class LexicalIndex:
         self._writer.commit()
         self.refresh()
 
-    def close(self) -> None:
-        """Let background segment merges finish (a killed process just leaves them undone)."""
+    def release_writer(self) -> None:
+        """Let background segment merges finish and give up tantivy's writer lock (a killed
+        process just leaves merges undone); searches go on."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.wait_merging_threads()
+            self.refresh()
+
+    def close(self) -> None:
+        self.release_writer()
         self._searcher = None
 
     def disk_bytes(self) -> int:
@@ -376,6 +381,8 @@ class LexicalSide:
             if index is not None:
                 index.close()
             self.index = self._in_step()
+            # A reader's catch-up must not keep tantivy's writer lock: `engine index` needs it.
+            self.index.release_writer()
         finally:
             lock.release()
         return self.index
