@@ -446,3 +446,27 @@ def test_server_searches_in_memory_while_a_writer_builds_the_lexical_index(fresh
             assert not path.exists()  # nothing written without the lock
         finally:
             server.stop()
+
+
+def test_a_reader_that_caught_up_leaves_the_writer_free(fresh):
+    """A reader that brought the lexical index in step gives back tantivy's writer lock at
+    once: an `engine index` run beside it (here, in the same process) can write."""
+    index_dir, encoder = fresh
+    store = Store.open(index_dir)
+    recall_id = next(i for i, d in store.doc_ids().items() if d == "recall")
+    lexical = LexicalIndex.open(store.lexical.path)
+    lexical.remove([recall_id])  # what a writer killed before its lexical commit leaves
+    lexical.commit()
+    lexical.close()
+    record = store.settings[LEXICAL_KEY]
+    store.write_settings({LEXICAL_KEY: {**record, "generation": record["generation"] - 1}})
+    store.close()
+    reader = Store.open(index_dir)
+    try:
+        assert reader.lexical_search(["XK-4471"], 3)[1][0][0] == recall_id  # caught up
+        more = [*DOCUMENTS, Document("walrus", "walrus.txt", "", "Walrus tusks grow.")]
+        assert update_index(index_dir, encoder, more, progress=False).added == 1
+    finally:
+        reader.close()
+    held, live, recorded = lexical_state(index_dir)
+    assert held == live and len(live) == 6 and recorded
