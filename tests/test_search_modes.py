@@ -204,7 +204,9 @@ def test_modes_rank_differently_and_hybrid_fuses_both(indexed):
     lexical = search_queries(index_dir, query, k=5, mode="lexical")[0]
     assert doc_ids(lexical) == ["recall"]  # BM25 finds only what shares a term
     assert len(dense) == 5  # dense ranks everything
-    rrf = search_queries(index_dir, query, k=5, encoder=encoder, mode="hybrid")[0]
+    rrf = search_queries(
+        index_dir, query, k=5, encoder=encoder, mode="hybrid", fusion=Fusion("rrf")
+    )[0]
     assert rrf[0].doc_id == "recall" and len(rrf) == 5
     assert sorted(doc_ids(rrf)) == sorted(doc_ids(dense))
     only_dense = search_queries(
@@ -371,7 +373,8 @@ def test_search_page_mode_menu_in_a_real_browser(served):
         assert len(hits) == 1 and hits[0].find_element(By.CLASS_NAME, "title").text == "Notice"
         Select(driver.find_element(By.ID, "mode")).select_by_value("hybrid")
         driver.find_element(By.ID, "submit").click()
-        wait.until(lambda d: "hybrid, rrf (k=60)" in d.find_element(By.ID, "status").text)
+        default = "hybrid, " + Fusion().describe()  # the page sends no fusion: the default
+        wait.until(lambda d: default in d.find_element(By.ID, "status").text)
         assert len(driver.find_elements(By.CSS_SELECTOR, "#results .hit")) == 5
         assert "mode=hybrid" in driver.current_url
     finally:
