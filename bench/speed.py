@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -115,13 +116,16 @@ def measure_encoding(encoder, baseline, workload: Workload, *, rounds: int, prog
         run(items[:WARMUP_DOCUMENTS])
     bounds = np.linspace(0, len(items), rounds + 1).round().astype(int)
     timed: dict[str, list[tuple[float, np.ndarray, PeakMemory]]] = {side: [] for side in sides}
+    cpu_seconds: dict[str, list[float]] = {side: [] for side in sides}
     for round_index, (start, stop) in enumerate(itertools.pairwise(bounds)):
         order = list(sides) if round_index % 2 == 0 else list(reversed(sides))
         for side in order:
             with PeakMemory(encoder.device) as memory:
+                cpu_started = _cpu_seconds()
                 started = time.perf_counter()
                 vectors = sides[side](items[start:stop], progress and rounds == 1)
                 seconds = time.perf_counter() - started
+            cpu_seconds[side].append(_cpu_seconds() - cpu_started)
             timed[side].append((seconds, vectors, memory))
     # Padded / real tokens of the batches each side formed, slice by slice.
     padded = {"engine": 0.0, "baseline": 0.0}
@@ -151,6 +155,8 @@ def measure_encoding(encoder, baseline, workload: Workload, *, rounds: int, prog
     if baseline is None:
         return results["engine"], None, engine_vectors, None
     results["baseline"]["batch_size"] = BASELINE_BATCH_SIZE
+    for side in results:
+        results[side]["cpu_seconds"] = round(sum(cpu_seconds[side]), 3)
     if rounds > 1:
         results["engine"]["rounds"] = [
             {
@@ -158,13 +164,30 @@ def measure_encoding(encoder, baseline, workload: Workload, *, rounds: int, prog
                 "engine_seconds": round(engine_run[0], 3),
                 "baseline_seconds": round(baseline_run[0], 3),
                 "speedup": round(baseline_run[0] / engine_run[0], 3),
+                "engine_cpu_seconds": round(engine_cpu, 3),
+                "baseline_cpu_seconds": round(baseline_cpu, 3),
             }
-            for (start, stop), engine_run, baseline_run in zip(
-                itertools.pairwise(bounds), timed["engine"], timed["baseline"], strict=True
+            for (start, stop), engine_run, baseline_run, engine_cpu, baseline_cpu in zip(
+                itertools.pairwise(bounds),
+                timed["engine"],
+                timed["baseline"],
+                cpu_seconds["engine"],
+                cpu_seconds["baseline"],
+                strict=True,
             )
         ]
+        results["engine"]["median_round_speedup"] = round(
+            float(np.median([r["speedup"] for r in results["engine"]["rounds"]])), 3
+        )
     baseline_vectors = np.concatenate([vectors for _, vectors, _ in timed["baseline"]])
     return results["engine"], results["baseline"], engine_vectors, baseline_vectors
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (user + system, all threads): unlike the wall clock, barely
+    moved by other jobs on the same cores (spinning OpenMP threads still count)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def merged_memory(memories: Sequence[PeakMemory]) -> dict:
@@ -414,8 +437,13 @@ def format_report(report: dict) -> str:
         if rounds:
             ratios = [r["speedup"] for r in rounds]
             lines.append(
-                f"per round ({len(rounds)}, sides taking turns): {min(ratios):.2f}x to "
-                f"{max(ratios):.2f}x"
+                f"per round ({len(rounds)}, sides taking turns): median "
+                f"{engine['median_round_speedup']:.2f}x, {min(ratios):.2f}x to {max(ratios):.2f}x"
+            )
+        if engine.get("cpu_seconds"):
+            lines.append(
+                f"CPU seconds: engine {engine['cpu_seconds']:.1f}, baseline "
+                f"{baseline['cpu_seconds']:.1f} ({baseline['cpu_seconds'] / engine['cpu_seconds']:.2f}x)"
             )
     elif baseline:
         lines.append(f"baseline skipped: {baseline['skipped']}")
@@ -502,7 +530,8 @@ def format_report(report: dict) -> str:
     default=1,
     show_default=True,
     help="Cut the documents into N slices and let the engine and the baseline take turns on "
-    "each, so a machine whose speed drifts slows both alike (encoding mode).",
+    "each, so a machine whose speed drifts slows both alike; reports the median of the "
+    "per-slice ratios too (encoding mode).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for synthetic data.")
 @results_dir_option("JSON report")

@@ -451,16 +451,63 @@ class Encoder:
         fixed = []
         for row, ids in enumerate(all_ids):
             spans = all_spans[row] if all_spans is not None else None
-            if self.profile.require_bos and (not ids or ids[0] != self.bos_id):
-                ids = [self.bos_id] + ids[: limit - 1]
-                spans = [(0, 0)] + spans[: limit - 1] if spans is not None else None
-            if self.profile.require_eos and ids[-1] != self.eos_id:
-                ids = ids + [self.eos_id]
-                spans = spans + [(0, 0)] if spans is not None else None
+            ids, spans = self._add_required_specials(ids, spans, limit)
             fixed.append(ids)
             if all_spans is not None:
                 all_spans[row] = spans
         return fixed, all_spans
+
+    def _add_required_specials(
+        self, ids: list[int], spans: list[tuple[int, int]] | None, limit: int
+    ) -> tuple[list[int], list[tuple[int, int]] | None]:
+        """The BOS/EOS the profile requires where the tokenizer left them out."""
+        if self.profile.require_bos and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids[: limit - 1]
+            spans = [(0, 0)] + spans[: limit - 1] if spans is not None else None
+        if self.profile.require_eos and ids[-1] != self.eos_id:
+            ids = ids + [self.eos_id]
+            spans = spans + [(0, 0)] if spans is not None else None
+        return ids, spans
+
+    def tokenize_document_ids(
+        self, documents: Sequence[Sequence[int]], max_length: int | None = None
+    ) -> list[list[int]]:
+        """Already tokenized documents, framed and cut as :meth:`tokenize` does a document's text.
+
+        Each document is ids of this model's vocabulary without special tokens (what
+        its tokenizer gives with ``add_special_tokens=False``). It gets the document
+        template's tokens and the special tokens :meth:`tokenize` adds (the profile's
+        BOS/EOS included) around it, and its end is cut to fit ``max_length``: for a
+        text that tokenizes to these ids, the ids ``tokenize([format_document(...)])`` gives.
+        """
+        vocabulary = min(len(self.tokenizer), self.model.get_input_embeddings().num_embeddings)
+        for document in documents:
+            if not document:
+                raise EngineError("an input has no token ids")
+            outside = next((i for i in document if not 0 <= i < vocabulary), None)
+            if outside is not None:
+                raise EngineError(
+                    f"token id {outside} is not in {self.name}'s vocabulary (0-{vocabulary - 1}); "
+                    "token ids are the served model's own, not tiktoken's"
+                )
+        head, tail = self._document_frame()
+        room = max((max_length or self.max_length) - len(head) - len(tail), 1)
+        return [head + list(document[:room]) + tail for document in documents]
+
+    def _document_frame(self) -> tuple[list[int], list[int]]:
+        """The ids :meth:`tokenize` puts before and after a document's own tokens.
+
+        Found by tokenizing a formatted one-token probe document with and without
+        special tokens: what surrounds the probe's ids is the frame (the tokenizer's
+        special tokens and the document template's text).
+        """
+        whole = self.tokenize([self.format_document("", "0")])[0]
+        for probe in ("0", " 0"):  # a byte-level BPE tokenizer may read the digit with a space
+            own = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+            for start in range(len(whole) - len(own), -1, -1):
+                if own and whole[start : start + len(own)] == own:
+                    return whole[:start], whole[start + len(own) :]
+        raise EngineError(f"{self.name}: its tokenizer gives no way to frame token-id input")
 
     def pad(
         self,

@@ -60,7 +60,7 @@ def precision_option() -> Decorator:
         "(AVX512-BF16/AMX) mixed: fp32 tensors, bf16 matrix products in oneDNN, fp32-level "
         "vectors, ~1.5x as fast; fp32 on other CPUs. bf16: autocast, 2-3x as fast on such "
         "a CPU, nDCG@10 may move by ~0.003. int8 (CPU): linear layers quantized to int8, "
-        "vectors move by ~1e-2, opt-in.",
+        "vectors move by up to ~5e-2, opt-in.",
     )
 
 

@@ -11,14 +11,14 @@
 * ``int8`` (CPU only): the linear layers of a copy of the model quantized to int8
   (torch's dynamic quantization: int8 weights per output channel, activations
   quantized per batch), built on first use. Faster than fp32 on CPUs without bf16,
-  but vectors move by ~1e-2, so it is opt-in (bench/results/README.md, "CPUs
+  but vectors move by up to ~5e-2, so it is opt-in (bench/results/README.md, "CPUs
   without bf16").
 * ``auto``: bf16 on CUDA; ``mixed`` on a CPU with native bf16 (AVX512-BF16 or
   AMX), fp32 on other CPUs, which would only emulate bf16. A oneDNN ISA cap
   (``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16``, e.g. ``AVX2``) counts as a
   CPU without bf16: oneDNN then cannot use the instructions ``mixed`` relies on.
 
-Figures: bench/results/README.md, "Precision on CPU". Only inference is affected:
+Figures: bench/results/README.md, "Precision on CPU" and "CPUs without bf16". Only inference is affected:
 training's forward/backward never runs under these settings. No torch import at
 module level: the CLI's options import the names below.
 """

@@ -110,6 +110,9 @@ def test_rounds_let_the_two_sides_take_turns(tmp_path, beir_folder, monkeypatch)
     assert report["engine"]["seconds"] == pytest.approx(
         sum(r["engine_seconds"] for r in rounds), abs=0.01
     )
+    ratios = sorted(r["speedup"] for r in rounds)
+    assert report["engine"]["median_round_speedup"] == pytest.approx(ratios[1], abs=1e-3)
+    assert all(report[side]["cpu_seconds"] > 0 for side in ("engine", "baseline"))
     assert report["vector_agreement"]["min_cosine"] > 0.9999
     assert report["machine"]["isa_caps"]["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
     assert "--rounds 3" in report["command"]

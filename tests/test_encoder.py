@@ -328,3 +328,25 @@ def test_instruction_pooling_option_is_validated(tmp_path):
         (tmp_path / "engine_profile.json").write_text(json.dumps(bad))
         with pytest.raises(EngineError, match="not a valid model profile"):
             resolve_profile("x", tmp_path, "bert")
+
+
+@pytest.mark.parametrize("model", ["minilm", "minilm-e5-template", "mistral"])
+def test_token_id_documents_are_framed_like_their_text(default_encoder, tiny_mistral_path, model):
+    """A document's own token ids get the ids its text gets: template, CLS/SEP or BOS/EOS, cut."""
+    if model == "mistral":
+        encoder = Encoder.load(str(tiny_mistral_path))
+        text = "plants make sugar from light and water"
+    else:
+        encoder = default_encoder
+        if model == "minilm-e5-template":
+            encoder = _with_profile(default_encoder, document_template="passage: {text}")
+        text = "Photosynthesis turns light into sugar."
+    own = encoder.tokenizer(text, add_special_tokens=False)["input_ids"]
+    expected = encoder.tokenize([encoder.format_document("", text)])[0]
+    assert encoder.tokenize_document_ids([own])[0] == expected and len(expected) > len(own)
+    long_ids = encoder.tokenize_document_ids([own * 100], max_length=32)[0]
+    assert len(long_ids) == 32 and long_ids[-1] == expected[-1] and long_ids[0] == expected[0]
+    with pytest.raises(EngineError, match="not in .* vocabulary"):
+        encoder.tokenize_document_ids([[len(encoder.tokenizer) + 5]])
+    with pytest.raises(EngineError, match="no token ids"):
+        encoder.tokenize_document_ids([own, []])

@@ -414,13 +414,13 @@ def test_limits_give_one_line_4xx(served):
             httpx.post(
                 f"{url}/search", content=b"{not json", headers={"Content-Type": "application/json"}
             ),
-            422,
+            400,
             "JSON",
         ),
         (httpx.post(f"{url}/search", content=b"x" * (5 * 2**20)), 413, "bytes"),
         (httpx.post(f"{url}/search", content=iter([b"x" * 2**20] * 5)), 413, "bytes"),  # chunked
         (httpx.post(f"{url}/v1/embeddings", json={"input": ["a"] * 300}), 413, "inputs"),
-        (httpx.post(f"{url}/v1/embeddings", json={"input": []}), 422, "empty"),
+        (httpx.post(f"{url}/v1/embeddings", json={"input": []}), 400, "empty"),
         (
             httpx.post(f"{url}/v1/embeddings", json={"input": "a", "model": "gpt-4"}),
             404,

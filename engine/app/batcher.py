@@ -47,7 +47,18 @@ class Limits:
 
 
 class ApiError(HTTPException):
-    """An HTTP error answered as one line of JSON."""
+    """An HTTP error answered as one line of JSON; ``param`` names the field at fault."""
+
+    def __init__(
+        self,
+        status_code: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        *,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(status_code, detail, headers)
+        self.param = param
 
 
 class Overloaded(ApiError):
@@ -63,6 +74,7 @@ class Job:
     texts: Sequence[str] = ()
     instruction: str | None = None  # queries
     titles: Sequence[str] | None = None  # documents
+    token_ids: Sequence[Sequence[int]] | None = None  # documents given as token ids, not texts
     k: int | None = None  # a search: answer hits, not vectors
     no_instruct: bool = False  # a search: not even the index's default instruction
     knobs: SearchKnobs = SearchKnobs()  # a search: nprobe (IVF), ef_search (HNSW)
@@ -70,6 +82,11 @@ class Job:
     fusion: Fusion = Fusion()  # a hybrid search: how to fuse
     call: Callable[[ServedIndex], Any] | None = None  # work on the index, no encoding
     future: Future = field(default_factory=Future)
+
+    @property
+    def inputs(self) -> int:
+        """How many sequences the job embeds."""
+        return len(self.token_ids) if self.token_ids is not None else len(self.texts)
 
 
 @dataclass
@@ -166,7 +183,7 @@ class Batcher:
         if first is None:
             return []
         jobs = [first]
-        texts = len(first.texts)
+        texts = first.inputs
         deadline = time.perf_counter() + self.limits.batch_wait
         while texts < self.limits.max_inputs:
             remaining = deadline - time.perf_counter()
@@ -182,7 +199,7 @@ class Batcher:
                 self._stopping.set()
                 break
             jobs.append(job)
-            texts += len(job.texts)
+            texts += job.inputs
         # A job whose client went away is dropped; the rest can no longer be cancelled.
         return [job for job in jobs if job.future.set_running_or_notify_cancel()]
 
@@ -291,6 +308,8 @@ class Batcher:
     def _tokenize(
         self, job: Job, store: Any
     ) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
+        if job.token_ids is not None:
+            return self.encoder.tokenize_document_ids(job.token_ids), None
         if job.side == "document":
             titles = job.titles or [""] * len(job.texts)
             formatted = [

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A count in a JSON body: an integer, not "3", 3.0 or true (pydantic would coerce those).
+Count = Annotated[int, Field(strict=True, ge=1)]
+# Token ids of the served model's vocabulary (what OpenAI's API calls tokenized input).
+TokenIds = list[Annotated[int, Field(strict=True, ge=0)]]
 
 
 class SearchRequest(BaseModel):
@@ -15,13 +20,15 @@ class SearchRequest(BaseModel):
     instruct: str | None = Field(
         None, description="Task instruction (default: the one stored with the index)."
     )
-    no_instruct: bool = Field(False, description="No instruction, not even the index's default.")
-    k: int = Field(10, ge=1, description="Hits per query.")
-    nprobe: int | None = Field(
-        None, ge=1, description="IVF index: lists scanned per query (default: the index's)."
+    no_instruct: bool = Field(
+        False, strict=True, description="No instruction, not even the index's default."
     )
-    ef_search: int | None = Field(
-        None, ge=1, description="HNSW index: candidates kept per query (default: the index's)."
+    k: Count = Field(10, description="Hits per query.")
+    nprobe: Count | None = Field(
+        None, description="IVF index: lists scanned per query (default: the index's)."
+    )
+    ef_search: Count | None = Field(
+        None, description="HNSW index: candidates kept per query (default: the index's)."
     )
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(
         None,
@@ -37,6 +44,12 @@ class SearchRequest(BaseModel):
         le=1.0,
         description="Weighted fusion: the dense side's weight (implies fusion weighted).",
     )
+
+    @model_validator(mode="after")
+    def one_of_query_or_queries(self) -> SearchRequest:
+        if self.query is not None and self.queries is not None:
+            raise ValueError("give `query` or `queries`, not both")
+        return self
 
 
 class SearchResponse(BaseModel):
@@ -55,10 +68,13 @@ class EmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input: str | list[str]
+    input: str | list[str] | TokenIds | list[TokenIds] = Field(
+        description="Text, texts, or token ids of the served model's vocabulary (one list of "
+        "ids, or one list per input), as OpenAI's API takes them."
+    )
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="Only the model's own dimension.")
+    dimensions: Count | None = Field(None, description="Only the model's own dimension.")
     user: str | None = None
     input_type: Literal["query", "document"] = Field(
         "document",
@@ -87,3 +103,15 @@ class EmbeddingResponse(BaseModel):
     data: list[EmbeddingData]
     model: str
     usage: Usage
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the server loaded it (Unix seconds).")
+    owned_by: str = "engine"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import FileResponse, HTMLResponse
 
 from engine.app.batcher import ApiError, Batcher, Embedded, Job, Limits, Searched
 from engine.app.models import (
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
+    Model,
+    ModelList,
     SearchRequest,
     SearchResponse,
     Usage,
@@ -31,6 +39,8 @@ from indexer.search import check_queries, resolve_fusion
 from indexer.vector_index import SearchKnobs
 
 STATIC_DIR = Path(__file__).parent / "static"
+# Swagger UI and ReDoc as the fastapi-offline package ships them: /docs needs no CDN.
+DOCS_ASSETS = Path(str(resources.files("fastapi_offline") / "static"))
 
 
 def served_batcher(request: Request) -> Batcher:
@@ -160,13 +170,19 @@ async def embeddings(
 ) -> EmbeddingResponse:
     """OpenAI-compatible embeddings from the served model (float or base64 float32)."""
     encoder = batcher.encoder
-    texts = [request.input] if isinstance(request.input, str) else request.input
-    if not texts:
-        raise ApiError(422, "input is empty")
-    if len(texts) > limits.max_inputs:
+    texts, token_ids = _split_input(request.input)
+    inputs = token_ids if token_ids is not None else texts
+    if not inputs:
+        raise ApiError(400, "input is empty", param="input")
+    if len(inputs) > limits.max_inputs:
         raise ApiError(413, f"at most {limits.max_inputs} inputs per request")
-    if any(len(text) > limits.max_input_chars for text in texts):
-        raise ApiError(413, f"an input is over {limits.max_input_chars} characters")
+    empty = next((i for i, one in enumerate(inputs) if not _has_content(one)), None)
+    if empty is not None:
+        raise ApiError(400, f"input {empty} is empty", param="input")
+    if any(len(one) > limits.max_input_chars for one in inputs):
+        raise ApiError(413, f"an input is over {limits.max_input_chars} characters or tokens")
+    if token_ids is not None and (request.input_type != "document" or request.titles):
+        raise ApiError(422, "token-id input embeds documents without titles: send queries as text")
     refuse_unencodable("input", texts)
     refuse_unencodable("titles", request.titles or [])
     if request.instruct is not None:
@@ -178,7 +194,7 @@ async def embeddings(
     if request.input_type == "document" and request.instruct is not None:
         raise ApiError(422, "instruct applies to input_type query; documents get none")
     if request.titles is not None and (
-        request.input_type != "document" or len(request.titles) != len(texts)
+        request.input_type != "document" or len(request.titles) != len(inputs)
     ):
         raise ApiError(422, "titles: one per input, and only for input_type document")
     embedded: Embedded = await run(
@@ -188,6 +204,7 @@ async def embeddings(
             texts=texts,
             instruction=request.instruct,
             titles=request.titles,
+            token_ids=token_ids,
         ),
     )
     data = [
@@ -196,6 +213,20 @@ async def embeddings(
     ]
     usage = Usage(prompt_tokens=embedded.tokens, total_tokens=embedded.tokens)
     return EmbeddingResponse(data=data, model=encoder.name, usage=usage)
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["embeddings"])
+async def models(request: Request, batcher: BatcherDep) -> ModelList:
+    """OpenAI's model list: the one model this server embeds with."""
+    return ModelList(data=[_served_model(request, batcher)])
+
+
+@router.get("/v1/models/{model:path}", response_model=Model, tags=["embeddings"])
+async def model(model: str, request: Request, batcher: BatcherDep) -> Model:
+    """The served model, under its name (or its last path part)."""
+    if not _names_model(model, batcher.encoder.name):
+        raise ApiError(404, f"model {model!r} is not served here; this is {batcher.encoder.name!r}")
+    return _served_model(request, batcher)
 
 
 @router.get("/health", tags=["server"])
@@ -228,6 +259,62 @@ async def instructions() -> dict[str, Any]:
 @router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC_DIR / "favicon.ico", media_type="image/x-icon")
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """Swagger UI on the app's own copy of its assets (works offline)."""
+    root = request.scope.get("root_path", "")
+    return get_swagger_ui_html(
+        openapi_url=root + request.app.openapi_url,
+        title="engine API",
+        swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+        swagger_favicon_url=f"{root}/favicon.ico",
+        oauth2_redirect_url=root + "/docs/oauth2-redirect",
+    )
+
+
+@router.get("/docs/oauth2-redirect", include_in_schema=False)
+async def swagger_ui_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    """ReDoc on the app's own copy of its script (no CDN, no web fonts)."""
+    root = request.scope.get("root_path", "")
+    return get_redoc_html(
+        openapi_url=root + request.app.openapi_url,
+        title="engine API",
+        redoc_js_url=f"{root}/docs/assets/redoc.standalone.js",
+        redoc_favicon_url=f"{root}/favicon.ico",
+        with_google_fonts=False,
+    )
+
+
+def _split_input(given: str | list) -> tuple[list[str], list[list[int]] | None]:
+    """OpenAI's four input shapes as texts, or as token-id lists (then texts is empty)."""
+    if isinstance(given, str):
+        return [given], None
+    if given and isinstance(given[0], int):
+        return [], [given]
+    if given and isinstance(given[0], list):
+        return [], given
+    return given, None
+
+
+def _has_content(one: str | list[int]) -> bool:
+    return bool(one.strip()) if isinstance(one, str) else bool(one)
+
+
+def _served_model(request: Request, batcher: Batcher) -> Model:
+    return Model(id=batcher.encoder.name, created=request.app.state.created)
 
 
 def refuse_unencodable(field: str, texts: list[str]) -> None:

@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import signal
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from engine import __version__
 from engine.app.batcher import ApiError, Batcher, Limits
-from engine.app.routes import STATIC_DIR, router
+from engine.app.routes import DOCS_ASSETS, STATIC_DIR, router
 from engine.app.served import ServedIndex, ServedMilvus
 from engine.encoder import Encoder
 from engine.errors import EngineError
@@ -41,6 +42,40 @@ log = logging.getLogger("engine.server")
 OPEN_PATHS = ("/health",)
 # Requests that wait for the encoder: the batcher counts them to decide how long a batch waits.
 ENCODER_PATHS = ("/search", "/v1/embeddings")
+
+
+class AccessLog:
+    """ASGI middleware, outermost: one line per request on stdout once it is answered.
+
+    ``METHOD path status milliseconds``; the query string stays out (queries can be
+    private), and requests the guard refuses are logged too.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless the app answers
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            elapsed = (time.perf_counter() - started) * 1000
+            print(
+                f"{client[0]} {scope['method']} {scope['path']} {status} {elapsed:.1f} ms",
+                flush=True,
+            )
 
 
 class Guard:
@@ -143,10 +178,17 @@ def http_protocol() -> type:
         return json_400_protocol(H11Protocol)
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error shape, so their clients show the message; one line of JSON."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": " ".join(message.split()), "type": kind, "code": status}}
+    return {
+        "error": {
+            "message": " ".join(message.split()),
+            "type": kind,
+            "param": param,
+            "code": status,
+        }
+    }
 
 
 def check_api_key(api_key: str | None) -> None:
@@ -165,8 +207,12 @@ def create_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     backend: MilvusIndex | None = None,
+    access_log: bool = False,
 ) -> FastAPI:
-    """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``."""
+    """The FastAPI app serving ``index_dir`` (or a Milvus ``backend``) with ``encoder``.
+
+    ``access_log`` prints a line per request (:class:`AccessLog`).
+    """
     check_api_key(api_key)
     limits = limits or Limits()
     index_dir = Path(index_dir)
@@ -184,16 +230,23 @@ def create_app(
         version=__version__,
         summary="Search and embeddings with LLM text embeddings (E5-mistral recipe).",
         lifespan=lifespan,
+        # /docs and /redoc come from routes.py, on assets served here (no CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.batcher = batcher
     app.state.limits = limits
+    app.state.created = int(time.time())
 
     app.add_middleware(
         Guard, api_key=api_key, max_body_bytes=limits.max_body_bytes, batcher=batcher
     )
+    if access_log:
+        app.add_middleware(AccessLog)  # added last: outermost, so refusals are logged too
     add_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     return app
 
 
@@ -203,7 +256,7 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.status_code, str(exc.detail)),
+            error_body(exc.status_code, str(exc.detail), getattr(exc, "param", None)),
             status_code=exc.status_code,
             headers=exc.headers,
         )
@@ -211,9 +264,19 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        return JSONResponse(error_body(422, message), status_code=422)
+        if first.get("type") == "json_invalid":  # 400, as OpenAI answers a body it cannot parse
+            reason = first.get("ctx", {}).get("error", "")
+            message = f"the request body is not valid JSON ({reason})" if reason else ""
+            return JSONResponse(
+                error_body(400, message or "the request body is not valid JSON"), status_code=400
+            )
+        loc = tuple(first.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):  # where FastAPI looked
+            loc = loc[1:]
+        where = ".".join(str(part) for part in loc)
+        reason = str(first.get("msg")).removeprefix("Value error, ")
+        message = f"{where}: {reason}" if where else reason
+        return JSONResponse(error_body(422, message, where or None), status_code=422)
 
     @app.exception_handler(EngineError)
     async def engine_error(request: Request, exc: EngineError) -> JSONResponse:
@@ -252,7 +315,9 @@ def run_server(
             documents, what = store.count(), str(index_dir)
         finally:
             store.close()
-    app = create_app(index_dir, encoder, api_key=api_key, limits=limits, backend=backend)
+    app = create_app(
+        index_dir, encoder, api_key=api_key, limits=limits, backend=backend, access_log=access_log
+    )
     shown = f"[{host}]" if ":" in host else host
     print(
         f"Serving {what} ({documents} documents, {encoder.name}) at http://{shown}:{port}/"
@@ -269,7 +334,7 @@ def run_server(
         host=host,
         port=port,
         log_level="warning",
-        access_log=access_log,
+        access_log=False,  # AccessLog prints engine's own lines, with the time taken
         http=http_protocol(),
         timeout_graceful_shutdown=30,
     )

@@ -54,7 +54,11 @@ from indexer.milvus import MilvusIndex
     show_default=True,
     help="Requests that may wait for the encoder; more get 503 with Retry-After.",
 )
-@click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option(
+    "--access-log",
+    is_flag=True,
+    help="Print one line per request on stdout: client, method, path, status, milliseconds.",
+)
 @backend_option
 @collection_option
 @token_option

@@ -32,16 +32,20 @@ function escapeRegExp(text) {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-// The snippet as text nodes, with the query's words wrapped in <mark>.
+// The snippet as text nodes, with the query's words wrapped in <mark>: whole words, or
+// the start of a longer word ("plant" in "plants"), never the inside of one ("pre" in
+// "expression").
 function highlighted(text, query) {
   const words = query.toLowerCase().split(/[^\p{L}\p{N}]+/u)
-    .filter((w) => w.length > 1 && !STOP_WORDS.has(w));
+    .filter((w) => w.length > 1 && !STOP_WORDS.has(w))
+    .sort((a, b) => b.length - a.length);  // the longest alternative first
   const fragment = document.createDocumentFragment();
   if (!words.length) {
     fragment.append(document.createTextNode(text));
     return fragment;
   }
-  const pattern = new RegExp("(" + words.map(escapeRegExp).join("|") + ")", "giu");
+  const alternatives = words.map(escapeRegExp).join("|");
+  const pattern = new RegExp("(?<![\\p{L}\\p{N}])(?:" + alternatives + ")", "giu");
   let last = 0;
   for (const match of text.matchAll(pattern)) {
     fragment.append(document.createTextNode(text.slice(last, match.index)));
@@ -91,9 +95,14 @@ async function search(event) {
       (body.mode === "lexical" ? "" :
         body.instruction ? " · instruction: " + body.instruction : " · no instruction");
     showHits(hits, query);
-    history.replaceState(null, "", "?q=" + encodeURIComponent(query) +
-      (mode ? "&mode=" + mode : ""));
+    // The URL is a deep link to this search: query, instruction, k and mode.
+    const link = new URLSearchParams({ q: query });
+    if (instruct) link.set("instruct", instruct);
+    link.set("k", String(k));
+    if (mode) link.set("mode", mode);
+    history.replaceState(null, "", "?" + link);
   } catch (error) {
+    $("results").replaceChildren();  // no hits of an earlier search under this error
     status.className = "error";
     status.textContent = error.message;
   }
@@ -124,10 +133,11 @@ $("preset").addEventListener("change", (event) => {
 });
 loadPresets().catch(() => {});
 loadInfo().catch((error) => { $("index-info").textContent = error.message; });
-const params = new URLSearchParams(location.search);
-const initial = params.get("q");
-if (["dense", "lexical", "hybrid"].includes(params.get("mode"))) $("mode").value = params.get("mode");
-if (initial) {
-  $("query").value = initial;
+const linked = new URLSearchParams(location.search);
+if (linked.get("instruct")) $("instruct").value = linked.get("instruct");
+if (linked.get("k")) $("k").value = linked.get("k");
+if (["dense", "lexical", "hybrid"].includes(linked.get("mode"))) $("mode").value = linked.get("mode");
+if (linked.get("q")) {
+  $("query").value = linked.get("q");
   $("search-form").requestSubmit();
 }
