@@ -31,10 +31,15 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import EngineError
+from indexer.folder import WriterLock, warn
+
+if TYPE_CHECKING:
+    from indexer.store import Store
 
 ID_FIELD = "id"
 BODY_FIELD = "body"
@@ -336,7 +341,7 @@ class LexicalSide:
     brings the index in step before it pins one.
     """
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.index: LexicalIndex | None = None
 
@@ -364,8 +369,6 @@ class LexicalSide:
         if index is not None and self.in_step(index):
             self.index = index  # the usual case: no lock taken, nothing written
             return index
-        from indexer.folder import WriterLock
-
         lock = WriterLock(self.store.folder)
         try:
             lock.acquire()
@@ -392,8 +395,6 @@ class LexicalSide:
             return LexicalIndex.open(self.path)
         except LexicalError as exc:
             if self.path.exists():
-                from indexer.folder import warn
-
                 warn(f"{exc}; searching one built in memory from the database")
         rows = self.store.db.execute("SELECT id, title, text FROM documents ORDER BY id")
         return fill(LexicalIndex.in_memory(), rows)
@@ -403,8 +404,6 @@ class LexicalSide:
             index = LexicalIndex.open(self.path)
         except LexicalError as exc:
             if self.path.exists():
-                from indexer.folder import warn
-
                 warn(f"{exc}; rebuilt it from the database")
             return self.rebuild()
         if not self.in_step(index):
@@ -430,7 +429,9 @@ class LexicalSide:
         self._record(self.index)
         return self.index
 
-    def apply_commit(self, gone: Sequence[int], new_ids: Sequence[int], rows) -> None:
+    def apply_commit(
+        self, gone: Sequence[int], new_ids: Sequence[int], rows: Sequence[dict]
+    ) -> None:
         """After a SQLite commit (the writer): remove ``gone``, add the new documents
         (``rows``: their title and text, in ``new_ids`` order), commit, record."""
         if self.index is None:
