@@ -51,6 +51,7 @@ from engine.options import (
 )
 from engine.progress import progress_enabled
 from indexer.fusion import METHODS, MODES, Fusion
+from indexer.passages import PassageSpec, passage_spec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,14 +90,19 @@ def default_cache_dir() -> Path:
     return Path(root) / "engine"
 
 
-def index_dir_for(cache_dir: Path, name: str, encoder: Encoder) -> Path:
-    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>]``.
+def index_dir_for(
+    cache_dir: Path, name: str, encoder: Encoder, passages: PassageSpec | None = None
+) -> Path:
+    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>][-p<T>o<O>]``.
 
-    One index per model, length and precision (fp32 keeps the suffix-free name),
-    so a bf16 evaluation never scores vectors encoded in fp32 or the other way round.
+    One index per model, length, precision (fp32 keeps the suffix-free name) and
+    passage setting, so a bf16 evaluation never scores vectors encoded in fp32 or the
+    other way round, and passages never mix with whole documents.
     """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
     suffix = "" if encoder.precision == "fp32" else f"-{encoder.precision}"
+    if passages is not None:
+        suffix += f"-p{passages.tokens}o{passages.overlap}"
     return cache_dir / "beir" / f"{slug}-{encoder.fingerprint[:12]}-{encoder.max_length}{suffix}"
 
 
@@ -121,7 +127,7 @@ def index_in_memory(store: Store, index_type: str) -> tuple[IndexSpec, Any]:
     from indexer import vector_index
 
     spec = vector_index.resolve(
-        vector_index.validate_type(index_type), store.count(), int(store.settings["dim"])
+        vector_index.validate_type(index_type), store.vector_count(), int(store.settings["dim"])
     )
     index = store.snapshots.build(spec)
     return spec, vector_index.to_gpus(index, spec) or index
@@ -223,6 +229,15 @@ def retrieve_rankings(
 
     modes = {mode for mode, _ in rankings.values()}
     store = Store.open(index_dir)
+    if store.has_passages:
+        store.close()
+        if modes != {"dense"}:
+            raise EngineError("--passages is ranked dense only for now (not --mode/--sweep)")
+        run, timing = _retrieve_documents_by_passage(
+            encoder, index_dir, queries, instruction=instruction, k=k,
+            exclude_own_id=exclude_own_id, progress=progress,
+        )  # fmt: skip
+        return {label: run for label in rankings}, timing
     try:
         built = time.perf_counter()
         searched_index: Any = store
@@ -304,6 +319,57 @@ def to_run(
     return run
 
 
+def _retrieve_documents_by_passage(
+    encoder: Encoder,
+    index_dir: Path,
+    queries: dict[str, str],
+    *,
+    instruction: str | None,
+    k: int,
+    exclude_own_id: bool,
+    progress: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """:func:`retrieve` on an index of passages: ``k`` distinct documents per query, each
+    scored by its best passage, as `engine search` ranks them."""
+    from indexer.search import passage_hits
+    from indexer.store import Store
+
+    store = Store.open(index_dir)
+    try:
+        store.load_faiss()
+        spec = store.spec
+        query_ids = list(queries)
+        started = time.perf_counter()
+        vectors = encoder.encode_queries(
+            [queries[q] for q in query_ids], instruction, progress=progress
+        )
+        encoded = time.perf_counter()
+        found = passage_hits(store, vectors, k + int(exclude_own_id))
+        searched = time.perf_counter()
+    finally:
+        store.close()
+    run = {
+        query_id: dict(
+            [
+                (hit.doc_id, hit.score)
+                for hit in hits
+                if not (exclude_own_id and hit.doc_id == query_id)
+            ][:k]
+        )
+        for query_id, hits in zip(query_ids, found, strict=True)
+    }
+    timing = {
+        "index_type": spec.describe(),
+        "index_load_seconds": None,
+        "nprobe": None,
+        "ef_search": None,
+        "query_encode_seconds": round(encoded - started, 3),
+        "search_seconds": round(searched - encoded, 3),
+        "queries_per_second": round(len(query_ids) / max(searched - started, 1e-9), 2),
+    }
+    return run, timing
+
+
 def evaluate_dataset(
     encoder: Encoder,
     folder: str | Path,
@@ -318,6 +384,7 @@ def evaluate_dataset(
     nprobe: int | None = None,
     ef_search: int | None = None,
     group: IndexingGroup | None = None,
+    passages: PassageSpec | None = None,
     mode: str = "dense",
     fusion: Fusion | None = None,
     sweep: bool = False,
@@ -327,6 +394,8 @@ def evaluate_dataset(
     ``instruction``: ``PROFILE_DEFAULT`` (the dataset's paper instruction when the
     model is instruction-tuned, else none), ``PAPER_INSTRUCTION``, ``None`` for
     none, or a string.
+    ``passages``: index documents as passages (``engine index --passages``), a document
+    scored by its best passage.
     Documents are encoded at ``encoder.max_length`` tokens. ``index_type``,
     ``nprobe`` and ``ef_search`` pick the FAISS index searched (see :func:`retrieve`).
     ``group``: the ranks of a ``torchrun`` launch that encode the corpus (None: this process).
@@ -340,8 +409,10 @@ def evaluate_dataset(
     data = dataset or load_beir(Path(folder), split)
     used_instruction = resolve_instruction(encoder, data.name, instruction)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    index_dir = index_dir_for(cache_dir, data.name, encoder)
-    report = update_index(index_dir, encoder, data.corpus, progress=progress, group=group)
+    index_dir = index_dir_for(cache_dir, data.name, encoder, passages)
+    report = update_index(
+        index_dir, encoder, data.corpus, progress=progress, group=group, passages=passages
+    )
     exclude_own_id = ignores_identical_ids(data.name)
     fusion = fusion or Fusion()
     label = ranking_label(mode, fusion)
@@ -369,6 +440,7 @@ def evaluate_dataset(
         "instruction": used_instruction,
         "query_example": encoder.format_query(next(iter(data.queries.values())), used_instruction),
         "max_length": encoder.max_length,
+        "passages": passages.to_settings() if passages is not None else None,
         "k": k,
         "ignore_identical_ids": exclude_own_id,
         "documents": len(data.corpus),
@@ -440,6 +512,7 @@ def result_filename(
     index_type: str | None = None,
     precision: str = "fp32",
     ranking: str = "dense",
+    passages: PassageSpec | None = None,
 ) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
@@ -447,6 +520,8 @@ def result_filename(
         names = f"{len(datasets)}-datasets"
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
     suffix = "" if precision == "fp32" else f"-{precision}"
+    if passages is not None:
+        suffix += f"-passages{passages.tokens}"
     ranked_by = "" if ranking == "dense" else f"-{ranking}"
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}{ranked_by}.json"
 
@@ -525,6 +600,20 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
     "(default: the cached index's own, exact at BEIR sizes)."
 )
 @search_knob_options
+@click.option(
+    "--passages",
+    "passage_tokens",
+    type=click.IntRange(min=16),
+    metavar="TOKENS",
+    help="Index documents as passages of TOKENS tokens (engine index --passages); a document "
+    "scores its best passage (dense only).",
+)
+@click.option(
+    "--passage-overlap",
+    type=click.IntRange(min=0),
+    metavar="TOKENS",
+    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+)
 @search_mode_options(MODES, METHODS, "dense: the model's own figure")
 @click.option(
     "--sweep",
@@ -551,6 +640,8 @@ def beir(
     index_type: str | None,
     nprobe: int | None,
     ef_search: int | None,
+    passage_tokens: int | None,
+    passage_overlap: int | None,
     mode: str | None,
     fusion: str | None,
     alpha: float | None,
@@ -580,6 +671,7 @@ def beir(
       engine bench beir --data-dir data --datasets scifact --index-type hnsw --ef-search 64
       engine bench beir --data-dir data --datasets scifact,nfcorpus --mode hybrid --fusion rrf
       engine bench beir --data-dir data --datasets scifact,nfcorpus --max-length 256 --sweep
+      engine bench beir --data-dir data --datasets scifact --passages 256
     """
     from engine.encoder import Encoder
     from indexer.distributed import IndexingGroup
@@ -594,6 +686,10 @@ def beir(
 
         index_type = validate_type(index_type)
     cache_dir = cache_dir or default_cache_dir()
+    settings = passage_spec(passage_tokens, passage_overlap, None)
+    passages = PassageSpec(**settings) if settings is not None else None
+    if passages is not None and index_type is not None:
+        raise EngineError("--passages searches the cached index's own type; drop --index-type")
     from indexer.search import resolve_fusion
 
     mode = mode or "dense"
@@ -648,6 +744,7 @@ def beir(
                     fusion=fused,
                     sweep=sweep,
                     group=group,
+                    passages=passages,
                 )
             )
 
@@ -672,6 +769,7 @@ def beir(
         "index_type": index_type,
         "nprobe": nprobe,
         "ef_search": ef_search,
+        "passages": settings,
         "mode": mode,
         "fusion": fused.describe() if mode == "hybrid" else None,
         "metrics_order": list(METRICS),
@@ -683,7 +781,7 @@ def beir(
     units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
     ranking = "sweep" if sweep else ranking_label(mode, fused)
     path = out / result_filename(
-        encoder.name, units, encoder.max_length, index_type, encoder.precision, ranking
+        encoder.name, units, encoder.max_length, index_type, encoder.precision, ranking, passages
     )
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
@@ -692,6 +790,7 @@ def beir(
     click.echo(
         f"Model {encoder.name} ({encoder.fingerprint[:12]}), max {encoder.max_length} tokens, "
         f"top {k}, on {encoder.device}"
+        + (f"; passages of {passages.describe()}" if passages is not None else "")
     )
     for result in results:
         timing = result["timing"]

@@ -20,6 +20,10 @@ BENCHMARKS = {
         "Compare BM25 libraries for the lexical index: nDCG@10 on SciFact and NFCorpus, build "
         "time, disk and query latency at 5k (SciFact) and N synthetic documents.",
     ),
+    "long": Lazy(
+        "bench.long:long",
+        "Long-document retrieval from a BEIR corpus: first tokens against passages.",
+    ),
     "memory": Lazy(
         "bench.memory:memory", "Peak RSS of indexing N synthetic documents (vs the model alone)."
     ),
@@ -33,7 +37,7 @@ BENCHMARKS = {
     ),
     "reliability": Lazy(
         "bench.reliability:reliability",
-        "Kill -9 indexing runs at random moments and damage every file of an index.",
+        "Kill -9 indexing runs at random moments, damage every file of an index, hostile cases.",
     ),
     "scaling": Lazy(
         "bench.scaling:scaling",
@@ -58,7 +62,7 @@ BENCHMARKS = {
 def bench() -> None:
     """Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, distributed
     indexing, the Milvus backend, reliability under kill -9 and damaged files, FAISS index
-    types (ann), indexing memory, BM25 libraries (lexical).
+    types (ann), indexing memory, BM25 libraries (lexical), long documents (long).
 
     \b
     Examples:
@@ -71,4 +75,5 @@ def bench() -> None:
       engine bench reliability --kill-rounds 30 --out bench/results
       engine bench ann --synthetic 1000000 --types hnsw --store
       engine bench lexical --data-dir ../shared/data/beir --out bench/results
+      engine bench long --data-dir ../shared/data/beir/scifact --out bench/results
     """

@@ -8,12 +8,17 @@ A model that cannot take the whole document sees only its first
 ``model_max_positions`` tokens, so it can find the person only when the passkey
 sentence landed inside that window: the table counts those cases to check the
 curve against.
+
+``--passages TOKENS`` runs the same documents and queries through engine's own
+passage index beside it (``engine index --passages``: windows of TOKENS tokens, a
+document scored by its best passage), so the two curves come from one task.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,7 +27,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import file_slug
+from bench.common import command_line, file_slug, machine
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.options import (
@@ -269,6 +274,62 @@ def run_length(
     )
 
 
+@dataclass
+class PassageResult:
+    """Top-1 of the same task through an index of passages (``engine index --passages``)."""
+
+    length: int
+    passage_tokens: int
+    overlap: int
+    passages: int
+    accuracy: float
+    correct: int
+    queries: int
+    seconds: float
+
+
+def run_length_passages(
+    encoder,
+    task: PasskeyTask,
+    *,
+    tokens: int,
+    overlap: int,
+    instruction: str | None,
+) -> PassageResult:
+    """Index the task's documents with passages in a scratch index, ask each query for one
+    document (the max rule, :func:`indexer.search.hits_for`), count the right ones."""
+    from indexer.documents import Document
+    from indexer.indexing import update_index
+    from indexer.passages import PassageSpec
+    from indexer.search import hits_for
+    from indexer.store import Store
+
+    started = time.perf_counter()
+    documents = [Document(str(i), "passkey", "", text) for i, text in enumerate(task.documents)]
+    spec = PassageSpec(tokens, overlap, max(task.length * 2, tokens))
+    with tempfile.TemporaryDirectory(prefix="passkey-passages-") as folder:
+        report = update_index(folder, encoder, documents, passages=spec, progress=False)
+        store = Store.open(folder)
+        try:
+            hits = hits_for(store, encoder.encode_queries(task.queries, instruction), 1)
+        finally:
+            store.close()
+    correct = sum(
+        bool(found) and found[0].doc_id == str(target)
+        for found, target in zip(hits, task.targets, strict=True)
+    )
+    return PassageResult(
+        length=task.length,
+        passage_tokens=tokens,
+        overlap=overlap,
+        passages=report.passages,
+        accuracy=correct / len(task.targets),
+        correct=correct,
+        queries=len(task.targets),
+        seconds=time.perf_counter() - started,
+    )
+
+
 def run_passkey(
     encoder,
     lengths: Sequence[int],
@@ -278,14 +339,24 @@ def run_passkey(
     seed: int = 0,
     instruction: str | None = None,
     progress: bool = False,
-) -> list[LengthResult]:
-    results = []
+    passages: tuple[int, int] | None = None,
+) -> tuple[list[LengthResult], list[PassageResult]]:
+    """The model-only curve, and with ``passages`` (tokens, overlap) the passage curve on
+    the same documents and queries."""
+    results, split = [], []
     for length in lengths:
         task = build_passkey_task(encoder, length, documents=documents, queries=queries, seed=seed)
         results.append(
             run_length(encoder, task, instruction=instruction, seed=seed, progress=progress)
         )
-    return results
+        if passages is not None:
+            tokens, overlap = passages
+            split.append(
+                run_length_passages(
+                    encoder, task, tokens=tokens, overlap=overlap, instruction=instruction
+                )
+            )
+    return results, split
 
 
 def parse_lengths(value: str) -> list[int]:
@@ -298,8 +369,14 @@ def parse_lengths(value: str) -> list[int]:
     return lengths
 
 
-def write_plot(path: Path, results: Sequence[LengthResult], model: str, max_positions: int) -> None:
-    """Accuracy against context length, like the paper's Figure 5."""
+def write_plot(
+    path: Path,
+    results: Sequence[LengthResult],
+    model: str,
+    max_positions: int,
+    passages: Sequence[PassageResult] = (),
+) -> None:
+    """Accuracy against context length, like the paper's Figure 5 (and with passages)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,7 +384,15 @@ def write_plot(path: Path, results: Sequence[LengthResult], model: str, max_posi
 
     lengths = [r.length for r in results]
     figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    axes.plot(lengths, [r.accuracy for r in results], "o-", label="top-1 accuracy")
+    axes.plot(lengths, [r.accuracy for r in results], "o-", label="top-1 accuracy (model only)")
+    if passages:
+        axes.plot(
+            [r.length for r in passages],
+            [r.accuracy for r in passages],
+            "s-",
+            color="tab:purple",
+            label=f"top-1 with --passages {passages[0].passage_tokens}",
+        )
     axes.plot(
         lengths,
         [r.expected_accuracy for r in results],
@@ -344,19 +429,25 @@ def _short(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def format_table(results: Sequence[LengthResult]) -> str:
+def format_table(results: Sequence[LengthResult], passages: Sequence[PassageResult] = ()) -> str:
     header = (
         f"{'length':>7}  {'encoded':>7}  {'truncated':>9}  {'in window':>9}  "
         f"{'expected':>8}  {'top-1 acc':>9}  {'hits in window':>14}  {'hits outside':>12}"
     )
+    if passages:
+        header += f"  {'passages top-1':>14}"
+    by_length = {p.length: p for p in passages}
     rows = [header]
     for r in results:
-        rows.append(
+        row = (
             f"{r.length:>7}  {r.encoded_tokens:>7}  {'yes' if r.truncated else 'no':>9}  "
             f"{f'{r.in_window}/{r.queries}':>9}  {r.expected_accuracy:>8.2f}  {r.accuracy:>9.2f}  "
             f"{f'{r.correct_in_window}/{r.in_window}':>14}  "
             f"{f'{r.correct_outside}/{r.queries - r.in_window}':>12}"
         )
+        if r.length in by_length:
+            row += f"  {by_length[r.length].accuracy:>14.2f}"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -390,6 +481,20 @@ def format_table(results: Sequence[LengthResult]) -> str:
     default=None,
     help="Query with the task instruction (default: only if the model is instruction-tuned).",
 )
+@click.option(
+    "--passages",
+    "passage_tokens",
+    type=click.IntRange(min=16),
+    metavar="TOKENS",
+    help="Also run every length through an index of passages of TOKENS tokens "
+    "(engine index --passages), beside the model-only curve (the paper's protocol).",
+)
+@click.option(
+    "--passage-overlap",
+    type=click.IntRange(min=0),
+    metavar="TOKENS",
+    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+)
 @device_option()
 @batch_tokens_option()
 @results_dir_option("JSON and PNG")
@@ -402,6 +507,8 @@ def passkey(
     queries: int,
     seed: int,
     instruct: bool | None,
+    passage_tokens: int | None,
+    passage_overlap: int | None,
     device: str | None,
     batch_tokens: int | None,
     out: Path,
@@ -421,6 +528,8 @@ def passkey(
       engine bench passkey --lengths 256,512,1024,2048
       engine bench passkey --model ./e5-mistral-7b-instruct --device cuda
       engine bench passkey --lengths 64,128 --documents 10 --queries 5 --json
+      engine bench passkey --passages 256 --documents 20 --queries 20
+        (the model-only curve, and beside it documents found by their best passage)
     """
 
     ctx = click.get_current_context()
@@ -430,7 +539,11 @@ def passkey(
     encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
     use_instruction = encoder.profile.instruction_tuned if instruct is None else instruct
     instruction = PASSKEY_INSTRUCTION if use_instruction else None
-    results = run_passkey(
+    passages = None
+    if passage_tokens is not None:
+        overlap = passage_tokens // 8 if passage_overlap is None else passage_overlap
+        passages = (passage_tokens, overlap)
+    results, passage_results = run_passkey(
         encoder,
         length_list,
         documents=documents,
@@ -438,9 +551,12 @@ def passkey(
         seed=seed,
         instruction=instruction,
         progress=not (quiet or as_json),
+        passages=passages,
     )
     out.mkdir(parents=True, exist_ok=True)
     stem = f"passkey-{file_slug(encoder.name)}"
+    if passages is not None:
+        stem += f"-passages{passages[0]}"
     json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
     report = {
         "benchmark": "passkey",
@@ -454,12 +570,22 @@ def passkey(
         "seed": seed,
         "filler": FILLER,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()},
+        "command": command_line(ctx),
+        "machine": machine(),
+        "protocol": "model only: the paper's (each document encoded up to the model's maximum)"
+        + (
+            f"; passages: engine index --passages {passages[0]} --passage-overlap {passages[1]}, "
+            "a document scored by its best passage"
+            if passages
+            else ""
+        ),
         "results": [asdict(r) for r in results],
+        "passage_results": [asdict(r) for r in passage_results],
         "json": str(json_path),
         "plot": str(png_path),
     }
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    write_plot(png_path, results, encoder.name, encoder.model_max_positions)
+    write_plot(png_path, results, encoder.name, encoder.model_max_positions, passage_results)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -473,5 +599,5 @@ def passkey(
             f"Documents longer than {encoder.model_max_positions} tokens are truncated to the "
             "model's maximum (truncated = yes): the passkey is findable only inside that window."
         )
-    click.echo(format_table(results))
+    click.echo(format_table(results, passage_results))
     click.echo(f"Wrote {json_path} and {png_path}")

@@ -430,9 +430,18 @@ def fault_round(
     show_default=True,
     help="Scratch folder for corpora and indexes (emptied first).",
 )
+@click.option(
+    "--hostile/--no-hostile",
+    default=True,
+    show_default=True,
+    help="Also run the hostile cases of bench/hostile.py (bad text, kills inside a publish, "
+    "damage under a server, bad keys and requests, overload, SIGTERM).",
+)
 @results_dir_option("reliability summary (reliability.json)")
-def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out: Path) -> None:
-    """Kill -9 indexing runs at random moments and damage every file of an index.
+def reliability(
+    kill_rounds: int, documents: int, seed: int, work_dir: Path, hostile: bool, out: Path
+) -> None:
+    """Kill -9 indexing runs at random moments, damage every file of an index, hostile cases.
 
     Records rounds, faults injected, documents lost and duplicated, re-encoded
     documents and wrong answers in <out>/reliability.json. The killed indexing runs
@@ -441,6 +450,7 @@ def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out
     \b
     Examples:
       engine bench reliability --kill-rounds 30 --out bench/results
+      engine bench reliability --kill-rounds 0 --out /tmp/rel    # fault rounds and hostile cases
     """
     # The `engine` group itself, from click's context (bench does not import the CLI).
     run = in_process_runner(click.get_current_context().find_root().command)
@@ -476,7 +486,16 @@ def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out
                 )
             )
             click.echo(f"fault {file}/{faults[-1].fault}: {asdict(faults[-1])}")
-    summary = summarize(kills, faults)
+    cases = []
+    if hostile:
+        from bench.hostile import run_all
+
+        cases = run_all(work_dir / "hostile", run, progress=click.echo)
+    summary = summarize(kills, faults, cases)
+    if hostile:
+        from bench.hostile import snapshot_read_cost
+
+        summary["snapshot_read_cost"] = snapshot_read_cost(work_dir / "cost")
     summary["seconds"] = round(time.time() - started, 1)
     summary["command"] = command_line(click.get_current_context())
     out.mkdir(parents=True, exist_ok=True)
@@ -484,7 +503,7 @@ def reliability(kill_rounds: int, documents: int, seed: int, work_dir: Path, out
     click.echo(json.dumps(summary["totals"]))
 
 
-def summarize(kills: list[KillRound], faults: list[FaultRound]) -> dict:
+def summarize(kills: list[KillRound], faults: list[FaultRound], cases: Sequence = ()) -> dict:
 
     totals = {
         "kill_rounds": len(kills),
@@ -492,13 +511,19 @@ def summarize(kills: list[KillRound], faults: list[FaultRound]) -> dict:
         "kill_rounds_incremental": sum(k.kind == "incremental" for k in kills),
         "killed_mid_run": sum(not k.finished_before_kill for k in kills),
         "faults_injected": len(faults),
-        "lost": sum(k.lost for k in kills) + sum(f.lost_after_next_run for f in faults),
+        "lost": sum(k.lost for k in kills)
+        + sum(f.lost_after_next_run for f in faults)
+        + sum(c.lost for c in cases),
         "duplicated": sum(k.duplicated for k in kills)
         + sum(f.duplicated_after_next_run for f in faults),
         "reencoded_after_kill": sum(k.reencoded for k in kills),
         "wrong_answers": sum(k.wrong_answers for k in kills)
-        + sum(f.silent_wrong_answers + f.wrong_after_repair for f in faults),
-        "tracebacks": sum(f.tracebacks for f in faults),
+        + sum(f.silent_wrong_answers + f.wrong_after_repair for f in faults)
+        + sum(c.wrong_answers for c in cases),
+        "tracebacks": sum(f.tracebacks for f in faults) + sum(c.tracebacks for c in cases),
+        "server_crashes": sum(c.server_crashes for c in cases),
+        "hostile_cases": len(cases),
+        "hostile_cases_held": sum(c.held for c in cases),
         "faults_detected_by_check": sum(f.detected_by_check for f in faults),
         "faults_repaired": sum(f.repair not in ("", "failed") for f in faults),
         "faiss_inconsistent": sum(not k.faiss_consistent for k in kills),
@@ -511,4 +536,5 @@ def summarize(kills: list[KillRound], faults: list[FaultRound]) -> dict:
         "totals": totals,
         "kill_rounds": [{**asdict(k), "reencoded": k.reencoded} for k in kills],
         "fault_rounds": [asdict(f) for f in faults],
+        "hostile_cases": [asdict(c) for c in cases],
     }

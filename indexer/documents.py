@@ -5,11 +5,15 @@ reason; one bad file or record is skipped and reported, never fatal. Only
 regular files are opened (a named pipe would block forever). Text that is not
 UTF-8 is decoded with the charset charset-normalizer detects. Only the head of
 a file that the first ``max_tokens`` tokens can need is read, so a huge text
-file is indexed by its beginning instead of skipped.
+file is indexed by its beginning instead of skipped. For passages (``whole=True``)
+the whole file is read up to that bound, as a stream: a text file's or PDF's
+document carries its head and re-reads the rest piece by piece when asked
+(:meth:`Document.stream`), so a 60 MB log is never one string.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import logging
@@ -17,11 +21,13 @@ import os
 import re
 import stat
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS
 from engine.text import path_text, repair_text
@@ -42,22 +48,40 @@ BYTES_PER_TOKEN = 64
 # HTML spends most of its bytes on markup, scripts and styles.
 HTML_BYTES_FACTOR = 8
 
+# Bytes read at a time from a streamed file, and of a streamed file's head kept in memory.
+STREAM_BYTES = 1 << 16
+
 _MARKDOWN_HEADING = re.compile(r"\A\s*#\s+(.+?)\s*#*\s*(?:\n|\Z)")
 
 
 @dataclass(frozen=True)
 class Document:
-    """One retrievable unit: a file, or one record of a JSON corpus."""
+    """One retrievable unit: a file, or one record of a JSON corpus.
+
+    ``text`` is the whole text, except for a streamed document (``pieces`` set):
+    then it is the head, and ``pieces()`` reads the whole text again, piece by piece.
+    """
 
     doc_id: str
     source: str
     title: str
     text: str
+    pieces: Callable[[], Iterable[str]] | None = field(default=None, compare=False, repr=False)
+    # What filters (``--where``) see besides source, title and doc_id: a file's extension,
+    # size and modified time, a JSON record's extra fields. Not part of the content hash.
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @property
+    def stream(self) -> Iterable[str]:
+        """The whole text, in pieces (one piece unless the document is streamed)."""
+        return self.pieces() if self.pieces is not None else (self.text,)
+
+    @cached_property
     def content_hash(self) -> str:
-        """What decides whether a stored vector is still valid."""
-        return hashlib.sha256(f"{self.title}\x1f{self.text}".encode()).hexdigest()
+        """What decides whether a stored vector is still valid: SHA-256 of title and text."""
+        digest = hashlib.sha256(f"{self.title}\x1f".encode())
+        for piece in self.stream():
+            digest.update(piece.encode())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -89,10 +113,14 @@ class CorpusScan:
     them afresh (in place, so a reference taken before the pass sees them fill).
     """
 
-    def __init__(self, path: str | Path, *, max_tokens: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, max_tokens: int | None = None, whole: bool = False
+    ) -> None:
         self.root = Path(path)
         # Bytes of a file's head that the first max_tokens tokens can need.
         self.head = (max_tokens or DEFAULT_DOCUMENT_TOKENS) * BYTES_PER_TOKEN
+        # Passages: text and PDF files are streamed (up to self.head bytes), not cut at a head.
+        self.whole = whole
         self.skipped: list[Skipped] = []
         self.notes: list[Note] = []
         # Files with an extension engine does not read (images, code, ...): not errors.
@@ -138,7 +166,11 @@ class CorpusScan:
                     self.skipped.append(Skipped(source, "no records"))
             else:
                 with _library_noise(self.notes, source):
-                    document = read_file_document(file, source, self.head)
+                    if self.whole:
+                        document = streamed_file_document(file, source, self.head)
+                    else:
+                        document = read_file_document(file, source, self.head)
+                document = replace(document, metadata=file_metadata(file))
                 self.bytes_read = start + _file_size(file)
                 yield document
                 return
@@ -153,13 +185,16 @@ class CorpusScan:
         self.bytes_read += count
 
 
-def read_corpus(path: str | Path, *, max_tokens: int | None = None) -> CorpusScan:
+def read_corpus(
+    path: str | Path, *, max_tokens: int | None = None, whole: bool = False
+) -> CorpusScan:
     """The documents under ``path`` (a folder, walked recursively, or a single file), lazily.
 
     Hidden files and folders (``.git``, the ``.engine`` index) are not read.
-    ``max_tokens`` (default 512) bounds how much of each file is read.
+    ``max_tokens`` (default 512) bounds how much of each file is read; ``whole``
+    (passages) streams text and PDF files instead of holding them.
     """
-    return CorpusScan(path, max_tokens=max_tokens)
+    return CorpusScan(path, max_tokens=max_tokens, whole=whole)
 
 
 def _file_size(file: Path) -> int:
@@ -175,6 +210,18 @@ def _walk(root: Path) -> Iterator[Path]:
         for name in sorted(files):
             if not name.startswith("."):
                 yield Path(folder) / name
+
+
+def file_metadata(file: Path) -> dict[str, Any]:
+    """A file's metadata for filters: extension (lower case, with its dot), size in bytes,
+    modified time (ISO 8601, UTC)."""
+    status = file.stat()
+    modified = datetime.fromtimestamp(status.st_mtime, tz=timezone.utc)
+    return {
+        "extension": file.suffix.lower(),
+        "size": status.st_size,
+        "modified": modified.isoformat(timespec="seconds"),
+    }
 
 
 def read_file_document(
@@ -202,6 +249,75 @@ def read_file_document(
     if not text and not title:
         raise Unreadable("empty")
     return Document(doc_id=source, source=source, title=title, text=text)
+
+
+def streamed_file_document(file: Path, source: str, limit: int) -> Document:
+    """A file read whole (up to ``limit`` bytes of text) for passages, without holding it.
+
+    Text, Markdown and reStructuredText files and PDFs become a streamed document:
+    its ``pieces`` re-open the file and decode it (or extract its pages) a piece at a
+    time. HTML is parsed whole (its visible text is one string, at most ``limit`` bytes
+    of markup times ``HTML_BYTES_FACTOR``).
+    """
+    suffix = file.suffix.lower()
+    if suffix in HTML_SUFFIXES:
+        return read_file_document(file, source, limit)
+    if suffix in PDF_SUFFIXES:
+        with open_regular(file) as handle:
+            title, head = _read_pdf(handle, STREAM_BYTES)
+
+        def pdf_pages() -> Iterator[str]:
+            with open_regular(file) as handle:
+                yield from _pdf_pages(handle, limit)
+
+        return Document(source, source, title, head, pieces=pdf_pages)
+    with open_regular(file) as handle:
+        raw = handle.read(STREAM_BYTES + 1)
+    decoded = _decode(raw[:STREAM_BYTES], truncated=len(raw) > STREAM_BYTES)
+    encoding = "utf-8-sig" if _is_utf8(raw[:STREAM_BYTES]) else _detected_encoding(raw)
+    if suffix in (".md", ".markdown"):
+        match = _MARKDOWN_HEADING.match(decoded)
+        title, skip = (match.group(1).strip(), match.end()) if match else ("", 0)
+    else:
+        title, skip = "", 0
+    head = decoded[skip:].strip()
+    if not head and not title:
+        raise Unreadable("empty")
+
+    def text_pieces() -> Iterator[str]:
+        left, started = skip, False
+        for piece in _decoded_pieces(file, encoding, limit):
+            if left:
+                piece, left = piece[left:], max(left - len(piece), 0)
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
+            if piece:
+                yield piece
+
+    return Document(source, source, title, head, pieces=text_pieces)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data"
+    return True
+
+
+def _decoded_pieces(file: Path, encoding: str, limit: int) -> Iterator[str]:
+    """The first ``limit`` bytes of ``file`` decoded ``STREAM_BYTES`` at a time."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    left = limit
+    with open_regular(file) as handle:
+        while left > 0:
+            raw = handle.read(min(STREAM_BYTES, left))
+            if not raw:
+                break
+            left -= len(raw)
+            yield decoder.decode(raw)
+    yield decoder.decode(b"", final=left > 0)
 
 
 def open_regular(file: Path) -> BinaryIO:
@@ -333,6 +449,10 @@ def json_records(
                 yield document
 
 
+# A record's own fields; the others are kept as its metadata (scalars only).
+RECORD_FIELDS = ("_id", "id", "title", "text")
+
+
 def record_document(record: object, source: str, fallback_id: str) -> Document:
     """One BEIR-style record; ``id`` is accepted for ``_id``, ``title`` is optional."""
     if not isinstance(record, dict):
@@ -350,11 +470,17 @@ def record_document(record: object, source: str, fallback_id: str) -> Document:
         raise Unreadable("empty")
     # Lone surrogates (JSON escapes like "\\ud800" in scraped data) cannot be tokenized or
     # stored: each becomes U+FFFD, the record is kept.
+    extra = {
+        key: value
+        for key, value in record.items()
+        if key not in RECORD_FIELDS and isinstance(value, (str, int, float, bool))
+    }
     return Document(
         doc_id=repair_text(str(raw_id)),
         source=source,
         title=repair_text(title.strip()),
         text=repair_text(text.strip()),
+        metadata={"extension": PurePosixPath(source).suffix.lower(), **extra},
     )
 
 
@@ -374,6 +500,11 @@ def _decode(raw: bytes, *, truncated: bool = False) -> str:
     except UnicodeDecodeError as exc:
         if truncated and exc.start >= len(raw) - 3 and exc.reason == "unexpected end of data":
             return raw[: exc.start].decode("utf-8-sig")
+    return raw.decode(_detected_encoding(raw), errors="replace")
+
+
+def _detected_encoding(raw: bytes) -> str:
+    """The charset charset-normalizer finds for ``raw`` (its first MiB), preferring common ones."""
     from charset_normalizer import from_bytes
 
     matches = from_bytes(raw[: 2**20])
@@ -382,8 +513,7 @@ def _decode(raw: bytes, *, truncated: bool = False) -> str:
         raise Unreadable("binary file (no text encoding fits)")
     # Short Western text fits several code pages equally well: prefer the commonest.
     tied = {m.encoding for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)}
-    encoding = next((e for e in _PREFERRED_CHARSETS if e in tied), best.encoding)
-    return raw.decode(encoding, errors="replace")
+    return next((e for e in _PREFERRED_CHARSETS if e in tied), best.encoding)
 
 
 def _markdown_title(raw: str) -> tuple[str, str]:
@@ -415,16 +545,31 @@ def _read_pdf(handle: BinaryIO, head: int) -> tuple[str, str]:
         reader = PdfReader(handle)
         if reader.is_encrypted:
             raise Unreadable("encrypted PDF")
-        pages, length = [], 0
-        for page in reader.pages:
-            pages.append(page.extract_text() or "")
-            length += len(pages[-1])
-            if length >= head:
-                break
+        pages = list(_pdf_pages(handle, head, reader))
         title = (reader.metadata.title if reader.metadata else None) or ""
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
         raise Unreadable(f"unreadable PDF ({exc})") from None
-    text = " ".join(" ".join(pages).split())
+    text = "".join(pages).strip()
     if not text:
         raise Unreadable("PDF without extractable text")
     return str(title).strip(), text
+
+
+def _pdf_pages(handle: BinaryIO, limit: int, reader=None) -> Iterator[str]:
+    """A PDF's pages' text, whitespace collapsed and joined by spaces, until ``limit``
+    characters; a page that fails to parse later ends the stream."""
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    length = 0
+    try:
+        for page in (reader or PdfReader(handle)).pages:
+            text = " ".join((page.extract_text() or "").split())
+            if text:
+                yield (" " if length else "") + text
+                length += len(text) + 1
+            if length >= limit:
+                return
+    except (PyPdfError, ValueError, KeyError, TypeError):
+        if reader is not None:
+            raise

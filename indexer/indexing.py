@@ -9,6 +9,7 @@ does not grow with the corpus beyond the store's own keys.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Collection, Iterable, Iterator, Sized
@@ -23,6 +24,7 @@ from engine.progress import progress_bar, progress_enabled
 from indexer.distributed import IndexingGroup, encode_across_ranks
 from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
+from indexer.passages import PassageSpec, split_passages
 from indexer.schema import new_index_settings
 from indexer.store import Writer, read_index_settings
 
@@ -54,6 +56,7 @@ class IndexReport:
     unchanged: int = 0
     duplicates: int = 0
     encoded_tokens: int = 0
+    passages: int = 0  # passages encoded (an index of passages)
     seconds: float = 0.0
     total: int = 0
     ranks: int = 1
@@ -73,6 +76,7 @@ class IndexReport:
             "duplicates": self.duplicates,
             "encoded": self.encoded,
             "encoded_tokens": self.encoded_tokens,
+            "passages": self.passages,
             "documents": self.total,
             "seconds": round(self.seconds, 3),
             "docs_per_second": round(self.encoded / self.seconds, 2) if self.seconds else None,
@@ -98,6 +102,18 @@ def model_for_index(
     return model, max_length
 
 
+def passages_for_index(
+    index_dir: Path, asked: dict[str, int] | None, *, rebuild: bool = False
+) -> dict[str, int] | None:
+    """The passage setting to index ``index_dir`` with: the one asked for, else an existing
+    index's own (a new index, or ``rebuild`` without one asked: none)."""
+    if asked is not None or rebuild:
+        return asked
+    with reporting_damage(index_dir):
+        stored = read_index_settings(index_dir)
+    return stored.get("passages") if stored is not None else None
+
+
 def update_index(
     index_dir: str | Path,
     encoder: Encoder,
@@ -108,6 +124,7 @@ def update_index(
     keep_sources: Collection[str] = (),
     index_type: str | None = None,
     progress: bool = True,
+    passages: PassageSpec | None = None,
     group: IndexingGroup | None = None,
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
@@ -121,14 +138,30 @@ def update_index(
     that could not be read this time (looked at after the stream ends, so a reader may
     fill it as it goes): their previously indexed documents are kept rather than
     deleted. ``index_type`` (None: keep the index's) switches the FAISS index type,
-    re-using stored vectors. ``group`` (the ranks of a ``torchrun`` launch, entered on every
-    rank) spreads the encoding over its ranks; None encodes in this process.
+    re-using stored vectors. ``passages``: split documents into windows (the setting is
+    stored with the index; another one needs ``rebuild``), a document's passages
+    committed together, the text streamed through the windows. ``group`` (the ranks of
+    a ``torchrun`` launch, entered on every rank) spreads the encoding over its ranks;
+    None encodes in this process.
     """
     started = time.perf_counter()
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
     world = group.world if group is not None else 1
     report = IndexReport(ranks=world)
-    settings = new_index_settings(encoder.describe(), default_instruction, index_type)
+    if passages is not None:
+        passages.check(encoder.max_length)
+        if world > 1:
+            raise EngineError("--passages runs in one process; run engine index without torchrun")
+        if not getattr(encoder.tokenizer, "is_fast", False):
+            raise EngineError(
+                f"--passages needs a fast tokenizer (offsets); {encoder.name} has none"
+            )
+    settings = new_index_settings(
+        encoder.describe(),
+        default_instruction,
+        index_type,
+        passages.to_settings() if passages is not None else None,
+    )
     with reporting_damage(index_dir), Writer(index_dir, settings, rebuild=rebuild) as store:
         if default_instruction is not None:
             store.write_settings({"default_instruction": default_instruction})
@@ -138,7 +171,11 @@ def update_index(
         desc = f"indexing on {world} ranks" if world > 1 else "indexing"
         with RunProgress(documents, desc, enabled=progress) as bar:
             pending = _pending(documents, existing, seen, report, bar)
-            if world > 1:
+            if passages is not None:
+                encoded = _passage_checkpoints(
+                    encoder, pending, passages, checkpoint_documents, bar
+                )
+            elif world > 1:
                 rounds = _tokenized(encoder, _chunks(pending, checkpoint_documents * world))
                 encoded = encode_across_ranks(group, encoder, rounds)
             else:
@@ -206,22 +243,32 @@ def _tokenized(encoder: Encoder, chunks: Iterable[Pending]) -> Iterator[tuple[Pe
 
 
 def _commit(store, chunk: Pending, ids, positions, vectors, report: IndexReport) -> None:
-    """One checkpoint: the documents at ``positions`` of ``chunk`` with their vectors."""
+    """One checkpoint: the documents at ``positions`` of ``chunk`` with their vectors.
+
+    For passages, ``ids[position]`` is the list of a document's passages' token ids and
+    ``chunk[position]`` carries its passages: all of them go in this one commit.
+    """
     rows = []
     for position in positions:
-        doc, stored_id = chunk[position]
-        rows.append(
-            {
-                "id": stored_id,
-                "doc_id": doc.doc_id,
-                "source": doc.source,
-                "title": doc.title,
-                "text": doc.text,
-                "content_hash": doc.content_hash,
-                "token_count": len(ids[position]),
-            }
-        )
-        report.encoded_tokens += len(ids[position])
+        doc, stored_id, *split = chunk[position]
+        tokens = sum(map(len, ids[position])) if split else len(ids[position])
+        row = {
+            "id": stored_id,
+            "doc_id": doc.doc_id,
+            "source": doc.source,
+            "title": doc.title,
+            # A passage index keeps the first passage as the document's text (a file may be
+            # far too large to store; its passages hold it all).
+            "text": split[0][0].text if split else doc.text,
+            "content_hash": doc.content_hash,
+            "token_count": tokens,
+            "metadata": json.dumps(doc.metadata),
+        }
+        if split:
+            row["passages"] = [{**p.offsets(), "text": p.text} for p in split[0]]
+            report.passages += len(split[0])
+        rows.append(row)
+        report.encoded_tokens += tokens
         if stored_id is None:
             report.added += 1
         else:
@@ -254,6 +301,70 @@ def _checkpoints(
                 last_commit = time.perf_counter()
         if positions:
             yield chunk, ids, positions, np.vstack(vectors)
+
+
+def _passage_checkpoints(
+    encoder: Encoder,
+    pending: Iterator[tuple[Document, int | None]],
+    spec: PassageSpec,
+    checkpoint_passages: int,
+    bar: RunProgress,
+) -> Iterator[tuple[list, list, list[int], np.ndarray]]:
+    """Checkpoints of whole documents split into passages: ``(chunk, ids, positions,
+    vectors)`` as :func:`_commit` takes them, once ``checkpoint_passages`` passages (or
+    one large document's) are encoded. The passages of one document (at most
+    ``spec.max_document_tokens`` tokens) are held until their commit."""
+    chunk: list = []
+    ids: list[list[list[int]]] = []
+    held = 0
+    for doc, stored_id in pending:
+        title = _passage_title(encoder, doc.title, spec.tokens)
+        window = spec.tokens - len(encoder.tokenize([encoder.format_document(title, "")])[0])
+        window = max(window, spec.overlap + 1)
+        split = list(
+            split_passages(
+                encoder.tokenizer, doc.stream(), window, spec.overlap, spec.max_document_tokens
+            )
+        )
+        if not split:  # a title alone: one passage of the title
+            split = list(split_passages(encoder.tokenizer, [doc.title], window, 0))
+        texts = [encoder.format_document(title, p.text) for p in split]
+        chunk.append((doc, stored_id, split))
+        ids.append(encoder.tokenize(texts, max_length=spec.tokens))
+        held += len(split)
+        if held >= checkpoint_passages:
+            yield _encode_passages(encoder, chunk, ids, bar)
+            chunk, ids, held = [], [], 0
+    if chunk:
+        yield _encode_passages(encoder, chunk, ids, bar)
+
+
+def _encode_passages(encoder: Encoder, chunk: list, ids: list, bar: RunProgress):
+    """Encode every passage of ``chunk``'s documents; their vectors row after row.
+
+    Passages with the same token ids (repeated boilerplate, headers, log lines) are
+    encoded once: the vectors are the same."""
+    flat = [tuple(passage) for document in ids for passage in document]
+    first: dict[tuple[int, ...], int] = {}
+    slot = [first.setdefault(passage, len(first)) for passage in flat]
+    distinct = list(first)
+    encoded = np.zeros((len(distinct), encoder.dim), dtype=np.float32)
+    for positions, batch in encoder.iter_encode(distinct):
+        encoded[positions] = batch
+        bar.encoded(0, sum(len(distinct[p]) for p in positions))
+    bar.encoded(len(chunk), 0)
+    return chunk, ids, list(range(len(chunk))), encoded[slot]
+
+
+def _passage_title(encoder: Encoder, title: str, tokens: int) -> str:
+    """The title repeated at the head of each passage, cut to a quarter of a passage."""
+    if not title:
+        return title
+    encoded = encoder.tokenizer(title, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    limit = tokens // 4
+    return title if len(encoded) <= limit else title[: encoded[limit - 1][1]]
 
 
 class RunProgress:

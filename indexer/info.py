@@ -21,6 +21,7 @@ def index_info(store: Store, index_dir: str | Path) -> dict[str, Any]:
         "max_length": settings["max_length"],
         "pooling": settings["profile"]["pooling"],
         "default_instruction": settings.get("default_instruction"),
+        "passages": settings.get("passages"),
         "index_type": store.spec.type,
         "index_factory": store.spec.factory,
         "index_params": store.spec.params,

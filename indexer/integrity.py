@@ -4,7 +4,9 @@ What is verified: the ``CURRENT`` pointer names a database that exists; SQLite's
 own structure (``PRAGMA quick_check``); the settings an index needs (model,
 fingerprint, dimension, max length); documents and vectors one to one, every
 vector of the right size, every text matching its stored content hash (damage
-inside a row passes quick_check); the FAISS snapshot against the checksum, vector count
+inside a row passes quick_check) -- in an index of passages: every document with its
+passages, passages and vectors one to one, every passage's text as long as its
+character offsets say; the FAISS snapshot against the checksum, vector count
 and generation recorded when it was written; the lexical (BM25) index opens and holds
 exactly the database's documents.
 
@@ -41,7 +43,7 @@ from indexer.folder import (
 )
 from indexer.schema import REQUIRED_SETTINGS, stored_vector_dtype
 from indexer.snapshots import QUIET_SNAPSHOT_PROBLEMS, SNAPSHOT_KEY
-from indexer.store import Store
+from indexer.store import PASSAGE_FIELDS, Store
 
 # Settings that describe one database's history, not the index: a salvaged copy starts afresh.
 _HISTORY_SETTINGS = {
@@ -207,7 +209,10 @@ def _check_database(conn: sqlite3.Connection, name: str) -> list[Finding]:
         )
     )
     width = int(settings["dim"]) * stored_vector_dtype(settings).itemsize
-    findings.append(_check_rows(conn, width))
+    if isinstance(settings.get("passages"), dict):
+        findings.append(_check_passage_rows(conn, width))
+    else:
+        findings.append(_check_rows(conn, width))
     return findings
 
 
@@ -246,6 +251,35 @@ def _check_rows(conn: sqlite3.Connection, width: int) -> Finding:
     if problems:
         return Finding("documents", False, f"{detail}: {'; '.join(problems)}")
     return Finding("documents", True, f"{detail}, one to one")
+
+
+def _check_passage_rows(conn: sqlite3.Connection, width: int) -> Finding:
+    """An index of passages: each document has passages, each passage one vector of ``width``
+    bytes and a text as long as its character offsets (damage inside a row)."""
+    queries = {
+        "documents without passages": "SELECT count(*) FROM documents "
+        "WHERE id NOT IN (SELECT document FROM passages)",
+        "passages without a document": "SELECT count(*) FROM passages "
+        "WHERE document NOT IN (SELECT id FROM documents)",
+        "passages without a vector": "SELECT count(*) FROM passages "
+        "WHERE id NOT IN (SELECT id FROM vectors)",
+        "vectors without a passage": "SELECT count(*) FROM vectors "
+        "WHERE id NOT IN (SELECT id FROM passages)",
+        "vectors of the wrong size": f"SELECT count(*) FROM vectors WHERE length(vector) != {width}",
+        "passages whose text does not fit their offsets": "SELECT count(*) FROM passages "
+        "WHERE typeof(text) != 'text' OR length(text) != char_end - char_start",
+    }
+    try:
+        documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        passages = conn.execute("SELECT count(*) FROM passages").fetchone()[0]
+        counts = {what: conn.execute(sql).fetchone()[0] for what, sql in queries.items()}
+    except sqlite3.DatabaseError as exc:
+        return Finding("documents", False, f"documents, passages or vectors unreadable ({exc})")
+    problems = [f"{count} {what}" for what, count in counts.items() if count]
+    detail = f"{documents} documents, {passages} passages"
+    if problems:
+        return Finding("documents", False, f"{detail}: {'; '.join(problems)}")
+    return Finding("documents", True, f"{detail}, each passage with its vector")
 
 
 def _text_matches_hash(title: object, text: object, content_hash: object) -> bool:
@@ -354,10 +388,18 @@ def _salvage(folder: Path, name: str) -> str:
             folder, {k: v for k, v in settings.items() if k not in _HISTORY_SETTINGS}
         )
         dropped = 0
+        passages = isinstance(settings.get("passages"), dict)
 
-        def sound_rows() -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        def sound_rows() -> Iterator[tuple[dict[str, Any], Any]]:
             nonlocal dropped
             for row in _readable_rows(conn):
+                if passages:
+                    split = _sound_passages(conn, row[0], width, dtype)
+                    if split is None:
+                        dropped += 1
+                    else:
+                        yield dict(zip(_DOCUMENT_COLUMNS, row, strict=True)), split
+                    continue
                 vector = _vector(conn, row[0])
                 if (
                     vector is None
@@ -403,6 +445,31 @@ def _readable_rows(conn: sqlite3.Connection) -> Iterator[tuple]:
             if last > top:
                 warn(f"the documents table is unreadable past id {last}; the rest is left out")
                 return
+
+
+def _sound_passages(
+    conn: sqlite3.Connection, document: int, width: int, dtype: np.dtype
+) -> list[tuple[dict[str, Any], np.ndarray]] | None:
+    """A document's passages with their vectors, or None if any is unreadable or damaged."""
+    columns = ("id", *PASSAGE_FIELDS, "text")
+    try:
+        rows = conn.execute(
+            f"SELECT {', '.join(columns)} FROM passages WHERE document = ? ORDER BY position",
+            (document,),
+        ).fetchall()
+    except sqlite3.DatabaseError:
+        return None
+    sound = []
+    for row in rows:
+        passage = dict(zip(columns, row, strict=True))
+        vector = _vector(conn, passage["id"])
+        text = passage["text"]
+        if vector is None or len(vector) != width or not isinstance(text, str):
+            return None
+        if len(text) != passage["char_end"] - passage["char_start"]:
+            return None
+        sound.append((passage, np.frombuffer(vector, dtype)))
+    return sound or None
 
 
 def _vector(conn: sqlite3.Connection, doc_id: int) -> bytes | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -77,7 +77,39 @@ def _m002_fp16_vectors(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE tombstones (id INTEGER PRIMARY KEY)")
 
 
-MIGRATIONS = (_m001_initial, _m002_fp16_vectors)
+def _m003_passages(db: sqlite_utils.Database) -> None:
+    """Passages (``engine index --passages``): in such an index the vectors and FAISS ids are
+    passages', each row naming its document and where in it the passage lies."""
+    db.execute(
+        """
+        CREATE TABLE passages (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            document INTEGER NOT NULL REFERENCES documents(id),
+            position INTEGER NOT NULL,
+            token_start INTEGER NOT NULL,
+            token_end INTEGER NOT NULL,
+            char_start INTEGER NOT NULL,
+            char_end INTEGER NOT NULL,
+            text TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX passages_document ON passages (document, position)")
+
+
+def _m004_metadata(db: sqlite_utils.Database) -> None:
+    """Each document's metadata as JSON, for filters (``--where``). Existing documents get
+    what their source path tells (the extension); the next indexing run of a changed
+    document stores the rest (size, modified time, a JSON record's extra fields)."""
+    db.execute("ALTER TABLE documents ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+    sources = [row[0] for row in db.execute("SELECT DISTINCT source FROM documents")]
+    db.conn.executemany(
+        "UPDATE documents SET metadata = ? WHERE source = ?",
+        [(json.dumps({"extension": PurePosixPath(s).suffix.lower()}), s) for s in sources],
+    )
+
+
+MIGRATIONS = (_m001_initial, _m002_fp16_vectors, _m003_passages, _m004_metadata)
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -165,14 +197,34 @@ def check_compatible(
     for key in ("max_length", "dim"):
         if stored.get(key) != wanted.get(key):
             raise EngineError(f"{where} has {key}={stored.get(key)}, not {wanted.get(key)}; {fix}")
+    # Passages are chosen when indexing; a search encoder does not say.
+    if "passages" in wanted and stored.get("passages") != wanted["passages"]:
+        raise EngineError(
+            f"{where} has passages={_passages_text(stored.get('passages'))}, "
+            f"not {_passages_text(wanted['passages'])}; {fix}"
+        )
+
+
+def _passages_text(value: Any) -> str:
+    if not isinstance(value, dict):
+        return "off (the first max_length tokens)"
+    return (
+        f"{value.get('tokens')} tokens (overlap {value.get('overlap')}, at most "
+        f"{value.get('max_document_tokens')} a document)"
+    )
 
 
 def new_index_settings(
-    describe: dict[str, Any], default_instruction: str | None, index_type: str | None = None
+    describe: dict[str, Any],
+    default_instruction: str | None,
+    index_type: str | None = None,
+    passages: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Settings stored with a new index (from the encoder's description).
 
-    ``index_type`` None keeps an existing index's type (``auto`` for a new one).
+    ``index_type`` None keeps an existing index's type (``auto`` for a new one);
+    ``passages`` (:meth:`indexer.passages.PassageSpec.to_settings`) None: whole
+    documents cut at max_length.
     """
     return {
         **describe,
@@ -180,4 +232,5 @@ def new_index_settings(
         "metric": "inner_product",
         "default_instruction": default_instruction,
         "index_type": index_type,
+        "passages": passages,
     }

@@ -19,20 +19,36 @@ import numpy as np
 from engine.errors import EngineError
 from engine.instructions import check_instruction
 from indexer import fusion as fusion_module
+from indexer.filters import Condition
+from indexer.filters import parse as parse_filter
 from indexer.folder import reporting_damage
 from indexer.fusion import Fusion, fuse
+from indexer.passages import best_per_document
 from indexer.schema import check_compatible
-from indexer.store import Store
+from indexer.store import PASSAGE_FIELDS, Store
 from indexer.vector_index import SearchKnobs
 
 if TYPE_CHECKING:  # torch is imported only when a query is embedded: lexical searches skip it
     from engine.encoder import Encoder
 
 SNIPPET_CHARS = 240
+PASSAGES_DENSE_ONLY = (
+    "--mode {mode} is not available on an index of passages yet (its lexical side holds "
+    "documents, its vectors passages): search it with --mode dense"
+)
+# A passage search first fetches this many passages per document asked for, more if
+# too few distinct documents come back.
+PASSAGES_PER_HIT = 4
+# The most passages one search asks for (Milvus's own cap on a search's limit).
+MAX_FETCH = 16_384
 
 
 @dataclass(frozen=True)
 class Hit:
+    """One document found. In an index of passages ``score`` is its best passage's,
+    ``snippet`` that passage's text and ``passage`` where it lies (position, token and
+    character offsets in the document's text); otherwise ``passage`` is None."""
+
     rank: int
     score: float
     id: int
@@ -40,6 +56,7 @@ class Hit:
     source: str
     title: str
     snippet: str
+    passage: dict[str, int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,6 +71,8 @@ class SearchIndex(Protocol):
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
     def get(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
+
+    def get_passages(self, ids: Iterable[int]) -> list[dict[str, Any]]: ...
 
 
 def snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
@@ -139,8 +158,18 @@ def has_lexical(index: SearchIndex) -> bool:
     return hasattr(index, "lexical_search")
 
 
+def has_passages(index: SearchIndex) -> bool:
+    """Whether ``index`` holds passages (``engine index --passages``): its vectors are passages'."""
+    return isinstance(index.settings.get("passages"), dict)
+
+
 def resolve_mode(index: SearchIndex, mode: str | None) -> str:
-    """The mode asked for, or the default: DEFAULT_MODE where there is a lexical side, else dense."""
+    """The mode asked for, or the default: DEFAULT_MODE where there is a lexical side, else
+    dense (an index of passages: dense only, for now)."""
+    if has_passages(index):
+        if mode not in (None, "dense"):
+            raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
+        return "dense"
     if mode is None:
         return fusion_module.DEFAULT_MODE if has_lexical(index) else "dense"
     try:
@@ -169,19 +198,45 @@ def ranked(
     *,
     mode: str = "dense",
     fusion: Fusion = Fusion(),  # noqa: B008 - frozen
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) per query, rows padded with id -1, in the given mode.
 
     ``vectors`` (the queries' embeddings) are needed by dense and hybrid, ``queries`` (the
     texts) by lexical and hybrid. Hybrid takes ``fusion.candidates(k)`` from each side.
+    ``allowed`` (document ids matching a filter) restricts every side inside its search.
     """
     if mode == "dense":
-        return index.search(vectors, k, knobs)
+        return dense_search(index, vectors, k, knobs, allowed)
     if mode == "lexical":
-        return index.lexical_search(queries, k)
+        return index.lexical_search(queries, k, allowed)
     depth = fusion.candidates(k)
-    dense = index.search(vectors, depth, knobs)
-    return fuse_rows(dense, index.lexical_search(queries, depth), k, fusion)
+    dense = dense_search(index, vectors, depth, knobs, allowed)
+    return fuse_rows(dense, index.lexical_search(queries, depth, allowed), k, fusion)
+
+
+def dense_search(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    k: int,
+    knobs: SearchKnobs,
+    allowed: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The vector index's top ``k``, filtered inside the search when ``allowed`` is given."""
+    if allowed is None:
+        return index.search(vectors, k, knobs)
+    return index.search(vectors, k, knobs, allowed=allowed)
+
+
+def allowed_ids(
+    index: SearchIndex, where: Condition | None, *, vectors: bool = False
+) -> np.ndarray | None:
+    """The ids a filter lets through (None: no filter); see :meth:`Store.matching`."""
+    if where is None:
+        return None
+    if not hasattr(index, "matching"):
+        raise EngineError(f"--where is not supported on {describe_index(index)} yet")
+    return index.matching(where, vectors=vectors)
 
 
 def fuse_rows(
@@ -220,18 +275,81 @@ def hits_for(
     queries: Sequence[str] = (),
     mode: str = "dense",
     fusion: Fusion = Fusion(),  # noqa: B008 - frozen
+    where: Condition | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits for each query: search_queries() and the server.
 
     ``vectors``: the queries' embeddings (dense, hybrid); ``queries``: their texts
     (lexical, hybrid). ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS
-    index or a Milvus one).
+    index or a Milvus one). An index of passages answers ``k`` distinct documents by
+    their best passage, dense only (see :func:`passage_hits`). ``where``: a filter
+    (:mod:`indexer.filters`) applied inside the search: ``k`` hits whenever ``k``
+    documents match.
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
-        scores, ids = ranked(index, vectors, queries, k, knobs, mode=mode, fusion=fusion)
+        if has_passages(index):
+            if mode != "dense":
+                raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
+            return passage_hits(index, vectors, k, knobs, allowed_ids(index, where, vectors=True))
+        allowed = allowed_ids(index, where)
+        scores, ids = ranked(
+            index, vectors, queries, k, knobs, mode=mode, fusion=fusion, allowed=allowed
+        )
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
+
+
+def passage_hits(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    k: int,
+    knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+    allowed: np.ndarray | None = None,
+) -> list[list[Hit]]:
+    """``k`` distinct documents per query, each scored by its best passage (the max rule).
+    ``allowed``: the passage ids a filter lets through.
+
+    Passages are fetched ``PASSAGES_PER_HIT * k`` at a time, four times more while a
+    query has fewer than ``k`` distinct documents and the index has more passages;
+    removed documents' passages are gone from the index (or skipped as tombstones).
+    """
+    results: list[list[Hit] | None] = [None] * len(vectors)
+    fetch = PASSAGES_PER_HIT * k
+    todo = list(range(len(vectors)))
+    while todo:
+        scores, ids = dense_search(index, vectors[todo], fetch, knobs, allowed)
+        rows = {
+            row["passage"]["id"]: row
+            for row in index.get_passages({int(i) for i in ids.ravel() if i >= 0})
+        }
+        left = []
+        for query, row_scores, row_ids in zip(todo, scores, ids, strict=True):
+            ranked = [
+                (float(score), (rows[i]["source"], rows[i]["doc_id"]), rows[i])
+                for score, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
+                if i >= 0 and i in rows
+            ]
+            best = best_per_document(ranked, k)
+            full = int((row_ids >= 0).sum()) == fetch
+            if len(best) < k and full and fetch < MAX_FETCH:
+                left.append(query)  # more passages may hold more documents
+                continue
+            results[query] = [
+                Hit(
+                    rank=rank,
+                    score=score,
+                    id=row["id"],
+                    doc_id=row["doc_id"],
+                    source=row["source"],
+                    title=row["title"],
+                    snippet=" ".join(row["passage"]["text"].split()),
+                    passage={key: row["passage"][key] for key in PASSAGE_FIELDS},
+                )
+                for rank, (score, _, row) in enumerate(best, start=1)
+            ]
+        todo, fetch = left, min(fetch * 4, MAX_FETCH)
+    return [hits or [] for hits in results]
 
 
 def search_queries(
@@ -245,6 +363,7 @@ def search_queries(
     ef_search: int | None = None,
     mode: str | None = None,
     fusion: Fusion | None = None,
+    where: str | Condition | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
 
@@ -252,11 +371,12 @@ def search_queries(
     :class:`indexer.milvus.MilvusIndex`. ``nprobe`` (IVF) and ``ef_search`` (HNSW)
     trade speed for recall (None: the index's defaults). ``mode``: dense, lexical or
     hybrid (None: the default, see :func:`resolve_mode`); ``fusion``: how hybrid fuses
-    (None: the default). Lexical searches load no model. Only the hits' rows are read
-    from SQLite.
+    (None: the default). ``where``: a filter expression (:mod:`indexer.filters`) or a
+    parsed one. Lexical searches load no model. Only the hits' rows are read from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
     check_queries(queries, k)
+    condition = parse_filter(where) if isinstance(where, str) else where
     mode = resolve_mode(index, mode)
     vectors = None
     if mode != "lexical":
@@ -264,5 +384,12 @@ def search_queries(
         vectors = encoder.encode_queries(list(queries), instruction)
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
     return hits_for(
-        index, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion or resolve_fusion()
+        index,
+        vectors,
+        k,
+        knobs,
+        queries=queries,
+        mode=mode,
+        fusion=fusion or resolve_fusion(),
+        where=condition,
     )

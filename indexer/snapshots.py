@@ -121,7 +121,7 @@ class Snapshots:
         record = self.store.settings.get(SNAPSHOT_KEY)
         if not isinstance(record, dict) or record.get("file") != path.name:
             return "unrecorded"
-        count = self.store.count()
+        count = self.store.vector_count()
         if record.get("vectors") != count:
             return f"{record.get('vectors')} vectors recorded, {count} in the database"
         if path.stat().st_size <= hash_limit and file_sha256(path) != record.get("sha256"):
@@ -167,7 +167,7 @@ class Snapshots:
             if rows:
                 held = vector_index.index_ids(index)
                 tombstones = np.intersect1d(np.asarray([r[0] for r in rows], np.int64), held)
-        if index.d != spec.dim or index.ntotal - len(tombstones) != self.store.count():
+        if index.d != spec.dim or index.ntotal - len(tombstones) != self.store.vector_count():
             return None
         self.tombstones = tombstones
         return index
@@ -233,7 +233,7 @@ class Snapshots:
             )
         except (RuntimeError, ValueError) as exc:
             raise EngineError(
-                f"cannot build a {spec.factory} index on {store.count()} documents: "
+                f"cannot build a {spec.factory} index on {store.vector_count()} vectors: "
                 f"{str(exc).strip().splitlines()[-1]}"
             ) from None
 

@@ -10,10 +10,14 @@ is complete, so the old index answers until then. The schema and its migrations
 are in :mod:`indexer.schema`, the FAISS side (index types, search knobs, GPUs) in
 :mod:`indexer.vector_index`. A document whose text changes gets a new id (ids
 are never reused), so an older snapshot can be caught up with SQLite by comparing ids.
+In an index of passages (``engine index --passages``) the vectors and FAISS ids are
+the passages' (a ``passages`` row names its document); a document's passages change
+together, in the transaction that changes the document.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ import sqlite_utils
 
 from engine.errors import EngineError
 from indexer import vector_index
+from indexer.filters import Condition
 from indexer.folder import (
     POINTER,
     WriterLock,
@@ -55,6 +60,9 @@ from indexer.schema import (
 )
 from indexer.snapshots import COMPACT_TOMBSTONES, Snapshots
 from indexer.vector_index import IndexSpec, SearchKnobs
+
+# The columns of a passage row that say where it lies in its document.
+PASSAGE_FIELDS = ("position", "token_start", "token_end", "char_start", "char_end")
 
 
 @dataclass(frozen=True)
@@ -215,14 +223,35 @@ class Store:
     def vector_dtype(self) -> np.dtype:
         return stored_vector_dtype(self.settings)
 
+    @property
+    def has_passages(self) -> bool:
+        """Whether the vectors are passages' (``engine index --passages``), not documents'."""
+        return isinstance(self.settings.get("passages"), dict)
+
     # ----------------------------------------------------------- documents
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM documents").fetchone()[0]
+
+    def vector_count(self) -> int:
+        """Vectors in the index: one a document, or one a passage."""
+        table = "passages" if self.has_passages else "documents"
+        return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def existing(self) -> dict[tuple[str, str], StoredDocument]:
         """(source, doc id) -> stored id and content hash, for the incremental diff."""
         rows = self.db.execute("SELECT source, doc_id, id, content_hash FROM documents")
         return {(s, d): StoredDocument(i, h) for s, d, i, h in rows}
+
+    def vector_keys(self) -> dict[int, tuple[str, str, str]]:
+        """FAISS id -> (doc id, source, content hash) of its document (or its passage's)."""
+        if self.has_passages:
+            rows = self.db.execute(
+                "SELECT p.id, d.doc_id, d.source, d.content_hash FROM passages p "
+                "JOIN documents d ON d.id = p.document"
+            )
+        else:
+            rows = self.db.execute("SELECT id, doc_id, source, content_hash FROM documents")
+        return {i: (doc_id, source, content_hash) for i, doc_id, source, content_hash in rows}
 
     def doc_ids(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, doc_id FROM documents").fetchall())
@@ -237,6 +266,26 @@ class Store:
             row["id"]: row
             for row in self.db.query(f"SELECT * FROM documents WHERE id IN ({marks})", wanted)
         }
+        return [rows[i] for i in wanted if i in rows]
+
+    def get_passages(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """For passage ids (the FAISS ids of a passage index), their document's row with the
+        passage as ``passage`` (offsets and text), in the order asked (unknown ids left out)."""
+        wanted = [int(i) for i in ids]
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+        rows = {}
+        for row in self.db.query(
+            "SELECT p.id AS passage_id, p.position, p.token_start, p.token_end, p.char_start, "
+            "p.char_end, p.text AS passage_text, d.* FROM passages p "
+            f"JOIN documents d ON d.id = p.document WHERE p.id IN ({marks})",
+            wanted,
+        ):
+            passage = {key: row.pop(key) for key in PASSAGE_FIELDS}
+            passage["text"] = row.pop("passage_text")
+            passage["id"] = row.pop("passage_id")
+            rows[passage["id"]] = {**row, "passage": passage}
         return [rows[i] for i in wanted if i in rows]
 
     def vectors(self, ids: Sequence[int]) -> np.ndarray:
@@ -265,7 +314,10 @@ class Store:
         if self.lexical.path.is_dir():
             size += sum(f.stat().st_size for f in self.lexical.path.rglob("*") if f.is_file())
         sources = self.db.execute("SELECT count(DISTINCT source) FROM documents").fetchone()[0]
-        return {"documents": self.count(), "sources": sources, "tokens": tokens, "bytes": size}
+        counts = {"documents": self.count(), "sources": sources}
+        if self.has_passages:
+            counts["passage_count"] = self.vector_count()
+        return {**counts, "tokens": tokens, "bytes": size}
 
     # ------------------------------------------------------------- changes
     def commit(
@@ -279,8 +331,10 @@ class Store:
 
         Rows in ``upsert`` with an ``id`` replace that document, which gets a new id
         (ids are never reused, so a snapshot can be caught up by comparing ids).
-        ``vectors[i]`` belongs to ``upsert[i]``. The first commit of a store created with
-        ``publish_first_commit`` also publishes it.
+        ``vectors[i]`` belongs to ``upsert[i]``; in a passage index each row carries
+        its ``passages`` (offsets and text) and ``vectors`` holds theirs, row after row,
+        and a removed or replaced document takes all its passages with it. The first
+        commit of a store created with ``publish_first_commit`` also publishes it.
         """
         if not remove and not upsert:
             return
@@ -295,6 +349,7 @@ class Store:
         )
         replaced = [int(r["id"]) for r in upsert if r.get("id") is not None]
         gone = [int(i) for i in remove] + replaced
+        passages = self.has_passages
         with self.db.atomic():
             created = {}
             if replaced:
@@ -304,43 +359,91 @@ class Store:
                         replaced,
                     ).fetchall()
                 )
+            documents_gone = gone
+            if passages and gone:
+                gone = self._passage_ids(documents_gone)
+                self.db.conn.executemany(
+                    "DELETE FROM passages WHERE document = ?", [(i,) for i in documents_gone]
+                )
             if gone:
                 ids = [(i,) for i in gone]
                 self.db.conn.executemany("DELETE FROM vectors WHERE id = ?", ids)
-                self.db.conn.executemany("DELETE FROM documents WHERE id = ?", ids)
                 if not spec.can_remove:
                     self.db.conn.executemany(
                         "INSERT OR IGNORE INTO tombstones (id) VALUES (?)", ids
                     )
-            new_ids = []
-            for row, vector in zip(upsert, stored, strict=True):
-                record = {k: v for k, v in row.items() if k != "id"}
+            self.db.conn.executemany(
+                "DELETE FROM documents WHERE id = ?", [(i,) for i in documents_gone]
+            )
+            new_ids = []  # vector ids: the documents', or their passages'
+            new_documents = []
+            vectors_left = iter(stored)
+            for row in upsert:
+                record = {k: v for k, v in row.items() if k not in ("id", "passages")}
                 record["created"] = created.get(row.get("id"), now)
                 record["updated"] = now
                 doc_id = self.db["documents"].insert(record).last_pk
-                self.db.conn.execute(
-                    "INSERT INTO vectors (id, vector) VALUES (?, ?)", (doc_id, vector.tobytes())
-                )
-                new_ids.append(doc_id)
+                new_documents.append(doc_id)
+                for passage in row["passages"] if passages else [None]:
+                    vector_id = doc_id
+                    if passage is not None:
+                        vector_id = (
+                            self.db["passages"].insert({**passage, "document": doc_id}).last_pk
+                        )
+                    vector = next(vectors_left, None)
+                    if vector is None:
+                        raise ValueError("one vector a document (or a passage) is needed")
+                    self.db.conn.execute(
+                        "INSERT INTO vectors (id, vector) VALUES (?, ?)",
+                        (vector_id, vector.tobytes()),
+                    )
+                    new_ids.append(vector_id)
+            if next(vectors_left, None) is not None:
+                raise ValueError("one vector a document (or a passage) is needed")
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
-        self.lexical.apply_commit(gone, new_ids, upsert)
+        # The lexical side holds documents, also in an index of passages.
+        self.lexical.apply_commit(documents_gone, new_documents, upsert)
         if self._publish_pending:
             self._publish_pending = False
             self.publish()
 
-    def insert_salvaged(self, rows: Iterable[tuple[dict[str, Any], np.ndarray]]) -> int:
+    def _passage_ids(self, documents: Sequence[int]) -> list[int]:
+        found: list[int] = []
+        for start in range(0, len(documents), 500):
+            part = list(documents[start : start + 500])
+            found += [
+                row[0]
+                for row in self.db.execute(
+                    f"SELECT id FROM passages WHERE document IN ({','.join('?' * len(part))})",
+                    part,
+                )
+            ]
+        return found
+
+    def insert_salvaged(self, rows: Iterable[tuple[dict[str, Any], Any]]) -> int:
         """Copy documents as they are (ids and dates kept) with their vectors into this new
-        database, in one transaction, as its first generation (`engine check --repair`)."""
+        database, in one transaction, as its first generation (`engine check --repair`).
+
+        A row is ``(document, vector)``, or in an index of passages ``(document,
+        [(passage, vector), ...])`` with the passages' ids kept too."""
         kept = 0
         with self.db.atomic():
-            for document, vector in rows:
+            for document, vectors in rows:
                 self.db["documents"].insert(document)
-                stored = np.asarray(vector).astype(self.vector_dtype)
-                self.db.conn.execute(
-                    "INSERT INTO vectors (id, vector) VALUES (?, ?)",
-                    (document["id"], stored.tobytes()),
-                )
+                if isinstance(vectors, list):
+                    pairs = [
+                        (self.db["passages"].insert({**p, "document": document["id"]}).last_pk, v)
+                        for p, v in vectors
+                    ]
+                else:
+                    pairs = [(document["id"], vectors)]
+                for vector_id, vector in pairs:
+                    stored = np.asarray(vector).astype(self.vector_dtype)
+                    self.db.conn.execute(
+                        "INSERT INTO vectors (id, vector) VALUES (?, ?)",
+                        (vector_id, stored.tobytes()),
+                    )
                 kept += 1
             put_settings(self.db, {"generation": 1})
         return kept
@@ -348,14 +451,15 @@ class Store:
     def set_index_type(self, index_type: str) -> None:
         """Switch the FAISS index type; the snapshot is rebuilt from the stored vectors."""
         current = self.spec
-        if index_type == current.type and not vector_index.is_stale(current, self.count()):
+        count = self.vector_count()
+        if index_type == current.type and not vector_index.is_stale(current, count):
             return
-        self._start_index_generation(vector_index.resolve(index_type, self.count(), current.dim))
+        self._start_index_generation(vector_index.resolve(index_type, count, current.dim))
 
     def refresh_index(self) -> None:
         """Before publishing: re-resolve a stale spec (auto, IVF growth) and compact tombstones."""
         spec = self.spec
-        count = self.count()
+        count = self.vector_count()
         if vector_index.is_stale(spec, count):
             self._start_index_generation(vector_index.resolve(spec.type, count, spec.dim))
         elif len(self.snapshots.tombstones) > COMPACT_TOMBSTONES * max(count, 1):
@@ -389,8 +493,10 @@ class Store:
         vectors: np.ndarray,
         k: int,
         knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some."""
+        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some.
+        ``allowed``: only these vector ids (:meth:`matching`), applied inside the search."""
         return vector_index.top_k(
             self.snapshots.search_index(),
             self.spec,
@@ -399,7 +505,27 @@ class Store:
             self.vectors,
             knobs=knobs,
             tombstones=self.snapshots.tombstones,
+            allowed=allowed,
         )
+
+    def matching(self, condition: Condition, *, vectors: bool = False) -> np.ndarray:
+        """Ids of the documents a filter matches; with ``vectors``, the vector ids they own
+        (their passages' in an index of passages). The condition's values are bound."""
+        try:
+            if vectors and self.has_passages:
+                rows = self.db.execute(
+                    "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document "
+                    f"WHERE {condition.sql}",
+                    list(condition.params),
+                )
+            else:
+                rows = self.db.execute(
+                    f"SELECT id FROM documents WHERE {condition.sql}", list(condition.params)
+                )
+            found = [row[0] for row in rows]
+        except sqlite3.OperationalError as exc:
+            raise EngineError(f"--where {condition.text!r} cannot be applied: {exc}") from None
+        return np.asarray(found, dtype=np.int64)
 
 
 class Writer:

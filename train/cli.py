@@ -333,7 +333,7 @@ def data() -> None:
 @cache_dir_option()
 @device_option()
 @quiet_option()
-def from_beir(**options) -> None:
+def from_beir_command(**options) -> None:
     """Turn a BEIR split into training data: (query, positive) pairs with qrels score > 0.
 
     One line per relevant (query, document) pair. With --mine-negatives the
@@ -350,13 +350,13 @@ def from_beir(**options) -> None:
       engine train data from-beir --data-dir ../shared/data/beir/nfcorpus --split train \\
           --mine-negatives --max-pairs 1000 --out nfcorpus-train.jsonl
     """
-    from train.mining import from_beir as run
+    from train.mining import from_beir
 
-    summary = run(**options)
+    summary = from_beir(**options)
     click.echo(summary)
 
 
-@data.command()
+@data.command("synthesize")
 @click.option(
     "--generator",
     required=True,
@@ -409,7 +409,7 @@ def from_beir(**options) -> None:
 )
 @quiet_option()
 @json_option("Print the summary as JSON.")
-def synthesize(**options) -> None:
+def synthesize_command(**options) -> None:
     """Generate synthetic retrieval data the paper's way (two prompts per task).
 
     First the generator brainstorms retrieval tasks; then, for each task, it
@@ -427,8 +427,8 @@ def synthesize(**options) -> None:
     """
     import json
 
-    from train.synthesize import synthesize as run
+    from train.synthesize import synthesize
 
     as_json = options.pop("as_json")
-    summary = run(**options)
+    summary = synthesize(**options)
     click.echo(json.dumps(summary.to_dict()) if as_json else summary.describe())

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from engine.errors import EngineError
 from engine.progress import progress_bar
+from indexer.documents import read_corpus
 from train.data import TrainDocument, TrainExample, parse_example, write_examples
 
 # The paper's knobs for the "short-long" (query, document) examples.
@@ -498,8 +499,6 @@ class Synthesizer:
 
 def read_grounding_corpus(path: Path) -> tuple[list[TrainDocument], list[str]]:
     """Documents of ``--corpus`` through the indexer's reader (same formats as `engine index`)."""
-    from indexer.documents import read_corpus
-
     documents = [d for d in read_corpus(path) if d.text.strip()]
     if not documents:
         raise EngineError(f"--corpus {path}: no readable documents")

@@ -27,7 +27,8 @@ SUBCOMMANDS = {
         "bench.cli:bench",
         "Run benchmarks: BEIR retrieval, passkey retrieval, encoding speed, the server, "
         "distributed indexing, the Milvus backend, reliability under kill -9 and damaged files, "
-        "FAISS index types (ann), indexing memory, BM25 libraries (lexical).",
+        "FAISS index types (ann), indexing memory, BM25 libraries (lexical), long documents "
+        "(long).",
     ),
     "check": Lazy(
         "engine.app.commands.check:check_command",

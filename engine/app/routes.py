@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -59,11 +60,28 @@ LimitsDep = Annotated[Limits, Depends(served_limits)]
 router = APIRouter()
 
 
-async def run(batcher: Batcher, job: Job) -> Any:
-    return await asyncio.wrap_future(batcher.submit(job))
+# How often a waiting request looks whether its client is still there.
+POLL_S = 0.2
+
+
+async def run(batcher: Batcher, job: Job, client: Request | None = None) -> Any:
+    """Queue ``job`` and wait for its answer; a client that hangs up, or a deadline passed
+    while the batcher is busy, abandons it (its remaining work units are dropped)."""
+    future = asyncio.wrap_future(batcher.submit(job))
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=POLL_S)
+        if done:
+            return future.result()
+        if client is not None and await client.is_disconnected():
+            job.abandoned = True
+            raise ApiError(503, "the client went away")
+        if time.monotonic() >= batcher.deadline_of(job) + 1.0:  # the batcher is mid-unit
+            job.abandoned = True
+            raise batcher.expired(job)
 
 
 async def answer_search(
+    client: Request,
     batcher: Batcher,
     limits: Limits,
     queries: list[str],
@@ -107,6 +125,7 @@ async def answer_search(
             mode=mode,
             fusion=fused,
         ),
+        client,
     )
     return SearchResponse(
         model=batcher.encoder.name,
@@ -120,12 +139,13 @@ async def answer_search(
 
 @router.post("/search", response_model=SearchResponse, tags=["search"])
 async def search_post(
-    request: SearchRequest, batcher: BatcherDep, limits: LimitsDep
+    request: SearchRequest, batcher: BatcherDep, limits: LimitsDep, client: Request
 ) -> SearchResponse:
     """Top-k hits per query: the hits `engine search --json` prints."""
     queries = ([request.query] if request.query is not None else []) + (request.queries or [])
     knobs = SearchKnobs(nprobe=request.nprobe, ef_search=request.ef_search)
     return await answer_search(
+        client,
         batcher,
         limits,
         queries,
@@ -143,6 +163,7 @@ async def search_post(
 async def search_get(
     batcher: BatcherDep,
     limits: LimitsDep,
+    client: Request,
     q: str = Query(description="The query."),
     instruct: str | None = Query(None, description="Task instruction."),
     no_instruct: bool = Query(False, description="No instruction at all."),
@@ -160,13 +181,13 @@ async def search_get(
     """The same search for browsers and curl: `/search?q=...&k=5&mode=hybrid`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
     return await answer_search(
-        batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha
+        client, batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha
     )
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["embeddings"])
 async def embeddings(
-    request: EmbeddingRequest, batcher: BatcherDep, limits: LimitsDep
+    request: EmbeddingRequest, batcher: BatcherDep, limits: LimitsDep, client: Request
 ) -> EmbeddingResponse:
     """OpenAI-compatible embeddings from the served model (float or base64 float32)."""
     encoder = batcher.encoder
@@ -206,6 +227,7 @@ async def embeddings(
             titles=request.titles,
             token_ids=token_ids,
         ),
+        client,
     )
     data = [
         EmbeddingData(index=i, embedding=_encode_vector(vector, request.encoding_format))
@@ -216,13 +238,13 @@ async def embeddings(
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["embeddings"])
-async def models(request: Request, batcher: BatcherDep) -> ModelList:
+async def list_models(request: Request, batcher: BatcherDep) -> ModelList:
     """OpenAI's model list: the one model this server embeds with."""
     return ModelList(data=[_served_model(request, batcher)])
 
 
 @router.get("/v1/models/{model:path}", response_model=Model, tags=["embeddings"])
-async def model(model: str, request: Request, batcher: BatcherDep) -> Model:
+async def retrieve_model(model: str, request: Request, batcher: BatcherDep) -> Model:
     """The served model, under its name (or its last path part)."""
     if not _names_model(model, batcher.encoder.name):
         raise ApiError(404, f"model {model!r} is not served here; this is {batcher.encoder.name!r}")

@@ -302,8 +302,16 @@ def run_server(
     limits: Limits,
     access_log: bool = False,
     backend: MilvusIndex | None = None,
+    shutdown_timeout: float | None = None,
 ) -> None:
-    """Load the encoder and the index once, then serve until SIGTERM or Ctrl-C."""
+    """Load the encoder and the index once, then serve until SIGTERM or Ctrl-C.
+
+    On SIGTERM the server stops accepting and answers every request in flight within
+    ``shutdown_timeout`` seconds (default: the request timeout + 5 s), with its result or a
+    JSON 503, then exits 0.
+    """
+    if shutdown_timeout is None:
+        shutdown_timeout = limits.request_timeout + 5
     check_api_key(api_key)  # before the model loads: a misconfiguration is said at once
     if backend is not None:
         encoder = load_encoder_for(backend, model, device)
@@ -329,13 +337,32 @@ def run_server(
     # handler found at start: a no-op one lets `engine serve` exit 0 after a clean stop.
     for stop_signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop_signal, lambda *_: None)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level="warning",
         access_log=False,  # AccessLog prints engine's own lines, with the time taken
         http=http_protocol(),
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=shutdown_timeout,
     )
+    GracefulServer(config, app.state.batcher, shutdown_timeout).run()
     print("Stopped.", flush=True)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server; on SIGTERM/SIGINT the batcher learns the grace first, so every request
+    in flight gets its answer or a JSON 503 before uvicorn would cancel it (a plain 500)."""
+
+    # Seconds kept back from the grace to send the last answers.
+    ANSWER_MARGIN_S = 1.5
+
+    def __init__(self, config: uvicorn.Config, batcher: Batcher, grace: float) -> None:
+        super().__init__(config)
+        self.batcher = batcher
+        self.grace = grace
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if not self.should_exit:
+            self.batcher.begin_shutdown(max(self.grace - self.ANSWER_MARGIN_S, 0.0))
+        super().handle_exit(sig, frame)

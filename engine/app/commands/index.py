@@ -19,6 +19,7 @@ from engine.options import (
     quiet_option,
 )
 from indexer.documents import read_corpus
+from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS, PassageSpec, passage_spec
 
 
 @click.command("index")
@@ -34,6 +35,28 @@ from indexer.documents import read_corpus
     "--instruct",
     "default_instruction",
     help="Default task instruction stored with the index, used by `engine search` when it gets none.",
+)
+@click.option(
+    "--passages",
+    "passage_tokens",
+    type=click.IntRange(min=1),
+    metavar="TOKENS",
+    help="Split every document into windows of this many model tokens (title repeated at the "
+    "head of each) and search documents by their best passage; the whole document is read "
+    "(default: one vector of the first --max-length tokens). Stored with the index.",
+)
+@click.option(
+    "--passage-overlap",
+    type=click.IntRange(min=0),
+    metavar="TOKENS",
+    help="Tokens each passage shares with the one before (default: an eighth of --passages).",
+)
+@click.option(
+    "--max-document-tokens",
+    type=click.IntRange(min=1),
+    metavar="TOKENS",
+    help="With --passages: tokens of a document read and encoded at most "
+    f"(default {DEFAULT_MAX_DOCUMENT_TOKENS:,}).",
 )
 @click.option(
     "--rebuild", is_flag=True, help="Start over: re-encode everything into a fresh index."
@@ -54,6 +77,9 @@ def index_command(
     model: str | None,
     max_length: int | None,
     default_instruction: str | None,
+    passage_tokens: int | None,
+    passage_overlap: int | None,
+    max_document_tokens: int | None,
     rebuild: bool,
     index_type: str | None,
     batch_tokens: int | None,
@@ -75,6 +101,8 @@ def index_command(
       engine index ./corpus --index ./my-index --max-length 256
       engine index ./corpus --model intfloat/e5-mistral-7b-instruct --rebuild
       engine index ./corpus --instruct "Given a question, retrieve passages that answer it"
+      engine index ./manuals --passages 256 --passage-overlap 32 --rebuild
+        (whole documents in windows of 256 tokens; search returns documents by best passage)
       torchrun --nnodes 2 --nproc_per_node 8 ... -m engine index ./corpus --model ./e5-mistral
         (every rank encodes a share balanced by tokens; rank 0 alone writes the index)
       engine index ./corpus --index-type hnsw
@@ -83,20 +111,22 @@ def index_command(
     # Here, not at the top: `engine index --help` and argument errors load no torch.
     from engine.encoder import Encoder, document_tokens
     from indexer.distributed import IndexingGroup
-    from indexer.indexing import model_for_index, update_index
+    from indexer.indexing import model_for_index, passages_for_index, update_index
     from indexer.vector_index import validate_type
 
-    def model_and_length() -> tuple[str | None, int | None]:
+    def model_and_length() -> tuple[str | None, int | None, dict | None]:
         """Checked on the writer (rank 0) before any rank loads a model."""
         if not corpus.exists():
             raise EngineError(f"corpus not found: {corpus}")
         if index_type is not None:
             validate_type(index_type)
-        return model_for_index(index_dir, model, max_length, rebuild=rebuild)
+        asked = passage_spec(passage_tokens, passage_overlap, max_document_tokens)
+        passages = passages_for_index(index_dir, asked, rebuild=rebuild)
+        return (*model_for_index(index_dir, model, max_length, rebuild=rebuild), passages)
 
     # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
     with IndexingGroup() as group:
-        chosen_model, chosen_length = group.writer_decides(model_and_length)
+        chosen_model, chosen_length, chosen_passages = group.writer_decides(model_and_length)
         encoder = Encoder.load(
             chosen_model,
             device=group.device(device),
@@ -107,7 +137,12 @@ def index_command(
         if not group.is_writer:
             group.encode_for_writer(encoder)
             return
-        scan = read_corpus(corpus, max_tokens=encoder.max_length)  # lazy: read as indexed
+        passages = PassageSpec(**chosen_passages) if chosen_passages else None
+        scan = read_corpus(  # lazy: read as indexed; passages: streamed whole
+            corpus,
+            max_tokens=passages.max_document_tokens if passages else encoder.max_length,
+            whole=passages is not None,
+        )
         report = update_index(
             index_dir,
             encoder,
@@ -117,6 +152,7 @@ def index_command(
             keep_sources=scan.failed_sources,
             index_type=validate_type(index_type) if index_type is not None else None,
             progress=not quiet and not as_json,
+            passages=passages,
             group=group,
         )
     summary = {
@@ -124,6 +160,7 @@ def index_command(
         "corpus": str(corpus),
         "model": encoder.name,
         "max_length": encoder.max_length,
+        "passage_setting": chosen_passages,
         **report.to_dict(),
         "skipped": len(scan.skipped),
         "ignored_files": scan.ignored,
@@ -139,8 +176,9 @@ def index_command(
         f"{report.unchanged} unchanged; {report.total} documents; index {report.index_type}."
     )
     if report.encoded:
+        split = f" in {report.passages:,} passages" if passages else ""
         click.echo(
-            f"Encoded {report.encoded} documents ({report.encoded_tokens:,} tokens) "
+            f"Encoded {report.encoded} documents{split} ({report.encoded_tokens:,} tokens) "
             f"in {report.seconds:.1f}s, {report.encoded / report.seconds:.1f} docs/s"
             + (f" on {report.ranks} ranks." if report.ranks > 1 else ".")
         )

@@ -26,6 +26,8 @@ from engine.options import (
     search_knob_options,
     search_mode_options,
 )
+from indexer.filters import combine, source_glob
+from indexer.filters import parse as parse_filter
 from indexer.fusion import DEFAULT_MODE, METHODS, MODES
 
 
@@ -41,6 +43,16 @@ from indexer.fusion import DEFAULT_MODE, METHODS, MODES
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
 @search_mode_options(MODES, METHODS, f"{DEFAULT_MODE}; dense on a Milvus backend")
+@click.option(
+    "--where",
+    "where",
+    metavar="EXPR",
+    help="Only documents whose metadata match, e.g. 'extension = \".md\" and size > 1000' "
+    "(= != < <= > >=, in (...), glob, and/or/not, parentheses). Applied inside the search.",
+)
+@click.option(
+    "--source", "source_pattern", metavar="GLOB", help="Only documents whose source path matches."
+)
 @search_knob_options
 @model_option(INDEX_MODEL)
 @device_option()
@@ -62,6 +74,8 @@ def search_command(
     no_instruct: bool,
     k: int,
     mode: str | None,
+    where: str | None,
+    source_pattern: str | None,
     fusion: str | None,
     alpha: float | None,
     nprobe: int | None,
@@ -89,6 +103,9 @@ def search_command(
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
       engine search "BRCA1 p.Glu1836fs" --mode lexical   # BM25 only: exact names and codes
       engine search "how do plants make sugar" --mode hybrid --fusion weighted --alpha 0.7
+      engine search "TCP handshake" --where 'extension in (".md", ".txt") and size < 100000'
+      engine search "TCP handshake" --source 'docs/*'
+      engine search "gene therapy" --where 'year >= 2020 and not lang = "de"'  # JSON-lines fields
     """
     query = repaired(query, "the query")
     instruction = repaired(instruction, "--instruct")
@@ -97,6 +114,12 @@ def search_command(
     check_instruction(instruction, no_instruct)
     if server and backend:
         raise EngineError("--server and --backend exclude each other")
+    condition = combine(
+        parse_filter(where) if where is not None else None,
+        source_glob(source_pattern) if source_pattern else None,
+    )
+    if server and condition is not None:
+        raise EngineError("--where and --source are not supported with --server yet")
     if server:
         answer = search_server(
             server,
@@ -148,6 +171,7 @@ def search_command(
             ef_search=ef_search,
             mode=mode,
             fusion=fused,
+            where=condition,
         )[0]
         hits = [hit.to_dict() for hit in found]
     if as_json:
@@ -163,4 +187,10 @@ def search_command(
         where = doc_id if doc_id == source else f"{doc_id}  [{source}]"
         title = f"  {hit['title']}" if hit["title"] else ""
         click.echo(f"{hit['rank']:>3}. {hit['score']:.4f}  {where}{title}")
+        passage = hit.get("passage")
+        if passage:  # an index of passages: the best passage and where it lies
+            click.echo(
+                f"     passage {passage['position'] + 1}, characters "
+                f"{passage['char_start']:,}-{passage['char_end']:,}"
+            )
         click.echo(f"     {hit['snippet']}")

@@ -55,6 +55,19 @@ from indexer.milvus import MilvusIndex
     help="Requests that may wait for the encoder; more get 503 with Retry-After.",
 )
 @click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds a request may take; past it the answer is 504 and its remaining work is dropped.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    help="Seconds SIGTERM waits for requests in flight (each gets its answer or a JSON 503) "
+    "before exiting [default: --request-timeout + 5].",
+)
+@click.option(
     "--access-log",
     is_flag=True,
     help="Print one line per request on stdout: client, method, path, status, milliseconds.",
@@ -71,6 +84,8 @@ def serve_command(
     api_key: str | None,
     batch_wait_ms: float,
     queue_size: int,
+    request_timeout: float,
+    shutdown_timeout: float | None,
     access_log: bool,
     backend: str | None,
     collection: str,
@@ -107,7 +122,9 @@ def serve_command(
     milvus = None
     if backend:
         milvus = MilvusIndex.open(backend, collection, token)
-    limits = Limits(queue_size=queue_size, batch_wait=batch_wait_ms / 1000)
+    limits = Limits(
+        queue_size=queue_size, batch_wait=batch_wait_ms / 1000, request_timeout=request_timeout
+    )
     run_server(
         index_dir,
         host=host,
@@ -118,4 +135,5 @@ def serve_command(
         limits=limits,
         access_log=access_log,
         backend=milvus,
+        shutdown_timeout=shutdown_timeout,
     )

@@ -64,9 +64,15 @@ function showHits(hits, query) {
     const head = el("div", "head");
     head.append(el("span", "rank", hit.rank + "."), el("span", "title", hit.title || hit.doc_id),
       el("span", "score", hit.score.toFixed(4)));
-    const where = hit.doc_id === hit.source ? hit.source : hit.source + " · " + hit.doc_id;
+    let where = hit.doc_id === hit.source ? hit.source : hit.source + " · " + hit.doc_id;
     const snippet = el("p", "snippet");
     snippet.append(highlighted(hit.snippet, query));
+    if (hit.passage) {  // an index of passages: the snippet is the document's best passage
+      const p = hit.passage;
+      where += " · passage " + (p.position + 1) + ", characters " + p.char_start.toLocaleString()
+        + "–" + p.char_end.toLocaleString();
+      snippet.classList.add("passage");
+    }
     item.append(head, el("div", "source", where), snippet);
     list.append(item);
   }
