@@ -126,6 +126,7 @@ def update_index(
     progress: bool = True,
     passages: PassageSpec | None = None,
     group: IndexingGroup | None = None,
+    remove_missing: bool = True,
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
 
@@ -142,7 +143,8 @@ def update_index(
     stored with the index; another one needs ``rebuild``), a document's passages
     committed together, the text streamed through the windows. ``group`` (the ranks of
     a ``torchrun`` launch, entered on every rank) spreads the encoding over its ranks;
-    None encodes in this process.
+    None encodes in this process. ``remove_missing`` False adds and updates only (the
+    Python API's ``upsert``): indexed documents missing from ``documents`` are kept.
     """
     started = time.perf_counter()
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
@@ -187,7 +189,11 @@ def update_index(
                     bar.encoded(len(positions), sum(len(ids[p]) for p in positions))
                 del chunk, ids, positions, vectors  # not held while the next is encoded
         kept = set(keep_sources)
-        removed = [s.id for key, s in existing.items() if key not in seen and key[0] not in kept]
+        removed = [
+            s.id
+            for key, s in existing.items()
+            if remove_missing and key not in seen and key[0] not in kept
+        ]
         report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
         store.commit(remove=removed)
         report.removed = len(removed)

@@ -120,8 +120,6 @@ def search_command(
         parse_filter(where) if where is not None else None,
         source_glob(source_pattern) if source_pattern else None,
     )
-    if server and condition is not None:
-        raise EngineError("--where and --source are not supported with --server yet")
     if server:
         answer = search_server(
             server,
@@ -135,6 +133,7 @@ def search_command(
             mode=mode,
             fusion=fusion,
             alpha=alpha,
+            where=condition.text if condition is not None else None,
         )
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
