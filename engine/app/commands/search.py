@@ -28,7 +28,7 @@ from engine.options import (
 )
 from indexer.filters import combine, source_glob
 from indexer.filters import parse as parse_filter
-from indexer.fusion import DEFAULT_MODE, METHODS, MODES
+from indexer.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 
 
 @click.command("search")
@@ -42,7 +42,9 @@ from indexer.fusion import DEFAULT_MODE, METHODS, MODES
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
-@search_mode_options(MODES, METHODS, f"{DEFAULT_MODE}; dense on a Milvus backend")
+@search_mode_options(
+    MODES, METHODS, f"{DEFAULT_MODE}, {Fusion().describe()}; dense on a Milvus backend"
+)
 @click.option(
     "--where",
     "where",
