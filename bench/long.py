@@ -82,6 +82,12 @@ def file_qrels(
     return result
 
 
+def subset_qrels(qrels: dict[str, dict[str, int]], kept: set[str]) -> dict[str, dict[str, int]]:
+    """Judgements on the kept documents, for the queries with a relevant one among them."""
+    subset = {q: {d: g for d, g in judged.items() if d in kept} for q, judged in qrels.items()}
+    return {q: judged for q, judged in subset.items() if any(g > 0 for g in judged.values())}
+
+
 def index_and_score(
     encoder,
     documents: list[Document],
@@ -169,6 +175,12 @@ def index_and_score(
     show_default=True,
     help="Tokens of each file the first-tokens mode encodes (and of each original document).",
 )
+@click.option(
+    "--documents",
+    type=click.IntRange(min=1),
+    help="Use only the first N documents of the shuffled corpus (and the queries judged on "
+    "them): a run that fits a small CPU budget (default: all).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffle of the corpus.")
 @model_option()
 @batch_tokens_option()
@@ -184,6 +196,7 @@ def long(
     passage_tokens: int,
     passage_overlap: int,
     max_length: int,
+    documents: int | None,
     seed: int,
     model: str | None,
     batch_tokens: int | None,
@@ -204,6 +217,7 @@ def long(
     Examples:
       engine bench long --data-dir ../shared/data/beir/scifact --out bench/results
       engine bench long --data-dir ../shared/data/beir/nfcorpus --file-tokens 2048 --passages 128
+      engine bench long --data-dir ../shared/data/beir/scifact --documents 1000
     """
     from bench.beir import PROFILE_DEFAULT, resolve_instruction
     from engine.encoder import Encoder
@@ -223,6 +237,13 @@ def long(
     instruction = resolve_instruction(encoder, data.name, PROFILE_DEFAULT)
     order = list(data.corpus)
     random.Random(seed).shuffle(order)
+    queries, qrels = data.queries, data.qrels
+    if documents is not None:
+        order = order[:documents]
+        qrels = subset_qrels(qrels, {d.doc_id for d in order})
+        queries = {q: text for q, text in queries.items() if q in qrels}
+        if not queries:
+            raise EngineError(f"no query is judged relevant on the first {documents} documents")
     lengths = [
         len(ids)
         for ids in encoder.tokenizer(
@@ -235,28 +256,26 @@ def long(
         if not (quiet or as_json):
             click.echo(text, err=True)
 
-    say(
-        f"{data.name}: {len(order)} documents, {corpus_tokens:,} tokens, {len(data.queries)} queries"
-    )
+    say(f"{data.name}: {len(order)} documents, {corpus_tokens:,} tokens, {len(queries)} queries")
     say("short documents (the original corpus), first tokens ...")
     short = index_and_score(
-        encoder, order, data.queries, data.qrels, instruction=instruction, passages=None,
+        encoder, order, queries, qrels, instruction=instruction, passages=None,
         corpus_tokens=corpus_tokens,
     )  # fmt: skip
     say(f"  nDCG@10 {short['ndcg@10']:.4f}; passages ...")
     short_passages = index_and_score(
-        encoder, order, data.queries, data.qrels, instruction=instruction, passages=spec,
+        encoder, order, queries, qrels, instruction=instruction, passages=spec,
         corpus_tokens=corpus_tokens,
     )  # fmt: skip
     rows = []
     for size in sizes:
         files, owner = pack_files(order, lengths, size)
-        judged = file_qrels(data.qrels, owner)
+        judged = file_qrels(qrels, owner)
         row: dict[str, Any] = {"file_tokens": size, "files": len(files)}
         for key, passages in (("first_tokens", None), ("passages", spec)):
             say(f"files of {size} tokens ({len(files)}), {key} ...")
             row[key] = index_and_score(
-                encoder, files, data.queries, judged, instruction=instruction,
+                encoder, files, queries, judged, instruction=instruction,
                 passages=passages, corpus_tokens=corpus_tokens,
             )  # fmt: skip
         row["passages_share_of_short"] = round(row["passages"]["ndcg@10"] / short["ndcg@10"], 4)
@@ -278,20 +297,26 @@ def long(
         "seed": seed,
         "documents": len(order),
         "corpus_tokens": corpus_tokens,
-        "queries": len(data.queries),
+        "queries": len(queries),
+        "documents_used": "all"
+        if documents is None
+        else f"the first {documents} after the shuffle",
         "rule": "a file is relevant to a query with the highest grade of its documents; "
         "with passages a file scores its best passage",
         "short_documents": {"first_tokens": short, "passages": short_passages},
         "long_documents": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"long-{data.name}-{encoder.name.split('/')[-1]}-passages{spec.tokens}.json"
+    subset = f"-{documents}docs" if documents is not None else ""
+    path = (
+        out / f"long-{data.name}{subset}-{encoder.name.split('/')[-1]}-passages{spec.tokens}.json"
+    )
     path.write_text(json.dumps(summary, indent=2) + "\n")
     if as_json:
         click.echo(json.dumps(summary))
         return
     click.echo(
-        f"{data.name}: {len(order)} documents ({corpus_tokens:,} tokens), {len(data.queries)} "
+        f"{data.name}: {len(order)} documents ({corpus_tokens:,} tokens), {len(queries)} "
         f"queries; {encoder.name}, first {encoder.max_length} tokens vs passages of {spec.tokens}"
     )
     click.echo(

@@ -23,10 +23,11 @@ import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from functools import cached_property
-from pathlib import Path
-from typing import BinaryIO
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS
 from engine.text import path_text, repair_text
@@ -66,6 +67,9 @@ class Document:
     title: str
     text: str
     pieces: Callable[[], Iterable[str]] | None = field(default=None, compare=False, repr=False)
+    # What filters (``--where``) see besides source, title and doc_id: a file's extension,
+    # size and modified time, a JSON record's extra fields. Not part of the content hash.
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def stream(self) -> Iterable[str]:
         """The whole text, in pieces (one piece unless the document is streamed)."""
@@ -166,6 +170,7 @@ class CorpusScan:
                         document = streamed_file_document(file, source, self.head)
                     else:
                         document = read_file_document(file, source, self.head)
+                document = replace(document, metadata=file_metadata(file))
                 self.bytes_read = start + _file_size(file)
                 yield document
                 return
@@ -205,6 +210,18 @@ def _walk(root: Path) -> Iterator[Path]:
         for name in sorted(files):
             if not name.startswith("."):
                 yield Path(folder) / name
+
+
+def file_metadata(file: Path) -> dict[str, Any]:
+    """A file's metadata for filters: extension (lower case, with its dot), size in bytes,
+    modified time (ISO 8601, UTC)."""
+    status = file.stat()
+    modified = datetime.fromtimestamp(status.st_mtime, tz=timezone.utc)
+    return {
+        "extension": file.suffix.lower(),
+        "size": status.st_size,
+        "modified": modified.isoformat(timespec="seconds"),
+    }
 
 
 def read_file_document(
@@ -432,6 +449,10 @@ def json_records(
                 yield document
 
 
+# A record's own fields; the others are kept as its metadata (scalars only).
+RECORD_FIELDS = ("_id", "id", "title", "text")
+
+
 def record_document(record: object, source: str, fallback_id: str) -> Document:
     """One BEIR-style record; ``id`` is accepted for ``_id``, ``title`` is optional."""
     if not isinstance(record, dict):
@@ -449,11 +470,17 @@ def record_document(record: object, source: str, fallback_id: str) -> Document:
         raise Unreadable("empty")
     # Lone surrogates (JSON escapes like "\\ud800" in scraped data) cannot be tokenized or
     # stored: each becomes U+FFFD, the record is kept.
+    extra = {
+        key: value
+        for key, value in record.items()
+        if key not in RECORD_FIELDS and isinstance(value, (str, int, float, bool))
+    }
     return Document(
         doc_id=repair_text(str(raw_id)),
         source=source,
         title=repair_text(title.strip()),
         text=repair_text(text.strip()),
+        metadata={"extension": PurePosixPath(source).suffix.lower(), **extra},
     )
 
 

@@ -9,6 +9,7 @@ does not grow with the corpus beyond the store's own keys.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Collection, Iterable, Iterator, Sized
@@ -125,6 +126,7 @@ def update_index(
     progress: bool = True,
     passages: PassageSpec | None = None,
     group: IndexingGroup | None = None,
+    remove_missing: bool = True,
 ) -> IndexReport:
     """Bring the index in ``index_dir`` in line with ``documents``.
 
@@ -141,7 +143,8 @@ def update_index(
     stored with the index; another one needs ``rebuild``), a document's passages
     committed together, the text streamed through the windows. ``group`` (the ranks of
     a ``torchrun`` launch, entered on every rank) spreads the encoding over its ranks;
-    None encodes in this process.
+    None encodes in this process. ``remove_missing`` False adds and updates only (the
+    Python API's ``upsert``): indexed documents missing from ``documents`` are kept.
     """
     started = time.perf_counter()
     checkpoint_documents = _positive_int_env("ENGINE_CHECKPOINT_DOCUMENTS", 512)
@@ -186,7 +189,11 @@ def update_index(
                     bar.encoded(len(positions), sum(len(ids[p]) for p in positions))
                 del chunk, ids, positions, vectors  # not held while the next is encoded
         kept = set(keep_sources)
-        removed = [s.id for key, s in existing.items() if key not in seen and key[0] not in kept]
+        removed = [
+            s.id
+            for key, s in existing.items()
+            if remove_missing and key not in seen and key[0] not in kept
+        ]
         report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
         store.commit(remove=removed)
         report.removed = len(removed)
@@ -261,6 +268,7 @@ def _commit(store, chunk: Pending, ids, positions, vectors, report: IndexReport)
             "text": split[0][0].text if split else doc.text,
             "content_hash": doc.content_hash,
             "token_count": tokens,
+            "metadata": json.dumps(doc.metadata),
         }
         if split:
             row["passages"] = [{**p.offsets(), "text": p.text} for p in split[0]]
@@ -338,14 +346,20 @@ def _passage_checkpoints(
 
 
 def _encode_passages(encoder: Encoder, chunk: list, ids: list, bar: RunProgress):
-    """Encode every passage of ``chunk``'s documents; their vectors row after row."""
-    flat = [passage for document in ids for passage in document]
-    vectors = np.zeros((len(flat), encoder.dim), dtype=np.float32)
-    for positions, batch in encoder.iter_encode(flat):
-        vectors[positions] = batch
-        bar.encoded(0, sum(len(flat[p]) for p in positions))
+    """Encode every passage of ``chunk``'s documents; their vectors row after row.
+
+    Passages with the same token ids (repeated boilerplate, headers, log lines) are
+    encoded once: the vectors are the same."""
+    flat = [tuple(passage) for document in ids for passage in document]
+    first: dict[tuple[int, ...], int] = {}
+    slot = [first.setdefault(passage, len(first)) for passage in flat]
+    distinct = list(first)
+    encoded = np.zeros((len(distinct), encoder.dim), dtype=np.float32)
+    for positions, batch in encoder.iter_encode(distinct):
+        encoded[positions] = batch
+        bar.encoded(0, sum(len(distinct[p]) for p in positions))
     bar.encoded(len(chunk), 0)
-    return chunk, ids, list(range(len(chunk))), vectors
+    return chunk, ids, list(range(len(chunk))), encoded[slot]
 
 
 def _passage_title(encoder: Encoder, title: str, tokens: int) -> str:

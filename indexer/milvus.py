@@ -12,6 +12,9 @@ re-export upserts only documents whose hash (or id/source) changed and deletes
 those gone from the index. The collection's properties hold the model name and
 fingerprint, dimension, length and default instruction: a collection made by
 another model is refused, and ``engine search --backend`` needs no local index.
+An index of passages exports one entity per passage (its id the passage id), with its
+document's fields, the passage's text and its offsets; a search groups them by
+document as the local index does.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from engine.errors import EngineError
 from engine.progress import progress_bar
 from indexer.folder import utc_now
 from indexer.schema import check_compatible
-from indexer.store import Store
+from indexer.store import PASSAGE_FIELDS, Store
 from indexer.vector_index import SearchKnobs
 
 DEFAULT_COLLECTION = "engine"
@@ -47,8 +50,11 @@ CARRIED_SETTINGS = (
     "profile",
     "default_instruction",
     "metric",
+    "passages",
 )
 TEXT_FIELDS = ("doc_id", "source", "title", "text", "content_hash")
+# An index of passages: the store id of the passage's document, and where the passage lies.
+PASSAGE_INT_FIELDS = ("document", *PASSAGE_FIELDS)
 # Milvus caps a VARCHAR at 65535 bytes; longer values (in practice only texts) are cut.
 VARCHAR_BYTES = 65_535
 # Rows per upsert: stays well under gRPC's message limit even for 4096-dim vectors.
@@ -177,7 +183,7 @@ class MilvusIndex:
                 data=np.asarray(vectors, dtype=np.float32).tolist(),
                 limit=k,
                 anns_field="vector",
-                output_fields=list(TEXT_FIELDS),
+                output_fields=self._fields(),
                 search_params={"metric_type": "IP", "params": params},
             )
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
@@ -196,11 +202,19 @@ class MilvusIndex:
         if missing:
             with milvus_errors(self.uri):
                 fetched = self.client.get(
-                    self.collection, ids=missing, output_fields=["id", *TEXT_FIELDS]
+                    self.collection, ids=missing, output_fields=["id", *self._fields()]
                 )
             for row in fetched:
                 self._rows[int(row["id"])] = dict(row)
         return [self._rows[i] for i in wanted if i in self._rows]
+
+    def get_passages(self, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """For passage ids, the rows :meth:`indexer.store.Store.get_passages` gives."""
+        return [_passage_row(row) for row in self.get(ids)]
+
+    def _fields(self) -> list[str]:
+        passages = isinstance(self._settings.get("passages"), dict)
+        return [*TEXT_FIELDS, *(PASSAGE_INT_FIELDS if passages else ())]
 
     def close(self) -> None:
         self.client.close()
@@ -226,11 +240,6 @@ def export_index(
         raise EngineError(
             f"unknown --index-type {index_type!r}; choose one of {', '.join(INDEX_TYPE_CHOICES)}"
         )
-    if store.has_passages:
-        raise EngineError(
-            "engine export milvus does not export an index of passages yet "
-            "(index without --passages to export it)"
-        )
     started = time.perf_counter()
     report = ExportReport()
     wanted = {key: store.settings.get(key) for key in CARRIED_SETTINGS}
@@ -245,20 +254,20 @@ def export_index(
                 check_compatible(stored, wanted, where, fix="use --rebuild to replace it")
                 client.load_collection(collection)
                 if index_type not in ("auto", stored.get("index_type")):
-                    stored.update(_replace_index(client, collection, index_type, store.count()))
+                    stored.update(
+                        _replace_index(client, collection, index_type, store.vector_count())
+                    )
                 report.index_type = stored["index_type"]
                 remote = _remote_manifest(client, collection)
             else:
-                chosen = _auto_index_type(store.count()) if index_type == "auto" else index_type
+                count = store.vector_count()
+                chosen = _auto_index_type(count) if index_type == "auto" else index_type
                 stored = {
                     **wanted,
-                    **_create_collection(client, collection, wanted, chosen, store.count()),
+                    **_create_collection(client, collection, wanted, chosen, count),
                 }
                 report.index_type, report.created, remote = chosen, True, {}
-            local = {
-                stored_doc.id: _fit_all((doc_id, source, stored_doc.content_hash))
-                for (source, doc_id), stored_doc in store.existing().items()
-            }
+            local = {i: _fit_all(key) for i, key in store.vector_keys().items()}
             changed = sorted(i for i, key in local.items() if remote.get(i) != key)
             gone = sorted(set(remote) - set(local))
             bar = progress_bar(len(changed), "exporting", enabled=progress)
@@ -342,6 +351,9 @@ def _create_collection(
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(settings["dim"]))
     for name in TEXT_FIELDS:
         schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_BYTES)
+    if isinstance(settings.get("passages"), dict):
+        for name in PASSAGE_INT_FIELDS:
+            schema.add_field(name, DataType.INT64)
     params, chosen = _index_params(client, index_type, documents)
     client.create_collection(
         collection, schema=schema, index_params=params, consistency_level="Strong"
@@ -377,16 +389,39 @@ def _remote_manifest(client, collection: str) -> dict[int, tuple[str, str, str]]
 
 
 def _entities(store: Store, ids: Sequence[int]) -> list[dict[str, Any]]:
-    rows = {row["id"]: row for row in store.get(ids)}
+    """The entities of these vector ids: a document's fields, or a passage's (its text and
+    offsets, with its document's fields)."""
+    if store.has_passages:
+        rows = {}
+        for row in store.get_passages(ids):
+            passage = row["passage"]
+            rows[passage["id"]] = {
+                **row,
+                "text": passage["text"],
+                "document": row["id"],
+                **{name: passage[name] for name in PASSAGE_FIELDS},
+            }
+        ints = PASSAGE_INT_FIELDS
+    else:
+        rows, ints = {row["id"]: row for row in store.get(ids)}, ()
     vectors = store.vectors(ids)
     return [
         {
             "id": int(i),
             "vector": vector.tolist(),
             **{name: _fit(str(rows[i][name])) for name in TEXT_FIELDS},
+            **{name: int(rows[i][name]) for name in ints},
         }
         for i, vector in zip(ids, vectors, strict=True)
     ]
+
+
+def _passage_row(entity: dict[str, Any]) -> dict[str, Any]:
+    """A passage entity as a document row with its ``passage`` (as the store gives it)."""
+    passage = {name: int(entity[name]) for name in PASSAGE_FIELDS}
+    passage.update(text=entity["text"], id=int(entity["id"]))
+    row = {name: entity[name] for name in TEXT_FIELDS if name != "text"}
+    return {**row, "id": int(entity["document"]), "text": entity["text"], "passage": passage}
 
 
 def _fit(value: str) -> str:

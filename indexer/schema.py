@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,19 @@ def _m003_passages(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX passages_document ON passages (document, position)")
 
 
-MIGRATIONS = (_m001_initial, _m002_fp16_vectors, _m003_passages)
+def _m004_metadata(db: sqlite_utils.Database) -> None:
+    """Each document's metadata as JSON, for filters (``--where``). Existing documents get
+    what their source path tells (the extension); the next indexing run of a changed
+    document stores the rest (size, modified time, a JSON record's extra fields)."""
+    db.execute("ALTER TABLE documents ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'")
+    sources = [row[0] for row in db.execute("SELECT DISTINCT source FROM documents")]
+    db.conn.executemany(
+        "UPDATE documents SET metadata = ? WHERE source = ?",
+        [(json.dumps({"extension": PurePosixPath(s).suffix.lower()}), s) for s in sources],
+    )
+
+
+MIGRATIONS = (_m001_initial, _m002_fp16_vectors, _m003_passages, _m004_metadata)
 
 
 def migrate(db: sqlite_utils.Database) -> None:

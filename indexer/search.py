@@ -19,6 +19,8 @@ import numpy as np
 from engine.errors import EngineError
 from engine.instructions import check_instruction
 from indexer import fusion as fusion_module
+from indexer.filters import Condition
+from indexer.filters import parse as parse_filter
 from indexer.folder import reporting_damage
 from indexer.fusion import Fusion, fuse
 from indexer.passages import best_per_document
@@ -37,6 +39,8 @@ PASSAGES_DENSE_ONLY = (
 # A passage search first fetches this many passages per document asked for, more if
 # too few distinct documents come back.
 PASSAGES_PER_HIT = 4
+# The most passages one search asks for (Milvus's own cap on a search's limit).
+MAX_FETCH = 16_384
 
 
 @dataclass(frozen=True)
@@ -194,19 +198,45 @@ def ranked(
     *,
     mode: str = "dense",
     fusion: Fusion = Fusion(),  # noqa: B008 - frozen
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) per query, rows padded with id -1, in the given mode.
 
     ``vectors`` (the queries' embeddings) are needed by dense and hybrid, ``queries`` (the
     texts) by lexical and hybrid. Hybrid takes ``fusion.candidates(k)`` from each side.
+    ``allowed`` (document ids matching a filter) restricts every side inside its search.
     """
     if mode == "dense":
-        return index.search(vectors, k, knobs)
+        return dense_search(index, vectors, k, knobs, allowed)
     if mode == "lexical":
-        return index.lexical_search(queries, k)
+        return index.lexical_search(queries, k, allowed)
     depth = fusion.candidates(k)
-    dense = index.search(vectors, depth, knobs)
-    return fuse_rows(dense, index.lexical_search(queries, depth), k, fusion)
+    dense = dense_search(index, vectors, depth, knobs, allowed)
+    return fuse_rows(dense, index.lexical_search(queries, depth, allowed), k, fusion)
+
+
+def dense_search(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    k: int,
+    knobs: SearchKnobs,
+    allowed: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The vector index's top ``k``, filtered inside the search when ``allowed`` is given."""
+    if allowed is None:
+        return index.search(vectors, k, knobs)
+    return index.search(vectors, k, knobs, allowed=allowed)
+
+
+def allowed_ids(
+    index: SearchIndex, where: Condition | None, *, vectors: bool = False
+) -> np.ndarray | None:
+    """The ids a filter lets through (None: no filter); see :meth:`Store.matching`."""
+    if where is None:
+        return None
+    if not hasattr(index, "matching"):
+        raise EngineError(f"--where is not supported on {describe_index(index)} yet")
+    return index.matching(where, vectors=vectors)
 
 
 def fuse_rows(
@@ -245,21 +275,27 @@ def hits_for(
     queries: Sequence[str] = (),
     mode: str = "dense",
     fusion: Fusion = Fusion(),  # noqa: B008 - frozen
+    where: Condition | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits for each query: search_queries() and the server.
 
     ``vectors``: the queries' embeddings (dense, hybrid); ``queries``: their texts
     (lexical, hybrid). ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS
     index or a Milvus one). An index of passages answers ``k`` distinct documents by
-    their best passage, dense only (see :func:`passage_hits`).
+    their best passage, dense only (see :func:`passage_hits`). ``where``: a filter
+    (:mod:`indexer.filters`) applied inside the search: ``k`` hits whenever ``k``
+    documents match.
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
         if has_passages(index):
             if mode != "dense":
                 raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
-            return passage_hits(index, vectors, k, knobs)
-        scores, ids = ranked(index, vectors, queries, k, knobs, mode=mode, fusion=fusion)
+            return passage_hits(index, vectors, k, knobs, allowed_ids(index, where, vectors=True))
+        allowed = allowed_ids(index, where)
+        scores, ids = ranked(
+            index, vectors, queries, k, knobs, mode=mode, fusion=fusion, allowed=allowed
+        )
         rows = {row["id"]: row for row in index.get({int(i) for i in ids.ravel() if i >= 0})}
     return make_hits(scores, ids, rows)
 
@@ -269,8 +305,10 @@ def passage_hits(
     vectors: np.ndarray,
     k: int,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+    allowed: np.ndarray | None = None,
 ) -> list[list[Hit]]:
     """``k`` distinct documents per query, each scored by its best passage (the max rule).
+    ``allowed``: the passage ids a filter lets through.
 
     Passages are fetched ``PASSAGES_PER_HIT * k`` at a time, four times more while a
     query has fewer than ``k`` distinct documents and the index has more passages;
@@ -280,7 +318,7 @@ def passage_hits(
     fetch = PASSAGES_PER_HIT * k
     todo = list(range(len(vectors)))
     while todo:
-        scores, ids = index.search(vectors[todo], fetch, knobs)
+        scores, ids = dense_search(index, vectors[todo], fetch, knobs, allowed)
         rows = {
             row["passage"]["id"]: row
             for row in index.get_passages({int(i) for i in ids.ravel() if i >= 0})
@@ -293,7 +331,8 @@ def passage_hits(
                 if i >= 0 and i in rows
             ]
             best = best_per_document(ranked, k)
-            if len(best) < k and int((row_ids >= 0).sum()) == fetch and fetch < 2**20:
+            full = int((row_ids >= 0).sum()) == fetch
+            if len(best) < k and full and fetch < MAX_FETCH:
                 left.append(query)  # more passages may hold more documents
                 continue
             results[query] = [
@@ -309,7 +348,7 @@ def passage_hits(
                 )
                 for rank, (score, _, row) in enumerate(best, start=1)
             ]
-        todo, fetch = left, fetch * 4
+        todo, fetch = left, min(fetch * 4, MAX_FETCH)
     return [hits or [] for hits in results]
 
 
@@ -324,6 +363,7 @@ def search_queries(
     ef_search: int | None = None,
     mode: str | None = None,
     fusion: Fusion | None = None,
+    where: str | Condition | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
 
@@ -331,11 +371,12 @@ def search_queries(
     :class:`indexer.milvus.MilvusIndex`. ``nprobe`` (IVF) and ``ef_search`` (HNSW)
     trade speed for recall (None: the index's defaults). ``mode``: dense, lexical or
     hybrid (None: the default, see :func:`resolve_mode`); ``fusion``: how hybrid fuses
-    (None: the default). Lexical searches load no model. Only the hits' rows are read
-    from SQLite.
+    (None: the default). ``where``: a filter expression (:mod:`indexer.filters`) or a
+    parsed one. Lexical searches load no model. Only the hits' rows are read from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
     check_queries(queries, k)
+    condition = parse_filter(where) if isinstance(where, str) else where
     mode = resolve_mode(index, mode)
     vectors = None
     if mode != "lexical":
@@ -343,5 +384,12 @@ def search_queries(
         vectors = encoder.encode_queries(list(queries), instruction)
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
     return hits_for(
-        index, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion or resolve_fusion()
+        index,
+        vectors,
+        k,
+        knobs,
+        queries=queries,
+        mode=mode,
+        fusion=fusion or resolve_fusion(),
+        where=condition,
     )

@@ -17,6 +17,7 @@ together, in the transaction that changes the document.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import sqlite_utils
 
 from engine.errors import EngineError
 from indexer import vector_index
+from indexer.filters import Condition
 from indexer.folder import (
     POINTER,
     WriterLock,
@@ -240,6 +242,17 @@ class Store:
         rows = self.db.execute("SELECT source, doc_id, id, content_hash FROM documents")
         return {(s, d): StoredDocument(i, h) for s, d, i, h in rows}
 
+    def vector_keys(self) -> dict[int, tuple[str, str, str]]:
+        """FAISS id -> (doc id, source, content hash) of its document (or its passage's)."""
+        if self.has_passages:
+            rows = self.db.execute(
+                "SELECT p.id, d.doc_id, d.source, d.content_hash FROM passages p "
+                "JOIN documents d ON d.id = p.document"
+            )
+        else:
+            rows = self.db.execute("SELECT id, doc_id, source, content_hash FROM documents")
+        return {i: (doc_id, source, content_hash) for i, doc_id, source, content_hash in rows}
+
     def doc_ids(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, doc_id FROM documents").fetchall())
 
@@ -362,13 +375,15 @@ class Store:
             self.db.conn.executemany(
                 "DELETE FROM documents WHERE id = ?", [(i,) for i in documents_gone]
             )
-            new_ids = []
+            new_ids = []  # vector ids: the documents', or their passages'
+            new_documents = []
             vectors_left = iter(stored)
             for row in upsert:
                 record = {k: v for k, v in row.items() if k not in ("id", "passages")}
                 record["created"] = created.get(row.get("id"), now)
                 record["updated"] = now
                 doc_id = self.db["documents"].insert(record).last_pk
+                new_documents.append(doc_id)
                 for passage in row["passages"] if passages else [None]:
                     vector_id = doc_id
                     if passage is not None:
@@ -387,7 +402,8 @@ class Store:
                 raise ValueError("one vector a document (or a passage) is needed")
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
-        self.lexical.apply_commit(gone, new_ids, upsert)
+        # The lexical side holds documents, also in an index of passages.
+        self.lexical.apply_commit(documents_gone, new_documents, upsert)
         if self._publish_pending:
             self._publish_pending = False
             self.publish()
@@ -477,8 +493,10 @@ class Store:
         vectors: np.ndarray,
         k: int,
         knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some."""
+        """Top-``k`` inner-product (scores, ids); on the GPUs when a faiss GPU build has some.
+        ``allowed``: only these vector ids (:meth:`matching`), applied inside the search."""
         return vector_index.top_k(
             self.snapshots.search_index(),
             self.spec,
@@ -487,7 +505,27 @@ class Store:
             self.vectors,
             knobs=knobs,
             tombstones=self.snapshots.tombstones,
+            allowed=allowed,
         )
+
+    def matching(self, condition: Condition, *, vectors: bool = False) -> np.ndarray:
+        """Ids of the documents a filter matches; with ``vectors``, the vector ids they own
+        (their passages' in an index of passages). The condition's values are bound."""
+        try:
+            if vectors and self.has_passages:
+                rows = self.db.execute(
+                    "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document "
+                    f"WHERE {condition.sql}",
+                    list(condition.params),
+                )
+            else:
+                rows = self.db.execute(
+                    f"SELECT id FROM documents WHERE {condition.sql}", list(condition.params)
+                )
+            found = [row[0] for row in rows]
+        except sqlite3.OperationalError as exc:
+            raise EngineError(f"--where {condition.text!r} cannot be applied: {exc}") from None
+        return np.asarray(found, dtype=np.int64)
 
 
 class Writer:

@@ -301,10 +301,14 @@ def search(
     *,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
     tombstones: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (scores, ids) per query; tombstoned ids never come back."""
+    """Top-``k`` (scores, ids) per query; tombstoned ids never come back, and only
+    ``allowed`` ids when given (a filter: live ids only, so tombstones need no check)."""
     params = _search_params(spec, knobs)
-    if tombstones is not None and len(tombstones):
+    if allowed is not None:
+        params.sel = faiss.IDSelectorBatch(allowed)
+    elif tombstones is not None and len(tombstones):
         params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(tombstones))
     queries = np.ascontiguousarray(vectors, dtype=np.float32)
     if _is_gpu(index):  # tombstones were left out when the GPU copy was made
@@ -322,14 +326,23 @@ def top_k(
     *,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
     tombstones: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` (scores, ids) over the live vectors of ``index`` (at most that many); an index
     with a ``rerank`` factor ranks that many times ``k`` candidates, which the ``stored``
-    vectors score exactly."""
+    vectors score exactly.
+
+    ``allowed`` (live ids, a filter) restricts the search inside FAISS (an ``IDSelector``).
+    An approximate index (IVF's probed lists, HNSW's graph) may then find fewer than ``k``
+    of them; a query that comes back short, and a filter allowing at most ``EXACT_FILTERED``
+    ids, is answered by scoring the allowed ids' stored vectors exactly: ``k`` hits
+    whenever ``k`` documents match.
+    """
+    if allowed is not None:
+        return _filtered_top_k(index, spec, vectors, k, stored, knobs, allowed)
     live = index.ntotal - (0 if tombstones is None else len(tombstones))
     if live <= 0:
-        empty = np.zeros((len(vectors), 0))
-        return empty.astype(np.float32), empty.astype(np.int64)
+        return _empty(len(vectors))
     k = max(1, min(k, live))
     factor = int(spec.params.get("rerank", 0))
     fetch = min(live, k * factor) if factor else k
@@ -337,6 +350,60 @@ def top_k(
     if factor:
         return rerank(vectors, ids, stored, k)
     return scores, ids
+
+
+# A filter allowing at most this many ids is scored exactly from the stored vectors (cheaper
+# than a graph or inverted-list walk that skips almost every id, and always complete).
+EXACT_FILTERED = 2048
+
+
+def _empty(n: int) -> tuple[np.ndarray, np.ndarray]:
+    empty = np.zeros((n, 0))
+    return empty.astype(np.float32), empty.astype(np.int64)
+
+
+def _filtered_top_k(
+    index: Any,
+    spec: IndexSpec,
+    vectors: np.ndarray,
+    k: int,
+    stored: Callable[[list[int]], np.ndarray],
+    knobs: SearchKnobs,
+    allowed: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    allowed = np.unique(np.asarray(allowed, dtype=np.int64))
+    if not len(allowed):
+        return _empty(len(vectors))
+    k = max(1, min(k, len(allowed)))
+    if len(allowed) <= EXACT_FILTERED or _is_gpu(index):
+        return exact_top_k(vectors, allowed, stored, k)
+    factor = int(spec.params.get("rerank", 0))
+    fetch = min(len(allowed), k * factor) if factor else k
+    scores, ids = search(index, spec, vectors, fetch, knobs=knobs, allowed=allowed)
+    if factor:
+        scores, ids = rerank(vectors, ids, stored, k)
+    short = np.flatnonzero((ids >= 0).sum(axis=1) < k)
+    if len(short):
+        exact_scores, exact_ids = exact_top_k(vectors[short], allowed, stored, k)
+        scores, ids = scores.copy(), ids.copy()
+        scores[short], ids[short] = exact_scores, exact_ids
+    return scores, ids
+
+
+def exact_top_k(
+    queries: np.ndarray, ids: np.ndarray, stored: Callable[[list[int]], np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``ids`` by exact inner product with their ``stored`` vectors."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best = np.full((len(queries), k), -1, dtype=np.int64)
+    if not len(ids):
+        return scores, best
+    exact = np.asarray(queries, dtype=np.float32) @ stored([int(i) for i in ids]).T
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    taken = min(k, len(ids))
+    scores[:, :taken] = np.take_along_axis(exact, order, axis=1)
+    best[:, :taken] = ids[order]
+    return scores, best
 
 
 def rerank(

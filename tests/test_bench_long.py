@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from bench.long import file_qrels, pack_files
+from bench.long import file_qrels, pack_files, subset_qrels
 from engine.app.cli import cli
 from indexer.documents import Document
 from tests.test_bench_beir import write_beir
@@ -42,6 +42,10 @@ def test_files_pack_documents_in_order_and_take_their_best_grade():
     assert files[0].text == "x\n\nx"
     judged = file_qrels({"q": {"d0": 1, "d1": 2, "d4": 0}}, owner)
     assert judged == {"q": {"file00000": 2, "file00002": 0}}
+    # A subset keeps the judgements on its documents, and only queries with a relevant one.
+    assert subset_qrels(
+        {"q": {"d0": 1, "d9": 2}, "r": {"d9": 1}, "s": {"d1": 0}}, {"d0", "d1"}
+    ) == {"q": {"d0": 1}}
 
 
 def test_bench_long_records_both_modes_per_file_size(tmp_path, tiny_bert_path):
@@ -49,7 +53,7 @@ def test_bench_long_records_both_modes_per_file_size(tmp_path, tiny_bert_path):
     out = tmp_path / "out"
     args = ["bench", "long", "--data-dir", str(folder), "--model", str(tiny_bert_path),
             "--file-tokens", "16,40", "--passages", "16", "--passage-overlap", "4",
-            "--max-length", "32", "--out", str(out), "--json"]  # fmt: skip
+            "--max-length", "32", "--documents", "20", "--out", str(out), "--json"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

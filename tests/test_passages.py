@@ -15,6 +15,7 @@ from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer import passages as passages_module
 from indexer.documents import read_corpus
+from indexer.filters import parse
 from indexer.indexing import update_index
 from indexer.passages import PassageSpec, best_per_document, split_passages
 from indexer.search import hits_for
@@ -141,7 +142,10 @@ def _passage_rows(index_dir):
         conn.close()
 
 
-def test_a_changed_document_replaces_all_its_passages_in_one_commit(tmp_path, tiny_bert):
+def test_a_changed_document_replaces_all_its_passages_in_one_commit(
+    tmp_path, tiny_bert, monkeypatch
+):
+    monkeypatch.setenv("ENGINE_CHECKPOINT_DOCUMENTS", "1")  # a commit per document
     long = " ".join(["plants make sugar from light"] * 60)
     folder = _corpus(tmp_path, {"a.txt": long, "b.txt": "the sky is blue"})
     index_dir = tmp_path / "index"
@@ -152,6 +156,12 @@ def test_a_changed_document_replaces_all_its_passages_in_one_commit(tmp_path, ti
     before = _passage_rows(index_dir)
     a_before = [row for row in before if row[1] == "a.txt"]
     assert first.added == 2 and len(a_before) > 5 and first.passages == len(before)
+    store = Store.open(index_dir)  # the lexical side is keyed by documents, not passages
+    try:
+        _, found = store.lexical_search(["the sky is blue"], 1)
+        assert store.doc_ids()[int(found[0][0])] == "b.txt"
+    finally:
+        store.close()
 
     (folder / "a.txt").write_text(long + " the grass is green")
     second = update_index(
@@ -222,6 +232,9 @@ def test_k_distinct_documents_and_removed_ones_never_come_back(
     assert {"sugar.txt", "gone.txt"} <= {h.doc_id for h in hits}
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert all(h.passage is not None and h.snippet for h in hits)
+    # A filter inside a passage search: only the matching documents' passages compete.
+    (filtered,) = hits_for(Store.open(index_dir), query, 3, where=parse("source glob 't*'"))
+    assert [h.doc_id for h in filtered] == ["tcp.txt"] and filtered[0].passage is not None
 
     (folder / "gone.txt").unlink()
     report = update_index(index_dir, default_encoder, read_corpus(folder, whole=True),
@@ -308,12 +321,14 @@ def test_cli_index_info_search_check_with_passages(tmp_path):
     assert bad.exit_code == 1 and "exceeds" in bad.output
 
 
-def test_the_server_answers_documents_with_their_best_passage(tmp_path, default_encoder):
+def test_the_server_and_milvus_answer_documents_with_their_best_passage(tmp_path, default_encoder):
     """POST /search on an index of passages: the hit carries the passage's offsets, like
-    `engine search --json`; Milvus export says plainly it does not take passages yet."""
+    `engine search --json`; a Milvus export answers the same documents and passages."""
+    import httpx
+
     from engine.app.server import create_app
     from indexer.documents import Document
-    from indexer.milvus import export_index
+    from indexer.milvus import MilvusIndex, export_index
     from tests.test_server import LiveServer
 
     text = "Checking the valves weekly. " * 100 + "To bleed the pump, open the release screw."
@@ -325,17 +340,187 @@ def test_the_server_answers_documents_with_their_best_passage(tmp_path, default_
     update_index(index_dir, default_encoder, documents, passages=PassageSpec(64, 8), progress=False)
     server = LiveServer(create_app(index_dir, default_encoder))
     try:
-        import httpx
-
         answer = httpx.post(server.url + "/search", json={"query": "bleed the pump", "k": 2}).json()
     finally:
         server.stop()
     top = answer["results"][0][0]
     assert top["doc_id"] == "manual" and "bleed" in top["snippet"]
     assert top["passage"]["char_end"] == len(text) and top["passage"]["position"] > 0
+
     store = Store.open(index_dir)
+    uri = str(tmp_path / "vectors.db")
     try:
-        with pytest.raises(EngineError, match="passages"):
-            export_index(store, str(tmp_path / "vectors.db"), progress=False)
+        first = export_index(store, uri, progress=False)
+        again = export_index(store, uri, progress=False)
+        passages = store.vector_count()
+        local = hits_for(store, default_encoder.encode_queries(["bleed the pump"]), 2)[0]
     finally:
         store.close()
+    assert first.upserted == passages and first.total == passages
+    assert again.upserted == 0 and again.unchanged == passages
+    milvus = MilvusIndex.open(uri)
+    try:
+        remote = hits_for(milvus, default_encoder.encode_queries(["bleed the pump"]), 2)[0]
+    finally:
+        milvus.close()
+    assert [h.doc_id for h in remote] == [h.doc_id for h in local] == ["manual", "plants"]
+    assert remote[0].passage == local[0].passage == top["passage"]
+    assert remote[0].snippet == local[0].snippet
+
+
+def _write_pdf(path, pages):
+    """A PDF with one line of Helvetica text per page (pypdf only; no PDF library needed)."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        stream = DecodedStreamObject()
+        stream.set_data(f"BT /F1 10 Tf 20 700 Td ({text}) Tj ET".encode())
+        page[NameObject("/Contents")] = writer._add_object(stream)
+    with open(path, "wb") as out:
+        writer.write(out)
+
+
+def test_every_source_type_is_split_into_passages(tmp_path, default_encoder):
+    """txt, md, html, pdf (streamed page by page) and JSON lines records, read whole."""
+    filler = "Checking the valves weekly keeps the plant running. " * 12
+    pump = "To bleed the hydraulic pump, open the release screw two turns."
+    folder = _corpus(
+        tmp_path,
+        {
+            "a.txt": filler + pump,
+            "b.md": "# Notes\n\n" + filler + "Plants make sugar from light.",
+            "c.html": f"<html><head><title>Page</title></head><body><p>{filler}</p>"
+            "<p>The TCP handshake opens a connection.</p></body></html>",
+            "e.jsonl": json.dumps({"_id": "r1", "title": "Bread", "text": filler + "Yeast."})
+            + "\n"
+            + json.dumps({"_id": "r2", "text": "Volcanoes erupt lava."})
+            + "\n",
+        },
+    )
+    _write_pdf(folder / "d.pdf", [filler, "Chess: castling moves the king two squares."])
+    index_dir = tmp_path / "index"
+    report = update_index(index_dir, default_encoder, read_corpus(folder, whole=True),
+                          passages=PassageSpec(48, 8), progress=False)  # fmt: skip
+    assert report.added == 6
+    rows = _passage_rows(index_dir)
+    per_document = {doc_id: [r for r in rows if r[1] == doc_id] for doc_id in {r[1] for r in rows}}
+    assert set(per_document) == {"a.txt", "b.md", "c.html", "d.pdf", "r1", "r2"}
+    assert all(len(per_document[d]) > 1 for d in ("a.txt", "b.md", "c.html", "d.pdf", "r1"))
+    assert len(per_document["r2"]) == 1
+    store = Store.open(index_dir)
+    try:
+        queries = ["how do I bleed the hydraulic pump", "how does castling move the king"]
+        found = hits_for(store, default_encoder.encode_queries(queries), 1)
+    finally:
+        store.close()
+    assert [hits[0].doc_id for hits in found] == ["a.txt", "d.pdf"]
+    assert all(hits[0].passage["position"] > 0 for hits in found)
+    assert "castling" in found[1][0].snippet
+
+
+def test_repeated_passages_are_encoded_once_with_the_same_vector(tmp_path, tiny_bert):
+    """A log of one repeated line: identical windows share one encoding, and every passage's
+    vector is what encoding that passage alone gives."""
+    folder = _corpus(tmp_path, {"log.txt": "the sun is blue " * 200 + "the grass is green"})
+    index_dir = tmp_path / "index"
+    calls = []
+    real = tiny_bert.iter_encode
+
+    def counting(ids, **kwargs):
+        calls.append(len(ids))
+        return real(ids, **kwargs)
+
+    tiny_bert.iter_encode = counting
+    try:
+        update_index(index_dir, tiny_bert, read_corpus(folder, whole=True),
+                     passages=PassageSpec(32, 0), progress=False)  # fmt: skip
+    finally:
+        del tiny_bert.iter_encode
+    rows = _passage_rows(index_dir)
+    assert len(rows) > 20 and sum(calls) < 5  # 4 words a window step: a handful of distinct windows
+    store = Store.open(index_dir)
+    try:
+        vectors = store.vectors([row[0] for row in rows])
+    finally:
+        store.close()
+    alone = tiny_bert.encode_ids(tiny_bert.tokenize([rows[-1][3], rows[3][3]], max_length=32))
+    assert np.allclose(vectors[-1], alone[0], atol=2e-3)
+    assert np.allclose(vectors[3], alone[1], atol=2e-3)
+
+
+def _passages_per_document(index_dir):
+    store = Store.open(index_dir)
+    try:
+        rows = store.db.execute(
+            "SELECT d.doc_id, count(p.id) FROM documents d LEFT JOIN passages p "
+            "ON p.document = d.id GROUP BY d.id"
+        ).fetchall()
+        index = store.load_faiss()
+        held = {int(index.id_map.at(i)) for i in range(index.ntotal)}
+        passage_ids = {row[0] for row in store.db.execute("SELECT id FROM passages")}
+    finally:
+        store.close()
+    return dict(rows), held == passage_ids
+
+
+def test_kill_minus_nine_leaves_whole_documents_and_the_next_run_finishes(tmp_path):
+    """A first run with passages killed with SIGKILL after a few commits: every committed
+    document has all its passages (never a part), the index answers, and the next run encodes
+    only the documents that were missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench.reliability import committed_documents
+
+    files = {
+        f"doc{i:02d}.txt": f"Entry {i}. " + " ".join(["plants make sugar from light"] * 40)
+        for i in range(24)
+    }
+    folder = _corpus(tmp_path, files)
+    reference, index_dir = tmp_path / "reference", tmp_path / "index"
+    env = {**os.environ, "ENGINE_CHECKPOINT_DOCUMENTS": "8", "ENGINE_NO_PROGRESS": "1"}
+    command = [sys.executable, "-m", "engine", "index", str(folder), "--passages", "48"]
+    subprocess.run([*command, "--index", str(reference)], env=env, check=True, capture_output=True)
+    expected, _ = _passages_per_document(reference)
+    process = subprocess.Popen(
+        [*command, "--index", str(index_dir)], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if committed_documents(index_dir) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    committed, consistent = _passages_per_document(index_dir)
+    assert 3 <= len(committed) < len(files) and consistent
+    assert all(count == expected[doc_id] for doc_id, count in committed.items())
+    finish = subprocess.run(
+        [*command, "--index", str(index_dir), "--json"], env=env, check=True, capture_output=True
+    )
+    report = json.loads(finish.stdout)
+    assert report["added"] == len(files) - len(committed) and report["unchanged"] == len(committed)
+    final, consistent = _passages_per_document(index_dir)
+    assert final == expected and consistent
+    checked = CliRunner().invoke(cli, ["check", "--index", str(index_dir), "--json"])
+    assert checked.exit_code == 0 and json.loads(checked.output)["ok"]

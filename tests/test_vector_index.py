@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from engine.app.cli import cli
 from engine.errors import EngineError
 from indexer import vector_index
-from indexer.schema import PAGE_SIZE, quick_check_problems
+from indexer.schema import MIGRATIONS, PAGE_SIZE, quick_check_problems
 from indexer.store import Store, Writer
 from indexer.vector_index import SearchKnobs
 
@@ -167,11 +167,13 @@ def test_fp32_index_is_migrated_to_fp16(tmp_path):
             conn.execute("UPDATE vectors SET vector = ? WHERE id = ?", (fp32, doc_id))
         conn.execute("DELETE FROM settings WHERE key IN ('vector_dtype', 'index')")
         conn.execute("DROP TABLE tombstones")
+        conn.execute("DROP TABLE passages")  # migration 3, after this version
+        conn.execute("ALTER TABLE documents DROP COLUMN metadata")  # migration 4
         conn.execute("PRAGMA user_version = 1")
     for snapshot in folder.glob("*.faiss"):
         snapshot.unlink()
     migrated = Store.open(folder)
-    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert migrated.vector_dtype == np.float16
     blob = migrated.db.execute("SELECT vector FROM vectors LIMIT 1").fetchone()[0]
     assert len(blob) == DIM * 2

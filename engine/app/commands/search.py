@@ -26,7 +26,9 @@ from engine.options import (
     search_knob_options,
     search_mode_options,
 )
-from indexer.fusion import DEFAULT_MODE, METHODS, MODES
+from indexer.filters import combine, source_glob
+from indexer.filters import parse as parse_filter
+from indexer.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 
 
 @click.command("search")
@@ -40,7 +42,19 @@ from indexer.fusion import DEFAULT_MODE, METHODS, MODES
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
-@search_mode_options(MODES, METHODS, f"{DEFAULT_MODE}; dense on a Milvus backend")
+@search_mode_options(
+    MODES, METHODS, f"{DEFAULT_MODE}, {Fusion().describe()}; dense on a Milvus backend"
+)
+@click.option(
+    "--where",
+    "where",
+    metavar="EXPR",
+    help="Only documents whose metadata match, e.g. 'extension = \".md\" and size > 1000' "
+    "(= != < <= > >=, in (...), glob, and/or/not, parentheses). Applied inside the search.",
+)
+@click.option(
+    "--source", "source_pattern", metavar="GLOB", help="Only documents whose source path matches."
+)
 @search_knob_options
 @model_option(INDEX_MODEL)
 @device_option()
@@ -62,6 +76,8 @@ def search_command(
     no_instruct: bool,
     k: int,
     mode: str | None,
+    where: str | None,
+    source_pattern: str | None,
     fusion: str | None,
     alpha: float | None,
     nprobe: int | None,
@@ -89,6 +105,9 @@ def search_command(
       engine search "TCP handshake" --ef-search 256     # an HNSW index, more exact
       engine search "BRCA1 p.Glu1836fs" --mode lexical   # BM25 only: exact names and codes
       engine search "how do plants make sugar" --mode hybrid --fusion weighted --alpha 0.7
+      engine search "TCP handshake" --where 'extension in (".md", ".txt") and size < 100000'
+      engine search "TCP handshake" --source 'docs/*'
+      engine search "gene therapy" --where 'year >= 2020 and not lang = "de"'  # JSON-lines fields
     """
     query = repaired(query, "the query")
     instruction = repaired(instruction, "--instruct")
@@ -97,6 +116,10 @@ def search_command(
     check_instruction(instruction, no_instruct)
     if server and backend:
         raise EngineError("--server and --backend exclude each other")
+    condition = combine(
+        parse_filter(where) if where is not None else None,
+        source_glob(source_pattern) if source_pattern else None,
+    )
     if server:
         answer = search_server(
             server,
@@ -110,6 +133,7 @@ def search_command(
             mode=mode,
             fusion=fusion,
             alpha=alpha,
+            where=condition.text if condition is not None else None,
         )
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
@@ -148,6 +172,7 @@ def search_command(
             ef_search=ef_search,
             mode=mode,
             fusion=fused,
+            where=condition,
         )[0]
         hits = [hit.to_dict() for hit in found]
     if as_json:

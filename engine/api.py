@@ -1,0 +1,251 @@
+"""The Python API: ``from engine import Index``.
+
+One object for an index folder: create or open it, add, upsert and delete documents
+given as Python objects, index a folder, search (dense, lexical or hybrid, filtered with
+``where``), describe and check it. It sits above :mod:`indexer` and below the app (CLI,
+server); the model loads on first need (a lexical search or ``info()`` loads none)::
+
+    from engine import Document, Index
+
+    with Index.create("./my-index", model="all-MiniLM-L6-v2", index_type="flat") as index:
+        index.add([Document("a", "Photosynthesis makes sugar.", metadata={"year": 2021})])
+        hits = index.search("how do plants make sugar", k=5, where="year >= 2020")
+        print(hits[0].doc_id, hits[0].score)
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import EngineError
+from engine.text import repair_text
+from indexer.documents import Document as StoredDocument
+from indexer.documents import read_corpus
+from indexer.filters import Condition
+from indexer.info import index_info
+from indexer.integrity import CheckReport, check_index
+from indexer.search import Hit, load_encoder_for, resolve_fusion, search_queries
+from indexer.store import Store, Writer, read_index_settings
+from indexer.vector_index import validate_type
+
+if TYPE_CHECKING:  # torch is imported when a model is needed, not with the API
+    from engine.encoder import Encoder
+    from indexer.indexing import IndexReport
+
+__all__ = ["CheckReport", "Document", "Hit", "Index"]
+
+
+@dataclass(frozen=True)
+class Document:
+    """A document given from Python: ``id`` unique within its ``source`` (default ``""``:
+    documents added from Python, which a later ``index_folder`` keeps), ``metadata`` scalar
+    fields for ``where`` filters."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
+DocumentLike = Document | Mapping[str, Any]
+
+
+class Index:
+    """An index folder, open for searching and changing. Use :meth:`open` or :meth:`create`;
+    a context manager (``with``) closes it."""
+
+    def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None):
+        self.path = Path(path)
+        self._model = model
+        self._device = device
+        self._index_type: str | None = None
+        self._encoder: Encoder | None = None
+        self._store: Store | None = None
+
+    # ------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path, *, device: str | None = None) -> Index:
+        """An existing index (EngineError when there is none at ``path``)."""
+        index = cls(path, device=device)
+        index.store  # noqa: B018 - fails now, not at the first search, when there is no index
+        return index
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        index_type: str | None = None,
+        device: str | None = None,
+    ) -> Index:
+        """A new index at ``path`` (refused when one is there), made at the first ``add``.
+        ``model``: a model name or folder (None: the default); ``index_type`` as
+        ``engine index --index-type`` (None: auto)."""
+        if read_index_settings(Path(path)) is not None:
+            raise EngineError(f"an index already exists at {path}; use Index.open")
+        index = cls(path, model=model, device=device)
+        index._index_type = validate_type(index_type) if index_type else None
+        return index
+
+    @property
+    def store(self) -> Store:
+        if self._store is None or not self._store.is_current:
+            if self._store is not None:
+                self._store.close()
+            self._store = Store.open(self.path)
+        return self._store
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's model, loaded on first need."""
+        if self._encoder is None:
+            from engine.encoder import Encoder, document_tokens
+            from indexer.indexing import model_for_index
+
+            if read_index_settings(self.path) is not None:
+                self._encoder = load_encoder_for(self.store, self._model, self._device)
+            else:
+                model, length = model_for_index(self.path, self._model, None)
+                self._encoder = Encoder.load(model, device=self._device)
+                self._encoder.set_max_length(document_tokens(self._encoder, length))
+        return self._encoder
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ changing
+    def add(self, documents: Iterable[DocumentLike]) -> IndexReport:
+        """Add documents (new ids; an id already there is updated, as by :meth:`upsert`)."""
+        return self.upsert(documents)
+
+    def upsert(self, documents: Iterable[DocumentLike]) -> IndexReport:
+        """Add new documents and replace changed ones (by ``(source, id)``); unchanged ones
+        are not re-encoded, documents not given are kept."""
+        stored = [_stored(doc) for doc in documents]
+        return self._update(stored, remove_missing=False)
+
+    def index_folder(self, folder: str | Path) -> IndexReport:
+        """Index the files under ``folder`` as ``engine index FOLDER`` does: new and changed
+        files encoded, files gone removed. Documents added from Python are kept."""
+        folder = Path(folder)
+        if not folder.exists():
+            raise EngineError(f"corpus not found: {folder}")
+        scan = read_corpus(folder, max_tokens=self.encoder.max_length)
+        return self._update(scan, keep_sources={""} | scan.failed_sources)
+
+    def delete(self, ids: Iterable[str], *, source: str = "") -> int:
+        """Remove the documents with these ids (in ``source``); returns how many were found."""
+        wanted = {(source, str(i)) for i in ids}
+        with Writer(self.path, self.store.settings, rebuild=False) as writer:
+            writer.load_faiss()
+            found = [doc.id for key, doc in writer.existing().items() if key in wanted]
+            writer.commit(remove=found)
+        self.close()  # reopened at the next read: the new generation
+        return len(found)
+
+    def _update(self, documents: Iterable[StoredDocument], **options: Any) -> IndexReport:
+        from indexer.indexing import update_index
+
+        report = update_index(
+            self.path,
+            self.encoder,
+            documents,
+            index_type=self._index_type,
+            progress=False,
+            **options,
+        )
+        self._index_type = None
+        self.close()  # reopened at the next read: the new generation
+        return report
+
+    # ------------------------------------------------------------ reading
+    def search(
+        self,
+        query: str | Sequence[str],
+        k: int = 10,
+        *,
+        instruct: str | None = None,
+        mode: str | None = None,
+        where: str | Condition | None = None,
+        fusion: str | None = None,
+        alpha: float | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Top-``k`` hits for ``query`` (a list of :class:`Hit`), or for each of ``queries``
+        (a list of lists). ``instruct``: the query instruction (None: the index's default);
+        ``mode``: dense, lexical or hybrid (None: the default); ``where``: a filter in the
+        ``--where`` language, applied inside the search."""
+        queries = [query] if isinstance(query, str) else list(query)
+        store = self.store
+        if instruct is None:
+            instruct = store.settings.get("default_instruction")
+        lexical = mode == "lexical"
+        found = search_queries(
+            store,
+            queries,
+            k=k,
+            instruction=instruct or None,
+            encoder=None if lexical else self.encoder,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            mode=mode,
+            fusion=resolve_fusion(fusion, alpha),
+            where=where,
+        )
+        return found[0] if isinstance(query, str) else found
+
+    def info(self) -> dict[str, Any]:
+        """What ``engine info`` prints: model, type, counts, size, dates."""
+        return index_info(self.store, self.path)
+
+    def check(self, *, repair: bool = False) -> CheckReport:
+        """What ``engine check`` does: verify (``repair``: and rebuild what is damaged)."""
+        self.close()
+        return check_index(self.path, repair=repair)
+
+    def drop(self) -> None:
+        """Delete the index folder and everything in it."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _stored(doc: DocumentLike) -> StoredDocument:
+    """A Python document as the indexer's: checked, with its metadata."""
+    if isinstance(doc, Mapping):
+        unknown = set(doc) - {"id", "text", "title", "metadata", "source"}
+        if unknown:
+            raise EngineError(f"unknown document fields: {', '.join(sorted(unknown))}")
+        try:
+            doc = Document(**doc)
+        except TypeError as exc:
+            raise EngineError(f"a document needs 'id' and 'text': {exc}") from None
+    if not isinstance(doc.text, str) or not isinstance(doc.title, str):
+        raise EngineError(f"document {doc.id!r}: text and title must be strings")
+    if not doc.text.strip() and not doc.title.strip():
+        raise EngineError(f"document {doc.id!r} is empty")
+    metadata = dict(doc.metadata)
+    for key, value in metadata.items():
+        if not isinstance(value, (str, int, float, bool)) and value is not None:
+            raise EngineError(f"document {doc.id!r}: metadata {key!r} is not a scalar")
+    return StoredDocument(
+        doc_id=repair_text(str(doc.id)),
+        source=doc.source,
+        title=repair_text(doc.title.strip()),
+        text=repair_text(doc.text.strip()),
+        metadata=metadata,
+    )

@@ -1,0 +1,92 @@
+"""The Python API (``from engine import Index``) through its public surface only, with a real
+(tiny) model, FAISS and SQLite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from engine import Document, Hit, Index
+from engine.errors import EngineError
+
+DOCUMENTS = [
+    Document("plants", "Photosynthesis turns light into sugar in leaves.", metadata={"year": 2021}),
+    Document("tcp", "TCP opens a connection with a three-way handshake.", metadata={"year": 2015}),
+    {
+        "id": "rice",
+        "text": "Rice grows in flooded paddies.",
+        "title": "Rice",
+        "metadata": {"year": 2023},
+    },
+]
+
+
+@pytest.fixture
+def made(tmp_path, tiny_bert_path):
+    path = tmp_path / "index"
+    with Index.create(path, model=str(tiny_bert_path), index_type="flat") as index:
+        report = index.add(DOCUMENTS)
+        assert (report.added, report.total) == (3, 3)
+    return path
+
+
+def test_add_search_filter_and_reopen(made):
+    with Index.open(made) as index:
+        hits = index.search("handshake", k=2, mode="lexical")
+        assert [hit.doc_id for hit in hits] == ["tcp"] and isinstance(hits[0], Hit)
+        dense = index.search("sugar in leaves", k=3, mode="dense")
+        assert sorted(h.doc_id for h in dense) == ["plants", "rice", "tcp"]
+        assert [h.rank for h in dense] == [1, 2, 3]
+        recent = index.search("sugar in leaves", k=3, mode="dense", where="year >= 2020")
+        assert sorted(h.doc_id for h in recent) == ["plants", "rice"]
+        both = index.search(["handshake", "paddies"], k=1, mode="lexical")
+        assert [[h.doc_id for h in hits] for hits in both] == [["tcp"], ["rice"]]
+        info = index.info()
+        assert info["documents"] == 3 and info["index_type"] == "flat"
+        assert index.check().ok
+
+
+def test_upsert_delete_and_index_folder_keep_each_other(made, tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "a.md").write_text("# Bread\nBread rises with yeast.")
+    with Index.open(made) as index:
+        changed = index.upsert([Document("tcp", "UDP sends datagrams without a handshake.")])
+        assert (changed.updated, changed.unchanged) == (1, 0)
+        assert index.search("datagrams", k=1, mode="lexical")[0].doc_id == "tcp"
+        files = index.index_folder(folder)
+        assert (files.added, files.removed, files.total) == (1, 0, 4)
+        assert index.search("yeast", k=1, where="extension = '.md'", mode="lexical")[0].doc_id == (
+            "a.md"
+        )
+        assert index.delete(["plants", "missing"]) == 1
+        assert sorted(h.doc_id for h in index.search("x sugar", k=10, mode="dense")) == [
+            "a.md",
+            "rice",
+            "tcp",
+        ]
+
+
+def test_bad_use_is_one_clear_error(made, tmp_path):
+    with pytest.raises(EngineError, match="no index at"):
+        Index.open(tmp_path / "nothing")
+    with pytest.raises(EngineError, match="already exists"):
+        Index.create(made)
+    with Index.open(made) as index:
+        with pytest.raises(EngineError, match="unknown document fields: body"):
+            index.add([{"id": "x", "body": "no"}])
+        with pytest.raises(EngineError, match="at position 7"):
+            index.search("sugar", where="year >")
+        assert index.info()["documents"] == 3  # nothing lost
+
+
+def test_importing_the_api_name_loads_no_torch():
+    probe = (
+        "import json, sys, engine; engine.Index; "
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
