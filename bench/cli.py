@@ -15,6 +15,10 @@ BENCHMARKS = {
     "beir": Lazy(
         "bench.beir:beir", "Evaluate retrieval on BEIR datasets with the paper's protocol."
     ),
+    "filter": Lazy(
+        "bench.filter:filter_benchmark",
+        "Latency of filtered dense search: a metadata filter matching 1% of N random vectors.",
+    ),
     "lexical": Lazy(
         "bench.lexical:lexical",
         "Compare BM25 libraries for the lexical index: nDCG@10 on SciFact and NFCorpus, build "

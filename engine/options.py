@@ -145,13 +145,13 @@ def search_mode_options(
             "--alpha",
             type=click.FloatRange(0.0, 1.0),
             help="Hybrid, weighted fusion: the dense side's weight, 0..1 (the lexical side "
-            "gets 1 - alpha); implies --fusion weighted (default 0.5).",
+            "gets 1 - alpha); implies --fusion weighted.",
         )(function)
         function = click.option(
             "--fusion",
             type=click.Choice(list(methods)),
             help="Hybrid: rrf (reciprocal rank fusion, k=60) or weighted (min-max normalised "
-            "scores, see --alpha); over at least 100 candidates a side (default: rrf).",
+            "scores, see --alpha); over at least 100 candidates a side.",
         )(function)
         return click.option(
             "--mode",

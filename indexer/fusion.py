@@ -22,8 +22,8 @@ MODES = ("dense", "lexical", "hybrid")
 # What a search without --mode / --fusion / --alpha does where the index has a lexical side
 # (a Milvus collection has none: dense there). Chosen by `engine bench beir --sweep`, see
 # bench/results/README.md.
-DEFAULT_MODE = "dense"
-DEFAULT_METHOD = "rrf"
+DEFAULT_MODE = "hybrid"
+DEFAULT_METHOD = "weighted"
 DEFAULT_ALPHA = 0.5
 RRF_K = 60
 # Candidates taken from each side before fusing (at least; k if more).

@@ -31,10 +31,15 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.errors import EngineError
+from indexer.folder import WriterLock, warn
+
+if TYPE_CHECKING:
+    from indexer.store import Store
 
 ID_FIELD = "id"
 BODY_FIELD = "body"
@@ -87,13 +92,22 @@ def make_schema():
 class LexicalIndex:
     """One tantivy index folder: search it, and (holding the store's writer lock) change it."""
 
-    def __init__(self, path: Path, index, schema, analyzer) -> None:
+    def __init__(self, path: Path | None, index, schema, analyzer) -> None:
         self.path = path
         self._index = index
         self._schema = schema
         self._analyzer = analyzer
         self._writer = None
         self._searcher = None
+
+    @classmethod
+    def in_memory(cls) -> LexicalIndex:
+        """A new empty index held in memory (a reader that must not write builds one)."""
+        tantivy = _tantivy()
+        schema, analyzer = make_schema(), make_analyzer()
+        index = tantivy.Index(schema)
+        index.register_tokenizer(ANALYZER_NAME, analyzer)
+        return cls(None, index, schema, analyzer)
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = False) -> LexicalIndex:
@@ -227,15 +241,37 @@ class LexicalIndex:
         self._writer.commit()
         self.refresh()
 
-    def close(self) -> None:
-        """Let background segment merges finish (a killed process just leaves them undone)."""
+    def release_writer(self) -> None:
+        """Let background segment merges finish and give up tantivy's writer lock (a killed
+        process just leaves merges undone); searches go on."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.wait_merging_threads()
+            self.refresh()
+
+    def close(self) -> None:
+        self.release_writer()
         self._searcher = None
 
     def disk_bytes(self) -> int:
+        if self.path is None:
+            return 0
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def fill(lexical: LexicalIndex, rows: Iterable[tuple[int, str, str]]) -> LexicalIndex:
+    """Add (id, title, text) rows, streamed in chunks, and commit (even none: an empty index)."""
+    batch: list[tuple[int, str, str]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= CHUNK:
+            lexical.add([r[0] for r in batch], [document_text(r[1], r[2]) for r in batch])
+            batch = []
+    if batch:
+        lexical.add([r[0] for r in batch], [document_text(r[1], r[2]) for r in batch])
+    lexical._open_writer()
+    lexical.commit()
+    return lexical
 
 
 def build(path: str | Path, rows: Iterable[tuple[int, str, str]]) -> LexicalIndex:
@@ -246,19 +282,7 @@ def build(path: str | Path, rows: Iterable[tuple[int, str, str]]) -> LexicalInde
     """
     path = Path(path)
     staging = path.with_name(f"{path.name}.building-{uuid.uuid4().hex[:8]}")
-    lexical = LexicalIndex.open(staging, create=True)
-    batch: list[tuple[int, str, str]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= CHUNK:
-            lexical.add([r[0] for r in batch], [document_text(r[1], r[2]) for r in batch])
-            batch = []
-    if batch:
-        lexical.add([r[0] for r in batch], [document_text(r[1], r[2]) for r in batch])
-    if lexical._writer is None:
-        lexical._open_writer()  # an empty corpus still gets a committed (empty) index
-    lexical.commit()
-    lexical.close()
+    fill(LexicalIndex.open(staging, create=True), rows).close()
     retired = path.with_name(f"{path.name}.retired-{uuid.uuid4().hex[:8]}")
     if path.exists():
         path.rename(retired)
@@ -312,10 +336,12 @@ class LexicalSide:
     lexical side existed, or a lost folder: rebuilt from SQLite), or unreadable
     (rebuilt, with a one-line warning). Catching up and rebuilding write, so a reader
     does them only under the folder's writer lock; while an ``engine index`` holds it,
-    that writer keeps the index in step and readers search what is committed.
+    that writer keeps the index in step and readers search what is committed. A reader
+    pinned to a read snapshot (`engine serve`) never writes (see :meth:`load`); the server
+    brings the index in step before it pins one.
     """
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self.index: LexicalIndex | None = None
 
@@ -330,33 +356,54 @@ class LexicalSide:
         if self.store.writer:
             self.index = self._in_step()
             return self.index
-        from indexer.folder import WriterLock
-
+        if self.store.db.conn.in_transaction:
+            # A reader pinned to a read snapshot (engine serve) never writes: it would hold
+            # the database's write lock until it closes. It searches the index as it is,
+            # or, when there is none to search, one built in memory from its snapshot.
+            self.index = self._as_it_is_or_in_memory()
+            return self.index
+        try:
+            index = LexicalIndex.open(self.path)
+        except LexicalError:
+            index = None
+        if index is not None and self.in_step(index):
+            self.index = index  # the usual case: no lock taken, nothing written
+            return index
         lock = WriterLock(self.store.folder)
         try:
             lock.acquire()
         except EngineError:  # a writer is running: it keeps the index in step
-            try:
-                self.index = LexicalIndex.open(self.path)
-            except LexicalError:
+            if index is None:
                 raise EngineError(
                     f"the lexical index of {self.store.folder} is being built by a running "
                     "`engine index`; search with --mode dense until it finishes"
                 ) from None
-            return self.index
+            self.index = index
+            return index
         try:
+            if index is not None:
+                index.close()
             self.index = self._in_step()
+            # A reader's catch-up must not keep tantivy's writer lock: `engine index` needs it.
+            self.index.release_writer()
         finally:
             lock.release()
         return self.index
+
+    def _as_it_is_or_in_memory(self) -> LexicalIndex:
+        try:
+            return LexicalIndex.open(self.path)
+        except LexicalError as exc:
+            if self.path.exists():
+                warn(f"{exc}; searching one built in memory from the database")
+        rows = self.store.db.execute("SELECT id, title, text FROM documents ORDER BY id")
+        return fill(LexicalIndex.in_memory(), rows)
 
     def _in_step(self) -> LexicalIndex:
         try:
             index = LexicalIndex.open(self.path)
         except LexicalError as exc:
             if self.path.exists():
-                from indexer.folder import warn
-
                 warn(f"{exc}; rebuilt it from the database")
             return self.rebuild()
         if not self.in_step(index):
@@ -382,7 +429,9 @@ class LexicalSide:
         self._record(self.index)
         return self.index
 
-    def apply_commit(self, gone: Sequence[int], new_ids: Sequence[int], rows) -> None:
+    def apply_commit(
+        self, gone: Sequence[int], new_ids: Sequence[int], rows: Sequence[dict]
+    ) -> None:
         """After a SQLite commit (the writer): remove ``gone``, add the new documents
         (``rows``: their title and text, in ``new_ids`` order), commit, record."""
         if self.index is None:

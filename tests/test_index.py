@@ -100,11 +100,17 @@ def test_instruction_changes_only_the_query(tmp_path, default_encoder):
     )
     b = default_encoder.encode_queries([query], "Retrieve documents about geology")
     assert not np.allclose(plain, a) and not np.allclose(a, b)
+    # Dense scores: an instruction changes the query's embedding (fused ranks may not move).
     hits_a = search_queries(
-        index_dir, [query], k=4, instruction="Given a question", encoder=default_encoder
+        index_dir,
+        [query],
+        k=4,
+        instruction="Given a question",
+        encoder=default_encoder,
+        mode="dense",
     )
     hits_b = search_queries(
-        index_dir, [query], k=4, instruction="Find geology", encoder=default_encoder
+        index_dir, [query], k=4, instruction="Find geology", encoder=default_encoder, mode="dense"
     )
     assert [h.score for h in hits_a[0]] != [h.score for h in hits_b[0]]
 

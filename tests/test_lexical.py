@@ -149,7 +149,7 @@ LEXICAL = (np.array([12.0, 3.0, 2.0]), np.array([30, 40, 10]))
 
 
 def test_rrf_sums_reciprocal_ranks():
-    scores, ids = fuse(DENSE, LEXICAL, k=10)
+    scores, ids = fuse(DENSE, LEXICAL, k=10, fusion=Fusion("rrf"))
     expected = {
         10: 1 / 61 + 1 / 63,
         30: 1 / 63 + 1 / 61,
@@ -159,7 +159,7 @@ def test_rrf_sums_reciprocal_ranks():
     # 10 and 30 tie, as do 20 and 40: the smaller id first.
     assert ids.tolist() == [10, 30, 20, 40]
     assert scores.tolist() == pytest.approx([expected[i] for i in ids.tolist()])
-    assert fuse(DENSE, LEXICAL, k=2)[1].tolist() == [10, 30]
+    assert fuse(DENSE, LEXICAL, k=2, fusion=Fusion("rrf"))[1].tolist() == [10, 30]
 
 
 def test_weighted_fusion_normalises_each_side():

@@ -62,7 +62,7 @@ def test_exact_search_matches_faiss_top10(tmp_path, index_dir, default_encoder):
     report = export_index(store, uri, index_type="flat", progress=False)
     assert (report.upserted, report.removed, report.total, report.created) == (40, 0, 40, True)
     milvus = MilvusIndex.open(uri)
-    local = search_queries(store, QUERIES, k=10, encoder=default_encoder)
+    local = search_queries(store, QUERIES, k=10, encoder=default_encoder, mode="dense")
     remote = search_queries(milvus, QUERIES, k=10, encoder=default_encoder)
     for faiss_hits, milvus_hits in zip(local, remote, strict=True):
         assert [h.doc_id for h in milvus_hits] == [h.doc_id for h in faiss_hits]
@@ -116,7 +116,7 @@ def test_index_type_swap_keeps_the_data(tmp_path, index_dir, default_encoder):
         assert (report.index_type, report.upserted, report.total) == ("hnsw", 0, 40)
         milvus = MilvusIndex.open(uri)
         assert milvus.settings["index_type"] == "hnsw"
-        exact = search_queries(store, QUERIES, k=1, encoder=default_encoder)
+        exact = search_queries(store, QUERIES, k=1, encoder=default_encoder, mode="dense")
         approximate = search_queries(milvus, QUERIES, k=1, encoder=default_encoder)
         assert [h[0].doc_id for h in approximate] == [h[0].doc_id for h in exact]
         wider = search_queries(milvus, QUERIES, k=1, encoder=default_encoder, ef_search=256)
@@ -228,7 +228,7 @@ def test_server_answers_from_milvus(tmp_path, index_dir, default_encoder):
     uri = str(tmp_path / "vectors.db")
     with closing(Store.open(index_dir)) as store:
         export_index(store, uri, index_type="flat", progress=False)
-        expected = search_queries(store, QUERIES[:1], k=5, encoder=default_encoder)[0]
+        expected = search_queries(store, QUERIES[:1], k=5, encoder=default_encoder, mode="dense")[0]
     server = LiveServer(create_app(index_dir, default_encoder, backend=MilvusIndex.open(uri)))
     try:
         got = httpx.get(f"{server.url}/search", params={"q": QUERIES[0], "k": 5}).json()

@@ -15,6 +15,7 @@ from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer import passages as passages_module
 from indexer.documents import read_corpus
+from indexer.filters import parse
 from indexer.indexing import update_index
 from indexer.passages import PassageSpec, best_per_document, split_passages
 from indexer.search import hits_for
@@ -231,6 +232,9 @@ def test_k_distinct_documents_and_removed_ones_never_come_back(
     assert {"sugar.txt", "gone.txt"} <= {h.doc_id for h in hits}
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert all(h.passage is not None and h.snippet for h in hits)
+    # A filter inside a passage search: only the matching documents' passages compete.
+    (filtered,) = hits_for(Store.open(index_dir), query, 3, where=parse("source glob 't*'"))
+    assert [h.doc_id for h in filtered] == ["tcp.txt"] and filtered[0].passage is not None
 
     (folder / "gone.txt").unlink()
     report = update_index(index_dir, default_encoder, read_corpus(folder, whole=True),

@@ -204,7 +204,9 @@ def test_modes_rank_differently_and_hybrid_fuses_both(indexed):
     lexical = search_queries(index_dir, query, k=5, mode="lexical")[0]
     assert doc_ids(lexical) == ["recall"]  # BM25 finds only what shares a term
     assert len(dense) == 5  # dense ranks everything
-    rrf = search_queries(index_dir, query, k=5, encoder=encoder, mode="hybrid")[0]
+    rrf = search_queries(
+        index_dir, query, k=5, encoder=encoder, mode="hybrid", fusion=Fusion("rrf")
+    )[0]
     assert rrf[0].doc_id == "recall" and len(rrf) == 5
     assert sorted(doc_ids(rrf)) == sorted(doc_ids(dense))
     only_dense = search_queries(
@@ -371,7 +373,8 @@ def test_search_page_mode_menu_in_a_real_browser(served):
         assert len(hits) == 1 and hits[0].find_element(By.CLASS_NAME, "title").text == "Notice"
         Select(driver.find_element(By.ID, "mode")).select_by_value("hybrid")
         driver.find_element(By.ID, "submit").click()
-        wait.until(lambda d: "hybrid, rrf (k=60)" in d.find_element(By.ID, "status").text)
+        default = "hybrid, " + Fusion().describe()  # the page sends no fusion: the default
+        wait.until(lambda d: default in d.find_element(By.ID, "status").text)
         assert len(driver.find_elements(By.CSS_SELECTOR, "#results .hit")) == 5
         assert "mode=hybrid" in driver.current_url
     finally:
@@ -405,3 +408,68 @@ def test_bench_beir_sweep_scores_every_ranking(tmp_path, tiny_bert_path):
     assert lexical.exit_code == 0, lexical.output
     assert json.loads(lexical.stdout)["datasets"][0]["metrics"] == result["rankings"]["lexical"]
     assert list(out.glob("*-lexical.json"))
+
+
+def test_server_on_an_index_without_a_lexical_side_never_blocks_the_writer(fresh):
+    """The server brings the lexical index in step before it pins its read snapshot, and
+    never writes while it holds one: `engine index` runs beside it."""
+    index_dir, encoder = fresh
+    store = Store.open(index_dir)
+    path = store.lexical.path
+    shutil.rmtree(path)
+    store.db.execute("DELETE FROM settings WHERE key = ?", [LEXICAL_KEY])
+    store.db.conn.commit()
+    store.close()
+    server = LiveServer(create_app(index_dir, encoder))
+    try:
+        got = httpx.get(f"{server.url}/search", params={"q": "XK-4471", "mode": "lexical"})
+        assert [hit["doc_id"] for hit in got.json()["results"][0]] == ["recall"]
+        assert path.is_dir()  # built on disk, before the snapshot was pinned
+        more = [*DOCUMENTS, Document("walrus", "walrus.txt", "", "Walrus tusks grow.")]
+        report = update_index(index_dir, encoder, more, progress=False)
+        assert report.added == 1
+    finally:
+        server.stop()
+    held, live, recorded = lexical_state(index_dir)
+    assert held == live and len(live) == 6 and recorded
+
+
+def test_server_searches_in_memory_while_a_writer_builds_the_lexical_index(fresh):
+    index_dir, encoder = fresh
+    store = Store.open(index_dir)
+    path = store.lexical.path
+    store.close()
+    shutil.rmtree(path)
+    with WriterLock(index_dir):  # what a running `engine index` holds
+        server = LiveServer(create_app(index_dir, encoder))
+        try:
+            got = httpx.get(f"{server.url}/search", params={"q": "XK-4471", "mode": "lexical"})
+            assert got.status_code == 200, got.text
+            assert [hit["doc_id"] for hit in got.json()["results"][0]] == ["recall"]
+            assert not path.exists()  # nothing written without the lock
+        finally:
+            server.stop()
+
+
+def test_a_reader_that_caught_up_leaves_the_writer_free(fresh):
+    """A reader that brought the lexical index in step gives back tantivy's writer lock at
+    once: an `engine index` run beside it (here, in the same process) can write."""
+    index_dir, encoder = fresh
+    store = Store.open(index_dir)
+    recall_id = next(i for i, d in store.doc_ids().items() if d == "recall")
+    lexical = LexicalIndex.open(store.lexical.path)
+    lexical.remove([recall_id])  # what a writer killed before its lexical commit leaves
+    lexical.commit()
+    lexical.close()
+    record = store.settings[LEXICAL_KEY]
+    store.write_settings({LEXICAL_KEY: {**record, "generation": record["generation"] - 1}})
+    store.close()
+    reader = Store.open(index_dir)
+    try:
+        assert reader.lexical_search(["XK-4471"], 3)[1][0][0] == recall_id  # caught up
+        more = [*DOCUMENTS, Document("walrus", "walrus.txt", "", "Walrus tusks grow.")]
+        assert update_index(index_dir, encoder, more, progress=False).added == 1
+    finally:
+        reader.close()
+    held, live, recorded = lexical_state(index_dir)
+    assert held == live and len(live) == 6 and recorded

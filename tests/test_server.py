@@ -136,6 +136,36 @@ def test_search_cli_through_the_server(served):
     assert down.exit_code == 1 and "cannot reach the server" in down.stderr
 
 
+def test_where_filters_inside_the_served_search(served):
+    """GET and POST /search take `where` (and `engine search --server` passes --where/--source):
+    k hits of the matching documents only; a bad filter is one 400 line naming the position."""
+    server, _, _ = served
+    wanted = "title in ('TCP', 'Volcanoes', 'Castling')"
+    got = httpx.get(f"{server.url}/search", params={"q": "sugar", "k": 5, "where": wanted})
+    assert sorted(hit["doc_id"] for hit in got.json()["results"][0]) == ["chess", "tcp", "volcano"]
+    posted = httpx.post(
+        f"{server.url}/search",
+        json={"queries": ["sugar", "lava"], "k": 2, "where": "title glob 'V*'", "mode": "hybrid"},
+    ).json()
+    assert [[hit["doc_id"] for hit in hits] for hits in posted["results"]] == [
+        ["volcano"],
+        ["volcano"],
+    ]
+    bad = httpx.get(f"{server.url}/search", params={"q": "sugar", "where": "title = "})
+    assert "at position 9" in assert_one_line_error(bad, 400)
+    runner = CliRunner()
+    remote = runner.invoke(
+        cli,
+        ["search", "sugar", "--server", server.url, "--json", "--where", "title = 'TCP'"],
+    )
+    assert remote.exit_code == 0, remote.output
+    assert [json.loads(line)["doc_id"] for line in remote.stdout.splitlines()] == ["tcp"]
+    nothing = runner.invoke(
+        cli, ["search", "sugar", "--server", server.url, "--json", "--source", "other/*"]
+    )
+    assert nothing.exit_code == 0 and nothing.stdout == ""
+
+
 @pytest.mark.precision
 def test_search_knobs_reach_the_served_index(tmp_path, tiny_bert_path):
     """nprobe (IVF) and ef_search (HNSW) over HTTP and `engine search --server` equal in-process."""

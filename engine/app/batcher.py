@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 
 from engine.app.served import ServedIndex, ServedMilvus
 from engine.encoder import Encoder, token_budget_batches
+from indexer.filters import Condition
 from indexer.fusion import Fusion
 from indexer.search import Hit, hits_for, resolve_instruction, resolve_mode
 from indexer.vector_index import SearchKnobs
@@ -85,6 +86,7 @@ class Job:
     knobs: SearchKnobs = SearchKnobs()  # a search: nprobe (IVF), ef_search (HNSW)
     mode: str | None = None  # a search: dense, lexical or hybrid (None: the default)
     fusion: Fusion = Fusion()  # a hybrid search: how to fuse
+    where: Condition | None = None  # a search: a metadata filter (applied inside it)
     call: Callable[[ServedIndex], Any] | None = None  # work on the index, no encoding
     future: Future = field(default_factory=Future)
     deadline: float | None = None  # time.monotonic() by which it is answered (set on submit)
@@ -296,7 +298,9 @@ class Batcher:
                     if job.k is not None:
                         job.future.set_exception(exc)
                 encoding = [job for job in encoding if job.k is None]
-        lexical: dict[tuple[int, SearchKnobs, str, Fusion], list[tuple[Job, Any]]] = {}
+        lexical: dict[
+            tuple[int, SearchKnobs, str, Fusion, Condition | None], list[tuple[Job, Any]]
+        ] = {}
         small, large = [], []
         for job in encoding:
             try:
@@ -373,7 +377,9 @@ class Batcher:
 
     def _answer(self, group: Group) -> None:
         start = 0
-        searches: dict[tuple[int, SearchKnobs, str, Fusion], list[tuple[Job, Any]]] = {}
+        searches: dict[
+            tuple[int, SearchKnobs, str, Fusion, Condition | None], list[tuple[Job, Any]]
+        ] = {}
         for job, job_ids, _ in group.prepared:
             own = group.vectors[start : start + len(job_ids)]
             start += len(job_ids)
@@ -396,22 +402,24 @@ class Batcher:
             self._search(store, key, found)
 
     @staticmethod
-    def _search_key(job: Job) -> tuple[int, SearchKnobs, str, Fusion]:
-        return (int(job.k or 0), job.knobs, str(job.mode), job.fusion)
+    def _search_key(job: Job) -> tuple[int, SearchKnobs, str, Fusion, Condition | None]:
+        return (int(job.k or 0), job.knobs, str(job.mode), job.fusion, job.where)
 
     def _search(
         self,
         store: Any,
-        key: tuple[int, SearchKnobs, str, Fusion],
+        key: tuple[int, SearchKnobs, str, Fusion, Condition | None],
         group: list[tuple[Job, np.ndarray | None]],
     ) -> None:
-        """One index search and one SQLite read for every job asking the same k, knobs, mode
-        and fusion (lexical jobs carry no vectors)."""
-        k, knobs, mode, fusion = key
+        """One index search and one SQLite read for every job asking the same k, knobs, mode,
+        fusion and filter (lexical jobs carry no vectors)."""
+        k, knobs, mode, fusion, where = key
         queries = [text for job, _ in group for text in job.texts]
         vectors = None if mode == "lexical" else np.concatenate([own for _, own in group])
         try:
-            hits = hits_for(store, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion)
+            hits = hits_for(
+                store, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion, where=where
+            )
         except Exception as exc:
             for job, _ in group:
                 job.future.set_exception(exc)

@@ -22,11 +22,12 @@ def search_server(
     mode: str | None = None,
     fusion: str | None = None,
     alpha: float | None = None,
+    where: str | None = None,
 ) -> dict[str, Any]:
     """``POST /search`` for one query; the server's answer, or its error as an EngineError.
 
     ``nprobe``/``ef_search``, ``mode``/``fusion``/``alpha`` (None: the server's defaults)
-    go to the server's search.
+    and ``where`` (a filter) go to the server's search.
     """
     import httpx
 
@@ -37,7 +38,7 @@ def search_server(
         body["nprobe"] = nprobe
     if ef_search is not None:
         body["ef_search"] = ef_search
-    for name, value in (("mode", mode), ("fusion", fusion), ("alpha", alpha)):
+    for name, value in (("mode", mode), ("fusion", fusion), ("alpha", alpha), ("where", where)):
         if value is not None:
             body[name] = value
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -44,6 +44,11 @@ class SearchRequest(BaseModel):
         le=1.0,
         description="Weighted fusion: the dense side's weight (implies fusion weighted).",
     )
+    where: str | None = Field(
+        None,
+        description="Metadata filter applied inside the search (`engine search --where`), e.g. "
+        '`extension in (".md", ".txt") and size < 100000`.',
+    )
 
     @model_validator(mode="after")
     def one_of_query_or_queries(self) -> SearchRequest:

@@ -36,6 +36,7 @@ from engine.app.models import (
 )
 from engine.instructions import INSTRUCTIONS, check_instruction
 from engine.text import repair_text, unencodable
+from indexer.filters import parse as parse_filter
 from indexer.search import check_queries, resolve_fusion
 from indexer.vector_index import SearchKnobs
 
@@ -92,6 +93,7 @@ async def answer_search(
     mode: str | None = None,
     fusion: str | None = None,
     alpha: float | None = None,
+    where: str | None = None,
 ) -> SearchResponse:
     # A lone surrogate ("\\ud800" in the JSON) cannot be encoded: search text is repaired
     # (U+FFFD), as `engine search` does; embedding inputs are refused instead (embeddings).
@@ -114,6 +116,9 @@ async def answer_search(
     check_queries(queries, k)
     check_instruction(instruct, no_instruct)
     fused = resolve_fusion(fusion, alpha)
+    if where is not None and len(where) > limits.max_query_chars:
+        raise ApiError(413, f"the filter is over {limits.max_query_chars} characters")
+    condition = parse_filter(where) if where is not None else None
     searched: Searched = await run(
         batcher,
         Job(
@@ -124,6 +129,7 @@ async def answer_search(
             knobs=knobs,
             mode=mode,
             fusion=fused,
+            where=condition,
         ),
         client,
     )
@@ -156,6 +162,7 @@ async def search_post(
         request.mode,
         request.fusion,
         request.alpha,
+        request.where,
     )
 
 
@@ -177,11 +184,14 @@ async def search_get(
     alpha: float | None = Query(
         None, ge=0.0, le=1.0, description="Weighted fusion: the dense side's weight."
     ),
+    where: str | None = Query(
+        None, description='Metadata filter, e.g. `extension = ".md" and size > 1000`.'
+    ),
 ) -> SearchResponse:
     """The same search for browsers and curl: `/search?q=...&k=5&mode=hybrid`."""
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
     return await answer_search(
-        client, batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha
+        client, batcher, limits, [q], instruct, no_instruct, k, knobs, mode, fusion, alpha, where
     )
 
 

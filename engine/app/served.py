@@ -100,6 +100,10 @@ class ServedIndex:
     def _open(self) -> Store:
         store = Store.open(self.folder)
         try:
+            try:  # in step on disk first: a store holding a read snapshot never writes
+                store.lexical.load()
+            except EngineError:
+                pass  # a running `engine index` builds it; searched in memory meanwhile
             # One read transaction until the next publish: checkpoints a running
             # `engine index` commits meanwhile stay invisible (WAL keeps this snapshot).
             store.hold_read_snapshot()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
+from engine.api import Index
 from engine.app.commands import index_option
 from engine.options import json_option
 from indexer.folder import reporting_damage
-from indexer.integrity import check_index
 
 
 @click.command("check")
@@ -40,7 +40,7 @@ def check_command(index_dir: Path, repair: bool, as_json: bool) -> None:
     """
 
     with reporting_damage(index_dir):
-        report = check_index(index_dir, repair=repair)
+        report = Index(index_dir).check(repair=repair)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

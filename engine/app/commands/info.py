@@ -7,11 +7,10 @@ from pathlib import Path
 
 import click
 
+from engine.api import Index
 from engine.app.commands import index_option
 from engine.options import json_option
 from indexer.folder import reporting_damage
-from indexer.info import index_info
-from indexer.store import Store
 
 
 @click.command("info")
@@ -26,10 +25,8 @@ def info_command(index_dir: Path, as_json: bool) -> None:
       engine info --index ./my-index --json
     """
 
-    with reporting_damage(index_dir):
-        store = Store.open(index_dir)
-        data = index_info(store, index_dir)
-        store.close()
+    with reporting_damage(index_dir), Index.open(index_dir) as index:
+        data = index.info()
     if as_json:
         click.echo(json.dumps(data))
         return

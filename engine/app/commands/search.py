@@ -28,7 +28,7 @@ from engine.options import (
 )
 from indexer.filters import combine, source_glob
 from indexer.filters import parse as parse_filter
-from indexer.fusion import DEFAULT_MODE, METHODS, MODES
+from indexer.fusion import DEFAULT_MODE, METHODS, MODES, Fusion
 
 
 @click.command("search")
@@ -42,7 +42,9 @@ from indexer.fusion import DEFAULT_MODE, METHODS, MODES
     "--no-instruct", is_flag=True, help="No instruction, not even the index's default one."
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits.")
-@search_mode_options(MODES, METHODS, f"{DEFAULT_MODE}; dense on a Milvus backend")
+@search_mode_options(
+    MODES, METHODS, f"{DEFAULT_MODE}, {Fusion().describe()}; dense on a Milvus backend"
+)
 @click.option(
     "--where",
     "where",
@@ -118,8 +120,6 @@ def search_command(
         parse_filter(where) if where is not None else None,
         source_glob(source_pattern) if source_pattern else None,
     )
-    if server and condition is not None:
-        raise EngineError("--where and --source are not supported with --server yet")
     if server:
         answer = search_server(
             server,
@@ -133,6 +133,7 @@ def search_command(
             mode=mode,
             fusion=fusion,
             alpha=alpha,
+            where=condition.text if condition is not None else None,
         )
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
