@@ -1,4 +1,4 @@
-"""Metadata filters: the ``--where`` language, parsed into a parameterised SQL condition.
+"""Metadata filters: the ``--where`` language, parsed into a tree and compiled to queries.
 
 The language is small on purpose::
 
@@ -12,9 +12,10 @@ documents table; every other name is a metadata field (``extension``, ``size``,
 with ``and``, ``or``, ``not`` and parentheses. Values are quoted strings or numbers. A
 document without a field matches no comparison on it, negated or not (SQL's NULL).
 
-A recursive-descent parser turns the text into SQL whose every value and field name is a
-bound parameter: nothing the user typed is formatted into the statement. A bad expression
-raises one :class:`~engine.errors.EngineError` line naming the position.
+A recursive-descent parser turns the text into a tree of tests (``not`` pushed down onto
+them), which :func:`document_ids_sql` compiles to SQL whose every value and field name is
+a bound parameter: nothing the user typed is formatted into the statement. A bad
+expression raises one :class:`~engine.errors.EngineError` line naming the position.
 """
 
 from __future__ import annotations
@@ -47,12 +48,37 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Test:
+    """One field test; ``negated`` holds a ``not`` pushed down onto it (SQL's three-valued
+    logic: a document without the field passes neither the test nor its negation)."""
+
+    field: str
+    op: str  # = != < <= > >= in glob
+    values: tuple  # one value (a pattern for glob), several for in
+    negated: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    """Tests joined by ``and`` or ``or``."""
+
+    op: str  # and | or
+    parts: tuple[Test | Group, ...]
+
+
+Node = Test | Group
+
+
+@dataclass(frozen=True)
 class Condition:
-    """A parsed filter: ``sql`` is a WHERE condition over ``documents``, ``params`` its values."""
+    """A parsed filter: the expression's text and its tree, ``not`` pushed down to the tests."""
 
     text: str
-    sql: str
-    params: tuple
+    tree: Node
+
+    def select(self) -> tuple[str, list]:
+        """A SELECT of the matching documents' ids (see :func:`document_ids_sql`)."""
+        return document_ids_sql(self.tree)
 
 
 def tokenize(text: str) -> list[Token]:
@@ -82,18 +108,18 @@ def tokenize(text: str) -> list[Token]:
 
 
 def parse(text: str) -> Condition:
-    """``text`` in the filter language as a parameterised SQL condition (EngineError if bad)."""
+    """``text`` in the filter language as a :class:`Condition` (EngineError if bad)."""
     if not text or not text.strip():
         raise EngineError("--where: empty expression")
     parser = _Parser(text, tokenize(text))
-    sql, params = parser.expression()
+    tree = parser.expression()
     parser.expect_end()
-    return Condition(text, sql, tuple(params))
+    return Condition(text, tree)
 
 
 def source_glob(pattern: str) -> Condition:
     """``--source GLOB``: documents whose source path matches the pattern."""
-    return Condition(f"source glob {pattern!r}", "source GLOB ?", (pattern,))
+    return Condition(f"source glob {pattern!r}", Test("source", "glob", (pattern,)))
 
 
 def combine(*conditions: Condition | None) -> Condition | None:
@@ -104,12 +130,72 @@ def combine(*conditions: Condition | None) -> Condition | None:
     if len(given) == 1:
         return given[0]
     return Condition(
-        " and ".join(f"({c.text})" for c in given),
-        " AND ".join(f"({c.sql})" for c in given),
-        tuple(p for c in given for p in c.params),
+        " and ".join(f"({c.text})" for c in given), Group("and", tuple(c.tree for c in given))
     )
 
 
+def negate(node: Node) -> Node:
+    """``not node`` pushed down to the tests (De Morgan; it holds in three-valued logic)."""
+    if isinstance(node, Test):
+        return Test(node.field, node.op, node.values, not node.negated)
+    return Group("or" if node.op == "and" else "and", tuple(negate(p) for p in node.parts))
+
+
+# ------------------------------------------------------------------ SQL
+def document_ids_sql(node: Node) -> tuple[str, list]:
+    """A SELECT of the ids of the documents ``node`` matches, with every value bound.
+
+    A test on a documents column reads the documents table (``source`` through its
+    index); a metadata test reads ``metadata_values`` (one row per document and field,
+    migration 5) through its (key, value) primary key, so a filter reads the rows it
+    matches rather than every document's JSON. ``and`` is INTERSECT, ``or`` UNION.
+    """
+    if isinstance(node, Group):
+        parts = [document_ids_sql(part) for part in node.parts]
+        word = " INTERSECT " if node.op == "and" else " UNION "
+        return (
+            word.join(f"SELECT * FROM ({sql})" for sql, _ in parts),
+            [value for _, params in parts for value in params],
+        )
+    if node.field in COLUMNS:
+        sql, params = _test_sql(COLUMNS[node.field], node)
+        return f"SELECT id FROM documents WHERE {sql}", params
+    sql, params = _test_sql("value", node)
+    select = "SELECT document FROM metadata_values WHERE key = ? AND "
+    prefix = _literal_prefix(node)
+    if prefix is None:
+        return select + sql, [node.field, *params]
+    # A glob with a literal prefix: text values in the prefix's range of the index, and
+    # numbers (SQLite globs their text form; they sort before all text).
+    low, high = prefix
+    return (
+        f"{select}value >= ? AND value < ? AND {sql} UNION ALL {select}value < '' AND {sql}",
+        [node.field, low, high, *params, node.field, *params],
+    )
+
+
+def _test_sql(column: str, node: Test) -> tuple[str, list]:
+    if node.op == "in":
+        sql = f"{column} IN ({','.join('?' * len(node.values))})"
+    elif node.op == "glob":
+        sql = f"{column} GLOB ?"
+    else:
+        sql = f"{column} {node.op} ?"
+    return (f"NOT ({sql})" if node.negated else sql), list(node.values)
+
+
+def _literal_prefix(node: Test) -> tuple[str, str] | None:
+    """The range of text a glob's literal head spans, as (low, high); None: no such head."""
+    if node.op != "glob" or node.negated:
+        return None
+    pattern = str(node.values[0])
+    head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    if not head or ord(head[-1]) in (0xD7FF, 0x10FFFF):
+        return None
+    return head, head[:-1] + chr(ord(head[-1]) + 1)
+
+
+# --------------------------------------------------------------- parser
 def _error(text: str, position: int, message: str) -> EngineError:
     return EngineError(f"--where: {message} at position {position + 1}: {text}")
 
@@ -135,47 +221,43 @@ class _Parser:
         if self.token.kind != "end":
             raise self.fail("expected 'and', 'or' or the end")
 
-    def expression(self) -> tuple[str, list]:
-        sql, params = self.conjunction()
+    def expression(self) -> Node:
+        parts = [self.conjunction()]
         while self.is_keyword("or"):
             self.at += 1
-            right, more = self.conjunction()
-            sql, params = f"({sql} OR {right})", params + more
-        return sql, params
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else Group("or", tuple(parts))
 
-    def conjunction(self) -> tuple[str, list]:
-        sql, params = self.negation()
+    def conjunction(self) -> Node:
+        parts = [self.negation()]
         while self.is_keyword("and"):
             self.at += 1
-            right, more = self.negation()
-            sql, params = f"({sql} AND {right})", params + more
-        return sql, params
+            parts.append(self.negation())
+        return parts[0] if len(parts) == 1 else Group("and", tuple(parts))
 
-    def negation(self) -> tuple[str, list]:
+    def negation(self) -> Node:
         if self.is_keyword("not"):
             self.at += 1
-            sql, params = self.negation()
-            return f"(NOT {sql})", params
+            return negate(self.negation())
         return self.atom()
 
-    def atom(self) -> tuple[str, list]:
+    def atom(self) -> Node:
         token = self.token
         if token.kind == "punct" and token.value == "(":
             self.at += 1
-            sql, params = self.expression()
+            node = self.expression()
             if not (self.token.kind == "punct" and self.token.value == ")"):
                 raise self.fail("expected ')'")
             self.at += 1
-            return sql, params
+            return node
         if token.kind != "name" or str(token.value).lower() in KEYWORDS:
             raise self.fail("expected a field name or '('")
         self.at += 1
-        field_sql, field_params = _field(str(token.value))
+        field = str(token.value)
         if self.token.kind == "op":
             op = str(self.token.value)
             self.at += 1
-            value = self.value()
-            return f"{field_sql} {op} ?", [*field_params, value]
+            return Test(field, op, (self.value(),))
         negated = False
         if self.is_keyword("not"):
             negated = True
@@ -184,17 +266,14 @@ class _Parser:
                 raise self.fail("expected 'in' after 'not'")
         if self.is_keyword("in"):
             self.at += 1
-            values = self.values()
-            marks = ",".join("?" * len(values))
-            word = "NOT IN" if negated else "IN"
-            return f"{field_sql} {word} ({marks})", [*field_params, *values]
+            return Test(field, "in", tuple(self.values()), negated)
         if self.is_keyword("glob"):
             self.at += 1
             if self.token.kind != "string":
                 raise self.fail("expected a quoted pattern after 'glob'")
             pattern = self.token.value
             self.at += 1
-            return f"{field_sql} GLOB ?", [*field_params, pattern]
+            return Test(field, "glob", (pattern,))
         raise self.fail("expected a comparison (= != < <= > >=), 'in' or 'glob'")
 
     def value(self) -> str | float | int:
@@ -216,10 +295,3 @@ class _Parser:
             raise self.fail("expected ',' or ')'")
         self.at += 1
         return values
-
-
-def _field(name: str) -> tuple[str, list]:
-    """SQL for a field: a documents column, or the metadata JSON at a bound path."""
-    if name in COLUMNS:
-        return COLUMNS[name], []
-    return "json_extract(metadata, ?)", ['$."' + name.replace('"', "") + '"']
