@@ -17,7 +17,7 @@ from indexer.filters import parse, source_glob
 from indexer.schema import MIGRATIONS
 from indexer.search import ranked
 from indexer.store import Store, Writer
-from tests.test_vector_index import clustered, settings
+from tests.test_vector_index import clustered, settings, undo_metadata_values
 
 N = 1500
 GROUPS = 50  # document i is in group i % 50: a group is 30 documents, 2% of them
@@ -85,13 +85,20 @@ def test_filters_give_exact_counts_on_every_index_type(
     tmp_path, monkeypatch, index_type, exact_limit
 ):
     """k hits whenever k documents match, each one matching, none deleted; with the FAISS
-    selector path forced (exact_limit 0) as well as the exact-scoring path."""
+    selector path forced (exact_limit 0) as well as the exact-scoring paths (a flat
+    index's decoded codes, or the stored vectors)."""
     monkeypatch.setattr(vector_index, "EXACT_FILTERED", exact_limit)
+    if not exact_limit:
+        monkeypatch.setattr(vector_index, "DECODED_FILTERED", 0)
     store, _, rows = filled(tmp_path / "index", index_type)
     queries = clustered(4, seed=7)
     for expression, keep in FILTERS:
         allowed = store.matching(parse(expression))
         assert sorted(allowed.tolist()) == sorted(i for i, r in rows.items() if keep(r))
+        decoded = vector_index.decoded_top_k(
+            store.snapshots.search_index(), queries, np.unique(allowed), 10
+        )
+        assert (decoded is not None) == (index_type in ("flat", "flat-fp16"))
         for k in (10, 50):
             _, ids = ranked(store, queries, [], k, allowed=allowed)
             for query, found in zip(queries, ids, strict=True):
@@ -146,9 +153,7 @@ def test_migration_fills_the_extension_of_existing_documents(tmp_path):
         store.commit(upsert=metadata_rows(0, 6), vectors=clustered(6, seed=1))
         name = store.db_name
     with sqlite3.connect(folder / name) as conn:  # as engine wrote it before migration 4
-        for trigger in ("insert", "delete", "update"):
-            conn.execute(f"DROP TRIGGER metadata_values_{trigger}")
-        conn.execute("DROP TABLE metadata_values")
+        undo_metadata_values(conn)
         conn.execute("ALTER TABLE documents DROP COLUMN metadata")
         conn.execute("PRAGMA user_version = 3")
     migrated = Store.open(folder)
