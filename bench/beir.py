@@ -43,6 +43,7 @@ from engine.options import (
     index_type_option,
     json_option,
     model_option,
+    passage_options,
     precision_option,
     quiet_option,
     results_dir_option,
@@ -614,19 +615,9 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
     "(default: the cached index's own, exact at BEIR sizes)."
 )
 @search_knob_options
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=16),
-    metavar="TOKENS",
-    help="Index documents as passages of TOKENS tokens (engine index --passages); a document "
-    "scores its best passage, in every --mode.",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    metavar="TOKENS",
-    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+@passage_options(
+    "Index documents as passages of TOKENS tokens (engine index --passages); a document "
+    "scores its best passage, in every --mode."
 )
 @search_mode_options(MODES, METHODS, "dense: the model's own figure")
 @click.option(

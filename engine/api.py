@@ -28,13 +28,22 @@ from indexer.documents import read_corpus
 from indexer.filters import Condition
 from indexer.info import index_info
 from indexer.integrity import CheckReport, check_index
-from indexer.search import Hit, load_encoder_for, resolve_fusion, search_queries
+from indexer.search import (
+    Hit,
+    SearchIndex,
+    load_encoder_for,
+    resolve_fusion,
+    resolve_instruction,
+    resolve_mode,
+    search_queries,
+)
 from indexer.store import Store, Writer, read_index_settings
 from indexer.vector_index import validate_type
 
 if TYPE_CHECKING:  # torch is imported when a model is needed, not with the API
     from engine.encoder import Encoder
     from indexer.indexing import IndexReport
+    from indexer.milvus import MilvusIndex
 
 __all__ = ["CheckReport", "Document", "Hit", "Index"]
 
@@ -56,8 +65,9 @@ DocumentLike = Document | Mapping[str, Any]
 
 
 class Index:
-    """An index folder, open for searching and changing. Use :meth:`open` or :meth:`create`;
-    a context manager (``with``) closes it."""
+    """An index folder, open for searching and changing. Use :meth:`open` or :meth:`create`
+    (:meth:`open_milvus`: a Milvus collection, for searching); a context manager (``with``)
+    closes it."""
 
     def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None):
         self.path = Path(path)
@@ -66,13 +76,35 @@ class Index:
         self._index_type: str | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
+        self._milvus: MilvusIndex | None = None
 
     # ------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, *, device: str | None = None) -> Index:
-        """An existing index (EngineError when there is none at ``path``)."""
-        index = cls(path, device=device)
+    def open(
+        cls, path: str | Path, *, model: str | None = None, device: str | None = None
+    ) -> Index:
+        """An existing index (EngineError when there is none at ``path``). ``model``: where
+        to load the index's model from (another model is refused); None: as recorded."""
+        index = cls(path, model=model, device=device)
         index.store  # noqa: B018 - fails now, not at the first search, when there is no index
+        return index
+
+    @classmethod
+    def open_milvus(
+        cls,
+        uri: str,
+        collection: str = "engine",
+        token: str | None = None,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+    ) -> Index:
+        """A Milvus collection written by ``engine export milvus`` (a Milvus Lite file or
+        ``http://host:19530``), for :meth:`search` and :meth:`info` (dense only)."""
+        from indexer.milvus import MilvusIndex
+
+        index = cls(uri, model=model, device=device)
+        index._milvus = MilvusIndex.open(uri, collection, token)
         return index
 
     @classmethod
@@ -95,6 +127,9 @@ class Index:
 
     @property
     def store(self) -> Store:
+        """The index folder's store as last published (reopened after a publish)."""
+        if self._milvus is not None:
+            raise EngineError(f"{self._milvus} is searched only; change the index it came from")
         if self._store is None or not self._store.is_current:
             if self._store is not None:
                 self._store.close()
@@ -108,18 +143,25 @@ class Index:
             from engine.encoder import Encoder, document_tokens
             from indexer.indexing import model_for_index
 
-            if read_index_settings(self.path) is not None:
-                self._encoder = load_encoder_for(self.store, self._model, self._device)
+            if self._milvus is not None or read_index_settings(self.path) is not None:
+                self._encoder = load_encoder_for(self._searched, self._model, self._device)
             else:
                 model, length = model_for_index(self.path, self._model, None)
                 self._encoder = Encoder.load(model, device=self._device)
                 self._encoder.set_max_length(document_tokens(self._encoder, length))
         return self._encoder
 
+    @property
+    def _searched(self) -> SearchIndex:
+        """Where searches go: the Milvus collection, or the store."""
+        return self._milvus if self._milvus is not None else self.store
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._milvus is not None:
+            self._milvus.close()
 
     def __enter__(self) -> Index:
         return self
@@ -179,6 +221,7 @@ class Index:
         k: int = 10,
         *,
         instruct: str | None = None,
+        no_instruct: bool = False,
         mode: str | None = None,
         where: str | Condition | None = None,
         fusion: str | None = None,
@@ -187,31 +230,50 @@ class Index:
         ef_search: int | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Top-``k`` hits for ``query`` (a list of :class:`Hit`), or for each of ``queries``
-        (a list of lists). ``instruct``: the query instruction (None: the index's default);
-        ``mode``: dense, lexical or hybrid (None: the default); ``where``: a filter in the
-        ``--where`` language, applied inside the search."""
+        (a list of lists). ``instruct``: the query instruction (None: the index's default,
+        ``no_instruct``: none); ``mode``: dense, lexical or hybrid (None: the default);
+        ``where``: a filter in the ``--where`` language (or a parsed one), applied inside
+        the search. A lexical search loads no model."""
         queries = [query] if isinstance(query, str) else list(query)
-        store = self.store
-        if instruct is None:
-            instruct = store.settings.get("default_instruction")
-        lexical = mode == "lexical"
+        searched = self._searched
+        # Checked before the model loads: a refusal costs nothing.
+        mode = resolve_mode(searched, mode)
+        fused = resolve_fusion(fusion, alpha)
+        instruction = self.instruction_for(instruct, no_instruct, mode)
         found = search_queries(
-            store,
+            searched,
             queries,
             k=k,
-            instruction=instruct or None,
-            encoder=None if lexical else self.encoder,
+            instruction=instruction,
+            encoder=None if mode == "lexical" else self.encoder,
             nprobe=nprobe,
             ef_search=ef_search,
             mode=mode,
-            fusion=resolve_fusion(fusion, alpha),
+            fusion=fused,
             where=where,
         )
         return found[0] if isinstance(query, str) else found
 
+    def instruction_for(
+        self, instruct: str | None = None, no_instruct: bool = False, mode: str | None = None
+    ) -> str | None:
+        """The instruction a :meth:`search` with these arguments embeds its queries with:
+        the one asked for, none (``no_instruct`` or ``""``), else the index's default; none
+        in lexical mode (no query is embedded). Asking for one and none is refused."""
+        searched = self._searched
+        instruction = resolve_instruction(searched, instruct, no_instruct)
+        return None if resolve_mode(searched, mode) == "lexical" else instruction
+
     def info(self) -> dict[str, Any]:
-        """What ``engine info`` prints: model, type, counts, size, dates."""
+        """What ``engine info`` prints: model, type, counts, size, dates (a Milvus
+        collection: model, type, documents, when exported)."""
+        if self._milvus is not None:
+            return self._milvus.info()
         return index_info(self.store, self.path)
+
+    def count(self) -> int:
+        """Documents in the index."""
+        return self._searched.count()
 
     def check(self, *, repair: bool = False) -> CheckReport:
         """What ``engine check`` does: verify (``repair``: and rebuild what is damaged)."""

@@ -90,3 +90,30 @@ def test_importing_the_api_name_loads_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+def test_the_instruction_a_search_uses(tmp_path, tiny_bert_path):
+    path = tmp_path / "index"
+    with Index.create(path, model=str(tiny_bert_path), index_type="flat") as index:
+        index.add(DOCUMENTS)
+    with Index.open(path) as index:
+        assert index.instruction_for() is None  # no default stored
+        assert index.instruction_for("Find notes") == "Find notes"
+        assert index.instruction_for("Find notes", mode="lexical") is None  # nothing embedded
+        assert index.instruction_for("") is None
+        with pytest.raises(EngineError, match="instruct"):
+            index.instruction_for("Find notes", no_instruct=True)
+        asked = index.search("sugar in leaves", k=3, mode="dense", instruct="Find notes")
+        plain = index.search("sugar in leaves", k=3, mode="dense", no_instruct=True)
+        assert len(asked) == len(plain) == 3
+        assert [h.score for h in asked] != pytest.approx([h.score for h in plain], abs=1e-4)
+
+
+def test_another_model_is_refused_when_searching(made, tmp_path, tiny_bert_path):
+    from tests.models import build_tiny_bert
+
+    other = build_tiny_bert(tmp_path / "other", seed=7)
+    with Index.open(made, model=str(other)) as index:
+        assert index.search("handshake", k=1, mode="lexical")[0].doc_id == "tcp"  # no model
+        with pytest.raises(EngineError, match="search it with the model it was built with"):
+            index.search("handshake", k=1, mode="dense")

@@ -147,19 +147,7 @@ class ServedMilvus:
         return self.backend
 
     def info(self) -> dict[str, Any]:
-        settings = self.backend.settings
-        return {
-            "backend": self.backend.uri,
-            "collection": self.backend.collection,
-            "model": settings["model"],
-            "fingerprint": settings["fingerprint"],
-            "dim": settings["dim"],
-            "max_length": settings["max_length"],
-            "index_type": settings.get("index_type"),
-            "default_instruction": settings.get("default_instruction"),
-            "documents": self.backend.count(),
-            "exported": settings.get("exported"),
-        }
+        return self.backend.info()
 
     def close(self) -> None:
         self.backend.close()

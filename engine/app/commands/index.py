@@ -15,6 +15,7 @@ from engine.options import (
     index_type_option,
     json_option,
     model_option,
+    passage_options,
     precision_option,
     quiet_option,
 )
@@ -36,20 +37,10 @@ from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS, PassageSpec, passage_s
     "default_instruction",
     help="Default task instruction stored with the index, used by `engine search` when it gets none.",
 )
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=1),
-    metavar="TOKENS",
-    help="Split every document into windows of this many model tokens (title repeated at the "
+@passage_options(
+    "Split every document into windows of this many model tokens (title repeated at the "
     "head of each) and search documents by their best passage; the whole document is read "
-    "(default: one vector of the first --max-length tokens). Stored with the index.",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    metavar="TOKENS",
-    help="Tokens each passage shares with the one before (default: an eighth of --passages).",
+    "(default: one vector of the first --max-length tokens). Stored with the index."
 )
 @click.option(
     "--max-document-tokens",
