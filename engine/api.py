@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError
 from engine.text import repair_text
+from indexer.documents import CorpusScan, read_corpus
 from indexer.documents import Document as StoredDocument
-from indexer.documents import read_corpus
 from indexer.filters import Condition
 from indexer.info import index_info
 from indexer.integrity import CheckReport, check_index
@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # torch is imported when a model is needed, not with the API
     from indexer.indexing import IndexReport
     from indexer.milvus import MilvusIndex
 
-__all__ = ["CheckReport", "Document", "Hit", "Index"]
+__all__ = ["CheckReport", "Document", "FolderReport", "Hit", "Index"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,36 @@ class Document:
 
 
 DocumentLike = Document | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    """What :meth:`Index.index_folder` did: the indexing run (its fields, ``added``,
+    ``total``..., read through), the corpus as read (skipped files, parser notes) and the
+    model, length and passage setting the index was made with."""
+
+    report: IndexReport
+    scan: CorpusScan
+    model: str
+    max_length: int
+    passage_setting: dict[str, int] | None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.report, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``engine index --json`` prints after the index and corpus paths."""
+        scan = self.scan
+        return {
+            "model": self.model,
+            "max_length": self.max_length,
+            "passage_setting": self.passage_setting,
+            **self.report.to_dict(),
+            "skipped": len(scan.skipped),
+            "ignored_files": scan.ignored,
+            "skipped_detail": [{"source": s.source, "reason": s.reason} for s in scan.skipped],
+            "notes": [{"source": n.source, "message": n.message} for n in scan.notes],
+        }
 
 
 class Index:
@@ -140,15 +170,13 @@ class Index:
     def encoder(self) -> Encoder:
         """The index's model, loaded on first need."""
         if self._encoder is None:
-            from engine.encoder import Encoder, document_tokens
             from indexer.indexing import model_for_index
 
             if self._milvus is not None or read_index_settings(self.path) is not None:
                 self._encoder = load_encoder_for(self._searched, self._model, self._device)
             else:
                 model, length = model_for_index(self.path, self._model, None)
-                self._encoder = Encoder.load(model, device=self._device)
-                self._encoder.set_max_length(document_tokens(self._encoder, length))
+                self._encoder = _load_encoder(model, length, self._device)
         return self._encoder
 
     @property
@@ -180,14 +208,83 @@ class Index:
         stored = [_stored(doc) for doc in documents]
         return self._update(stored, remove_missing=False)
 
-    def index_folder(self, folder: str | Path) -> IndexReport:
-        """Index the files under ``folder`` as ``engine index FOLDER`` does: new and changed
-        files encoded, files gone removed. Documents added from Python are kept."""
+    def index_folder(
+        self,
+        folder: str | Path,
+        *,
+        rebuild: bool = False,
+        max_length: int | None = None,
+        default_instruction: str | None = None,
+        passages: int | None = None,
+        passage_overlap: int | None = None,
+        max_document_tokens: int | None = None,
+        index_type: str | None = None,
+        batch_tokens: int | None = None,
+        precision: str | None = None,
+        progress: bool = False,
+    ) -> FolderReport | None:
+        """Index the files under ``folder`` (or one file) as ``engine index`` does, which
+        calls this: new and changed files encoded, files gone removed; documents added from
+        Python are kept. Options as ``engine index``'s: ``rebuild`` starts over;
+        ``max_length`` tokens per document; ``default_instruction`` stored for searches;
+        ``passages`` tokens per window (``passage_overlap``, ``max_document_tokens``: see
+        :func:`indexer.passages.passage_spec`); ``index_type`` (None: keep the index's);
+        ``batch_tokens`` and ``precision`` of the encoder; ``progress`` bars on stderr.
+
+        Under ``torchrun`` every rank calls this: the ranks encode, rank 0 alone reads and
+        writes and gets the report; the others get None.
+        """
+        from indexer.distributed import IndexingGroup
+        from indexer.indexing import model_for_index, passages_for_index, update_index
+        from indexer.passages import PassageSpec, passage_spec
+
         folder = Path(folder)
-        if not folder.exists():
-            raise EngineError(f"corpus not found: {folder}")
-        scan = read_corpus(folder, max_tokens=self.encoder.max_length)
-        return self._update(scan, keep_sources={""} | scan.failed_sources)
+        index_type = index_type or self._index_type
+
+        def decide() -> tuple[str | None, int | None, dict | None]:
+            """Checked on the writer (rank 0) before any rank loads a model."""
+            if not folder.exists():
+                raise EngineError(f"corpus not found: {folder}")
+            if index_type is not None:
+                validate_type(index_type)
+            asked = passage_spec(passages, passage_overlap, max_document_tokens)
+            setting = passages_for_index(self.path, asked, rebuild=rebuild)
+            return (*model_for_index(self.path, self._model, max_length, rebuild=rebuild), setting)
+
+        with IndexingGroup() as group:
+            model, length, setting = group.writer_decides(decide)
+            # The model already loaded serves unless the run asks for other settings.
+            asked = rebuild or max_length or batch_tokens or precision or group.world > 1
+            if self._encoder is None or asked:
+                self._encoder = _load_encoder(
+                    model, length, group.device(self._device), batch_tokens, precision
+                )
+            encoder = self._encoder
+            if not group.is_writer:
+                group.encode_for_writer(encoder)
+                return None
+            spec = PassageSpec(**setting) if setting else None
+            scan = read_corpus(  # lazy: read as indexed; passages: streamed whole
+                folder,
+                max_tokens=spec.max_document_tokens if spec else encoder.max_length,
+                whole=spec is not None,
+            )
+            report = update_index(
+                self.path,
+                encoder,
+                scan,
+                rebuild=rebuild,
+                default_instruction=default_instruction,
+                keep_sources={""} | scan.failed_sources,
+                index_type=validate_type(index_type) if index_type is not None else None,
+                progress=progress,
+                passages=spec,
+                group=group,
+            )
+        report.kept_sources = [source for source in report.kept_sources if source]
+        self._index_type = None
+        self.close()  # reopened at the next read: the new generation
+        return FolderReport(report, scan, encoder.name, encoder.max_length, setting)
 
     def delete(self, ids: Iterable[str], *, source: str = "") -> int:
         """Remove the documents with these ids (in ``source``); returns how many were found."""
@@ -284,6 +381,21 @@ class Index:
         """Delete the index folder and everything in it."""
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _load_encoder(
+    model: str | None,
+    length: int | None,
+    device: str | None,
+    batch_tokens: int | None = None,
+    precision: str | None = None,
+) -> Encoder:
+    """A model to index with, ``length`` tokens per document (None: the encoder's default)."""
+    from engine.encoder import Encoder, document_tokens
+
+    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens, precision=precision)
+    encoder.set_max_length(document_tokens(encoder, length))
+    return encoder
 
 
 def _stored(doc: DocumentLike) -> StoredDocument:

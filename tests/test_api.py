@@ -117,3 +117,39 @@ def test_another_model_is_refused_when_searching(made, tmp_path, tiny_bert_path)
         assert index.search("handshake", k=1, mode="lexical")[0].doc_id == "tcp"  # no model
         with pytest.raises(EngineError, match="search it with the model it was built with"):
             index.search("handshake", k=1, mode="dense")
+
+
+def test_index_folder_takes_what_engine_index_takes(tmp_path, tiny_bert_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "long.txt").write_text(" ".join(f"word{n} sugar leaves" for n in range(60)))
+    (folder / "short.md").write_text("# Rice\nRice grows in flooded paddies.")
+    (folder / "broken.txt").write_bytes(b"\x00\x01\x02" * 50)
+    with Index.create(tmp_path / "index", model=str(tiny_bert_path)) as index:
+        done = index.index_folder(
+            folder, passages=32, passage_overlap=4, default_instruction="Find notes"
+        )
+        assert done.passage_setting == {
+            "tokens": 32,
+            "overlap": 4,
+            "max_document_tokens": 1_000_000,
+        }
+        assert (done.added, done.total, done.passages > 2) == (2, 2, True)
+        summary = done.to_dict()
+        assert (summary["skipped"], summary["skipped_detail"][0]["source"]) == (1, "broken.txt")
+        assert summary["model"] == str(tiny_bert_path) and summary["documents"] == 2
+        assert index.instruction_for() == "Find notes"
+        top = index.search("sugar leaves", k=2, mode="dense")
+        assert sorted(h.doc_id for h in top) == ["long.txt", "short.md"]
+        assert all(hit.passage is not None for hit in top)
+        again = index.index_folder(folder)  # the stored setting is kept
+        assert (again.unchanged, again.encoded, again.passage_setting) == (
+            2,
+            0,
+            done.passage_setting,
+        )
+        with pytest.raises(EngineError, match="passages"):
+            index.index_folder(folder, passages=16)
+        with pytest.raises(EngineError, match="corpus not found"):
+            index.index_folder(tmp_path / "nowhere")
+        assert index.info()["documents"] == 2  # nothing lost
