@@ -26,6 +26,7 @@ from engine.text import repair_text
 from indexer.documents import CorpusScan, read_corpus
 from indexer.documents import Document as StoredDocument
 from indexer.filters import Condition
+from indexer.fusion import Fusion
 from indexer.info import index_info
 from indexer.integrity import CheckReport, check_index
 from indexer.search import (
@@ -41,6 +42,8 @@ from indexer.store import Store, Writer, read_index_settings
 from indexer.vector_index import validate_type
 
 if TYPE_CHECKING:  # torch is imported when a model is needed, not with the API
+    import numpy as np
+
     from engine.encoder import Encoder
     from indexer.indexing import IndexReport
     from indexer.milvus import MilvusIndex
@@ -99,10 +102,18 @@ class Index:
     (:meth:`open_milvus`: a Milvus collection, for searching); a context manager (``with``)
     closes it."""
 
-    def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        pinned: bool = False,
+    ):
         self.path = Path(path)
         self._model = model
         self._device = device
+        self._pinned = pinned
         self._index_type: str | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
@@ -111,11 +122,23 @@ class Index:
     # ------------------------------------------------------------ opening
     @classmethod
     def open(
-        cls, path: str | Path, *, model: str | None = None, device: str | None = None
+        cls,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        pinned: bool = False,
     ) -> Index:
         """An existing index (EngineError when there is none at ``path``). ``model``: where
-        to load the index's model from (another model is refused); None: as recorded."""
-        index = cls(path, model=model, device=device)
+        to load the index's model from (another model is refused); None: as recorded.
+
+        Reads follow each publish of ``engine index`` (the next read after one sees the new
+        generation) unless ``pinned``: then they see the generation published when it was
+        opened, in one SQLite read transaction with the FAISS snapshot read into memory
+        and verified, so a running ``engine index``'s checkpoints and a snapshot file
+        changed under it cannot change answers (``engine serve`` reopens one per publish).
+        """
+        index = cls(path, model=model, device=device, pinned=pinned)
         index.store  # noqa: B018 - fails now, not at the first search, when there is no index
         return index
 
@@ -133,8 +156,15 @@ class Index:
         ``http://host:19530``), for :meth:`search` and :meth:`info` (dense only)."""
         from indexer.milvus import MilvusIndex
 
-        index = cls(uri, model=model, device=device)
-        index._milvus = MilvusIndex.open(uri, collection, token)
+        return cls.on_milvus(MilvusIndex.open(uri, collection, token), model=model, device=device)
+
+    @classmethod
+    def on_milvus(
+        cls, backend: MilvusIndex, *, model: str | None = None, device: str | None = None
+    ) -> Index:
+        """:meth:`open_milvus` for a collection already opened (``engine serve --backend``)."""
+        index = cls(backend.uri, model=model, device=device)
+        index._milvus = backend
         return index
 
     @classmethod
@@ -160,11 +190,16 @@ class Index:
         """The index folder's store as last published (reopened after a publish)."""
         if self._milvus is not None:
             raise EngineError(f"{self._milvus} is searched only; change the index it came from")
-        if self._store is None or not self._store.is_current:
+        if self._store is None or not (self._pinned or self._store.is_current):
             if self._store is not None:
                 self._store.close()
-            self._store = Store.open(self.path)
+            self._store = _pinned_store(self.path) if self._pinned else Store.open(self.path)
         return self._store
+
+    @property
+    def generation(self) -> int | None:
+        """The published generation reads see (None: a Milvus collection)."""
+        return None if self._milvus is not None else self.store.generation
 
     @property
     def encoder(self) -> Encoder:
@@ -321,28 +356,33 @@ class Index:
         no_instruct: bool = False,
         mode: str | None = None,
         where: str | Condition | None = None,
-        fusion: str | None = None,
+        fusion: str | Fusion | None = None,
         alpha: float | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        embeddings: np.ndarray | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Top-``k`` hits for ``query`` (a list of :class:`Hit`), or for each of ``queries``
         (a list of lists). ``instruct``: the query instruction (None: the index's default,
         ``no_instruct``: none); ``mode``: dense, lexical or hybrid (None: the default);
         ``where``: a filter in the ``--where`` language (or a parsed one), applied inside
-        the search. A lexical search loads no model."""
+        the search; ``fusion``: rrf or weighted (``alpha``: the dense side's weight), or a
+        :class:`~indexer.fusion.Fusion`. ``embeddings``: the queries' embeddings, one row
+        each, when already made (``engine serve`` embeds many requests at once); the
+        instruction is then theirs. A lexical search loads no model."""
         queries = [query] if isinstance(query, str) else list(query)
         searched = self._searched
         # Checked before the model loads: a refusal costs nothing.
         mode = resolve_mode(searched, mode)
-        fused = resolve_fusion(fusion, alpha)
-        instruction = self.instruction_for(instruct, no_instruct, mode)
+        fused = fusion if isinstance(fusion, Fusion) else resolve_fusion(fusion, alpha)
+        embed = mode != "lexical" and embeddings is None
         found = search_queries(
             searched,
             queries,
             k=k,
-            instruction=instruction,
-            encoder=None if mode == "lexical" else self.encoder,
+            instruction=self.instruction_for(instruct, no_instruct, mode) if embed else None,
+            encoder=self.encoder if embed else None,
+            vectors=embeddings,
             nprobe=nprobe,
             ef_search=ef_search,
             mode=mode,
@@ -351,15 +391,19 @@ class Index:
         )
         return found[0] if isinstance(query, str) else found
 
+    def mode_for(self, mode: str | None = None) -> str:
+        """The mode a :meth:`search` asking for ``mode`` runs in (None: the default; refused
+        in one line where the index cannot: lexical on a Milvus collection or passages)."""
+        return resolve_mode(self._searched, mode)
+
     def instruction_for(
         self, instruct: str | None = None, no_instruct: bool = False, mode: str | None = None
     ) -> str | None:
         """The instruction a :meth:`search` with these arguments embeds its queries with:
         the one asked for, none (``no_instruct`` or ``""``), else the index's default; none
         in lexical mode (no query is embedded). Asking for one and none is refused."""
-        searched = self._searched
-        instruction = resolve_instruction(searched, instruct, no_instruct)
-        return None if resolve_mode(searched, mode) == "lexical" else instruction
+        instruction = resolve_instruction(self._searched, instruct, no_instruct)
+        return None if self.mode_for(mode) == "lexical" else instruction
 
     def info(self) -> dict[str, Any]:
         """What ``engine info`` prints: model, type, counts, size, dates (a Milvus
@@ -381,6 +425,25 @@ class Index:
         """Delete the index folder and everything in it."""
         self.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _pinned_store(path: Path) -> Store:
+    """The store as published now, read in one transaction, its snapshot verified in memory."""
+    store = Store.open(path)
+    try:
+        try:  # in step on disk first: a store holding a read snapshot never writes
+            store.lexical.load()
+        except EngineError:
+            pass  # a running `engine index` builds it; searched in memory meanwhile
+        # One read transaction from now on: checkpoints a running `engine index` commits
+        # stay invisible (WAL keeps this snapshot).
+        store.hold_read_snapshot()
+        store.snapshots.in_memory = True  # never a mapped file that can change under us
+        store.load_faiss()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _load_encoder(
