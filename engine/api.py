@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # torch is imported when a model is needed, not with the API
 
     from engine.encoder import Encoder
     from indexer.indexing import IndexReport
-    from indexer.milvus import MilvusIndex
+    from indexer.milvus import ExportReport, MilvusIndex
 
 __all__ = ["CheckReport", "Document", "FolderReport", "Hit", "Index"]
 
@@ -404,6 +404,31 @@ class Index:
         in lexical mode (no query is embedded). Asking for one and none is refused."""
         instruction = resolve_instruction(self._searched, instruct, no_instruct)
         return None if self.mode_for(mode) == "lexical" else instruction
+
+    def export_milvus(
+        self,
+        uri: str,
+        collection: str = "engine",
+        *,
+        token: str | None = None,
+        index_type: str = "auto",
+        rebuild: bool = False,
+        progress: bool = False,
+    ) -> ExportReport:
+        """Mirror the index into a Milvus collection as ``engine export milvus`` does (which
+        calls this): changed documents upserted, removed ones deleted; ``index_type`` auto
+        keeps the collection's (new: exact below 100k documents, HNSW above)."""
+        from indexer.milvus import export_index
+
+        return export_index(
+            self.store,
+            uri,
+            collection=collection,
+            token=token,
+            index_type=index_type,
+            rebuild=rebuild,
+            progress=progress,
+        )
 
     def info(self) -> dict[str, Any]:
         """What ``engine info`` prints: model, type, counts, size, dates (a Milvus

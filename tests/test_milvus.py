@@ -244,8 +244,8 @@ def test_api_searches_a_collection_like_the_index(tmp_path, index_dir):
     from engine import Index
 
     uri = str(tmp_path / "vectors.db")
-    with closing(Store.open(index_dir)) as store:
-        export_index(store, uri, index_type="flat", progress=False)
+    with Index.open(index_dir) as local:
+        assert local.export_milvus(uri, index_type="flat").upserted == 40
     with Index.open(index_dir) as local, Index.open_milvus(uri) as remote:
         expected = [h.doc_id for h in local.search(QUERIES[1], k=10, mode="dense")]
         assert [h.doc_id for h in remote.search(QUERIES[1], k=10)] == expected
