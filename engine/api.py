@@ -99,8 +99,9 @@ class FolderReport:
 
 class Index:
     """An index folder, open for searching and changing. Use :meth:`open` or :meth:`create`
-    (:meth:`open_milvus`: a Milvus collection, for searching); a context manager (``with``)
-    closes it."""
+    (:meth:`open_milvus`: a Milvus collection, for searching); ``Index(path)`` itself checks
+    nothing, for a folder that may hold no index yet (``engine index`` and ``engine check``
+    start there). A context manager (``with``) closes it."""
 
     def __init__(
         self,
@@ -239,9 +240,25 @@ class Index:
 
     def upsert(self, documents: Iterable[DocumentLike]) -> IndexReport:
         """Add new documents and replace changed ones (by ``(source, id)``); unchanged ones
-        are not re-encoded, documents not given are kept."""
+        are not re-encoded, documents not given are kept. An index of passages splits them
+        as its setting says."""
+        from indexer.indexing import passages_for_index, update_index
+        from indexer.passages import PassageSpec
+
         stored = [_stored(doc) for doc in documents]
-        return self._update(stored, remove_missing=False)
+        setting = passages_for_index(self.path, None)
+        report = update_index(
+            self.path,
+            self.encoder,
+            stored,
+            index_type=self._index_type,
+            progress=False,
+            passages=PassageSpec(**setting) if setting else None,
+            remove_missing=False,
+        )
+        self._index_type = None
+        self.close()  # reopened at the next read: the new generation
+        return report
 
     def index_folder(
         self,
@@ -330,21 +347,6 @@ class Index:
             writer.commit(remove=found)
         self.close()  # reopened at the next read: the new generation
         return len(found)
-
-    def _update(self, documents: Iterable[StoredDocument], **options: Any) -> IndexReport:
-        from indexer.indexing import update_index
-
-        report = update_index(
-            self.path,
-            self.encoder,
-            documents,
-            index_type=self._index_type,
-            progress=False,
-            **options,
-        )
-        self._index_type = None
-        self.close()  # reopened at the next read: the new generation
-        return report
 
     # ------------------------------------------------------------ reading
     def search(

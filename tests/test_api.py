@@ -148,11 +148,15 @@ def test_index_folder_takes_what_engine_index_takes(tmp_path, tiny_bert_path):
             0,
             done.passage_setting,
         )
+        added = index.add([Document("bees", "Bees pollinate flowers. " * 30)])  # in passages too
+        assert (added.added, added.passages > 1) == (1, True)
+        bees = index.search("bees pollinate", k=1, mode="dense", where="source = ''")[0]
+        assert bees.doc_id == "bees" and bees.passage is not None
         with pytest.raises(EngineError, match="passages"):
             index.index_folder(folder, passages=16)
         with pytest.raises(EngineError, match="corpus not found"):
             index.index_folder(tmp_path / "nowhere")
-        assert index.info()["documents"] == 2  # nothing lost
+        assert index.info()["documents"] == 3  # nothing lost
 
 
 def test_a_pinned_index_reads_the_generation_it_opened(made):
