@@ -189,13 +189,18 @@ class Index:
     @property
     def store(self) -> Store:
         """The index folder's store as last published (reopened after a publish)."""
-        if self._milvus is not None:
-            raise EngineError(f"{self._milvus} is searched only; change the index it came from")
+        folder = self._folder()
         if self._store is None or not (self._pinned or self._store.is_current):
             if self._store is not None:
                 self._store.close()
-            self._store = _pinned_store(self.path) if self._pinned else Store.open(self.path)
+            self._store = _pinned_store(folder) if self._pinned else Store.open(folder)
         return self._store
+
+    def _folder(self) -> Path:
+        """The index folder, for anything but searching (a Milvus collection is refused)."""
+        if self._milvus is not None:
+            raise EngineError(f"{self._milvus} is searched only; change the index it came from")
+        return self.path
 
     @property
     def generation(self) -> int | None:
@@ -245,10 +250,11 @@ class Index:
         from indexer.indexing import passages_for_index, update_index
         from indexer.passages import PassageSpec
 
+        folder = self._folder()
         stored = [_stored(doc) for doc in documents]
-        setting = passages_for_index(self.path, None)
+        setting = passages_for_index(folder, None)
         report = update_index(
-            self.path,
+            folder,
             self.encoder,
             stored,
             index_type=self._index_type,
@@ -290,7 +296,7 @@ class Index:
         from indexer.indexing import model_for_index, passages_for_index, update_index
         from indexer.passages import PassageSpec, passage_spec
 
-        folder = Path(folder)
+        folder, path = Path(folder), self._folder()
         index_type = index_type or self._index_type
 
         def decide() -> tuple[str | None, int | None, dict | None]:
@@ -300,8 +306,8 @@ class Index:
             if index_type is not None:
                 validate_type(index_type)
             asked = passage_spec(passages, passage_overlap, max_document_tokens)
-            setting = passages_for_index(self.path, asked, rebuild=rebuild)
-            return (*model_for_index(self.path, self._model, max_length, rebuild=rebuild), setting)
+            setting = passages_for_index(path, asked, rebuild=rebuild)
+            return (*model_for_index(path, self._model, max_length, rebuild=rebuild), setting)
 
         with IndexingGroup() as group:
             model, length, setting = group.writer_decides(decide)
@@ -322,7 +328,7 @@ class Index:
                 whole=spec is not None,
             )
             report = update_index(
-                self.path,
+                path,
                 encoder,
                 scan,
                 rebuild=rebuild,
@@ -445,13 +451,15 @@ class Index:
 
     def check(self, *, repair: bool = False) -> CheckReport:
         """What ``engine check`` does: verify (``repair``: and rebuild what is damaged)."""
+        folder = self._folder()
         self.close()
-        return check_index(self.path, repair=repair)
+        return check_index(folder, repair=repair)
 
     def drop(self) -> None:
         """Delete the index folder and everything in it."""
+        folder = self._folder()
         self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _pinned_store(path: Path) -> Store:

@@ -254,5 +254,13 @@ def test_api_searches_a_collection_like_the_index(tmp_path, index_dir):
         assert remote.count() == 40
         with pytest.raises(EngineError, match="needs a lexical index"):
             remote.search(QUERIES[1], mode="lexical")
-        with pytest.raises(EngineError, match="is searched only"):
-            remote.delete(["doc-1"])
+        for change in (
+            lambda: remote.delete(["doc-1"]),
+            lambda: remote.add([{"id": "x", "text": "new"}]),
+            lambda: remote.index_folder(tmp_path),
+            remote.check,
+            remote.drop,
+        ):
+            with pytest.raises(EngineError, match="is searched only"):
+                change()
+        assert remote.count() == 40  # still open, nothing dropped
