@@ -29,12 +29,13 @@ from engine.options import (
     device_option,
     json_option,
     model_option,
+    passage_options,
     precision_option,
     quiet_option,
     results_dir_option,
 )
 from indexer.documents import Document
-from indexer.passages import PassageSpec
+from indexer.passages import PassageSpec, passage_spec
 
 DEFAULT_FILE_TOKENS = "2048,8192"
 TOP_K = 100
@@ -151,23 +152,7 @@ def index_and_score(
     show_default=True,
     help="Sizes of the long documents in tokens, comma-separated.",
 )
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=16),
-    default=256,
-    show_default=True,
-    metavar="TOKENS",
-    help="Passage size of the passages mode.",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    default=32,
-    show_default=True,
-    metavar="TOKENS",
-    help="Tokens shared by neighbouring passages.",
-)
+@passage_options("Passage size of the passages mode.", default=256)
 @click.option(
     "--max-length",
     type=click.IntRange(min=8),
@@ -194,7 +179,7 @@ def long(
     split: str | None,
     file_tokens: str,
     passage_tokens: int,
-    passage_overlap: int,
+    passage_overlap: int | None,
     max_length: int,
     documents: int | None,
     seed: int,
@@ -233,7 +218,9 @@ def long(
     data = load_beir(data_dir, split)
     encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens, precision=precision)
     encoder.set_max_length(min(max_length, encoder.model_max_positions))
-    spec = PassageSpec(passage_tokens, passage_overlap).check(encoder.max_length)
+    spec = PassageSpec(**passage_spec(passage_tokens, passage_overlap, None)).check(
+        encoder.max_length
+    )
     instruction = resolve_instruction(encoder, data.name, PROFILE_DEFAULT)
     order = list(data.corpus)
     random.Random(seed).shuffle(order)

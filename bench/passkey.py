@@ -35,9 +35,11 @@ from engine.options import (
     device_option,
     json_option,
     model_option,
+    passage_options,
     quiet_option,
     results_dir_option,
 )
+from indexer.passages import passage_spec
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 PASSKEY_INSTRUCTION = (
@@ -481,19 +483,9 @@ def format_table(results: Sequence[LengthResult], passages: Sequence[PassageResu
     default=None,
     help="Query with the task instruction (default: only if the model is instruction-tuned).",
 )
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=16),
-    metavar="TOKENS",
-    help="Also run every length through an index of passages of TOKENS tokens "
-    "(engine index --passages), beside the model-only curve (the paper's protocol).",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    metavar="TOKENS",
-    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+@passage_options(
+    "Also run every length through an index of passages of TOKENS tokens "
+    "(engine index --passages), beside the model-only curve (the paper's protocol)."
 )
 @device_option()
 @batch_tokens_option()
@@ -539,10 +531,8 @@ def passkey(
     encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
     use_instruction = encoder.profile.instruction_tuned if instruct is None else instruct
     instruction = PASSKEY_INSTRUCTION if use_instruction else None
-    passages = None
-    if passage_tokens is not None:
-        overlap = passage_tokens // 8 if passage_overlap is None else passage_overlap
-        passages = (passage_tokens, overlap)
+    settings = passage_spec(passage_tokens, passage_overlap, None)
+    passages = (settings["tokens"], settings["overlap"]) if settings is not None else None
     results, passage_results = run_passkey(
         encoder,
         length_list,

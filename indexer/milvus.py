@@ -163,6 +163,22 @@ class MilvusIndex:
         with milvus_errors(self.uri):
             return int(self.client.get_collection_stats(self.collection)["row_count"])
 
+    def info(self) -> dict[str, Any]:
+        """What ``engine info`` and the server's /info say of a collection."""
+        settings = self._settings
+        return {
+            "backend": self.uri,
+            "collection": self.collection,
+            "model": settings["model"],
+            "fingerprint": settings["fingerprint"],
+            "dim": settings["dim"],
+            "max_length": settings["max_length"],
+            "index_type": settings.get("index_type"),
+            "default_instruction": settings.get("default_instruction"),
+            "documents": self.count(),
+            "exported": settings.get("exported"),
+        }
+
     def search(
         self, vectors: np.ndarray, k: int, knobs: SearchKnobs | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,13 @@ def test_bench_beir_with_passages_keeps_its_own_cache(tmp_path, tiny_bert_path):
     assert result["index"]["folder"] != whole["datasets"][0]["index"]["folder"]
     assert 0 < result["metrics"]["ndcg@10"] <= 1
     assert list((tmp_path / "out").glob("beir-*-scifact-128*-passages16.json"))
+    lexical = runner.invoke(cli, [*base, "--passages", "16", "--passage-overlap", "2",
+                                  "--mode", "lexical"])  # fmt: skip
+    assert lexical.exit_code == 0, lexical.output
+    lexical_result = json.loads(lexical.stdout)["datasets"][0]
+    assert lexical_result["index"]["folder"] == result["index"]["folder"]  # the same index
+    assert 0 < lexical_result["metrics"]["ndcg@10"] <= 1
+    assert lexical_result["mode"] == "lexical" and result["mode"] == "dense"
     refused = runner.invoke(cli, [*base, "--passages", "16", "--index-type", "hnsw"])
     assert refused.exit_code == 1 and "--passages" in refused.output
 

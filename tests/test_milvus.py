@@ -238,3 +238,29 @@ def test_server_answers_from_milvus(tmp_path, index_dir, default_encoder):
         assert (info["collection"], info["documents"], info["index_type"]) == ("engine", 40, "flat")
     finally:
         server.stop()
+
+
+def test_api_searches_a_collection_like_the_index(tmp_path, index_dir):
+    from engine import Index
+
+    uri = str(tmp_path / "vectors.db")
+    with Index.open(index_dir) as local:
+        assert local.export_milvus(uri, index_type="flat").upserted == 40
+    with Index.open(index_dir) as local, Index.open_milvus(uri) as remote:
+        expected = [h.doc_id for h in local.search(QUERIES[1], k=10, mode="dense")]
+        assert [h.doc_id for h in remote.search(QUERIES[1], k=10)] == expected
+        info = remote.info()
+        assert (info["collection"], info["documents"], info["backend"]) == ("engine", 40, uri)
+        assert remote.count() == 40
+        with pytest.raises(EngineError, match="needs a lexical index"):
+            remote.search(QUERIES[1], mode="lexical")
+        for change in (
+            lambda: remote.delete(["doc-1"]),
+            lambda: remote.add([{"id": "x", "text": "new"}]),
+            lambda: remote.index_folder(tmp_path),
+            remote.check,
+            remote.drop,
+        ):
+            with pytest.raises(EngineError, match="is searched only"):
+                change()
+        assert remote.count() == 40  # still open, nothing dropped
