@@ -195,6 +195,74 @@ def _literal_prefix(node: Test) -> tuple[str, str] | None:
     return head, head[:-1] + chr(ord(head[-1]) + 1)
 
 
+# --------------------------------------------------------------- Milvus
+# Characters a Milvus string literal writes escaped; other control characters it cannot.
+_MILVUS_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def milvus_expression(condition: Condition, metadata_field: str = "metadata") -> str:
+    """The filter as a Milvus boolean expression over an exported collection (VARCHAR
+    fields ``source``, ``title``, ``doc_id``; the metadata as the JSON field
+    ``metadata_field``). What Milvus cannot say is refused in one line naming it.
+
+    ``in`` becomes ``==`` tests joined by ``or`` (Milvus allows ``in`` on fields, not JSON
+    keys); a negated metadata test also needs the key to exist (no field, no match);
+    ``glob`` becomes ``like`` (``*`` -> ``%``, ``?`` -> ``_``).
+    """
+    return _milvus(condition.tree, condition.text, metadata_field)
+
+
+def _milvus(node: Node, text: str, metadata_field: str) -> str:
+    if isinstance(node, Group):
+        word = " and " if node.op == "and" else " or "
+        return "(" + word.join(_milvus(p, text, metadata_field) for p in node.parts) + ")"
+    column = COLUMNS.get(node.field)
+    target = column or f'{metadata_field}["{node.field}"]'
+    if node.op == "glob":
+        test = (
+            f"{target} like {_milvus_literal(_like_pattern(node, column is not None, text), text)}"
+        )
+    elif node.op == "in":
+        test = " or ".join(f"{target} == {_milvus_literal(v, text)}" for v in node.values)
+        test = f"({test})"
+    else:
+        op = "==" if node.op == "=" else node.op
+        test = f"{target} {op} {_milvus_literal(node.values[0], text)}"
+    if not node.negated:
+        return test
+    if column:
+        return f"(not ({test}))"
+    return f"(exists {target} and not ({test}))"
+
+
+def _like_pattern(node: Test, escapable: bool, text: str) -> str:
+    """A glob as a like pattern; ``escapable``: the field takes ``\\%`` and ``\\_`` (a
+    VARCHAR does, a JSON key's value does not)."""
+    pattern = str(node.values[0])
+    if "[" in pattern:
+        raise EngineError(
+            f"--where {text!r}: a glob with [...] has no Milvus equivalent; use * and ? only"
+        )
+    if not escapable and any(c in pattern for c in "%_\\"):
+        raise EngineError(
+            f"--where {text!r}: Milvus cannot match a literal %, _ or \\ in a metadata "
+            f"field's glob ({node.field} glob {pattern!r})"
+        )
+    escaped = re.sub(r"([%_\\])", r"\\\1", pattern) if escapable else pattern
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _milvus_literal(value: str | float | int, text: str) -> str:
+    if not isinstance(value, str):
+        return repr(value)
+    bad = [c for c in value if ord(c) < 32 and c not in _MILVUS_ESCAPES]
+    if bad:
+        raise EngineError(
+            f"--where {text!r}: Milvus cannot take the control character {bad[0]!r} in a string"
+        )
+    return '"' + "".join(_MILVUS_ESCAPES.get(c, c) for c in value) + '"'
+
+
 # --------------------------------------------------------------- parser
 def _error(text: str, position: int, message: str) -> EngineError:
     return EngineError(f"--where: {message} at position {position + 1}: {text}")
