@@ -65,6 +65,10 @@ def test_bench_long_records_both_modes_per_file_size(tmp_path, tiny_bert_path):
         assert 0 <= first["ndcg@10"] <= 1 and 0 <= split["ndcg@10"] <= 1
         assert split["vectors"] > row["files"] == first["vectors"]  # files split into passages
         assert split["index_bytes_per_corpus_token"] > 0 and first["index_seconds"] >= 0
+        # The same indexes ranked otherwise: hybrid on both, the sum of 3 passages on passages.
+        assert set(first["rankings"]) == {"hybrid"}
+        assert set(split["rankings"]) == {"hybrid", "dense, sum of the best 3 passages"}
+        assert all(0 <= r["ndcg@10"] <= 1 for r in split["rankings"].values())
     assert list(out.glob("long-scifact-*.json"))
 
 
