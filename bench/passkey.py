@@ -446,7 +446,7 @@ def write_plot(
     import matplotlib.pyplot as plt
 
     lengths = [r.length for r in results]
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    figure, axes = plt.subplots(figsize=(6.4, 5.6 if passages else 4.2), dpi=120)
     axes.plot(
         lengths,
         [r.accuracy for r in results],
@@ -492,9 +492,12 @@ def write_plot(
     axes.set_ylabel("top-1 accuracy")
     axes.set_title(f"Personalized passkey retrieval: {model}", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize=7.5)
+    if passages:  # below the axes: the passage curves run along the top
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7.5)
+    else:
+        axes.legend(loc="upper right", fontsize=7.5)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
 
 
