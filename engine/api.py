@@ -26,6 +26,7 @@ from engine.text import repair_text
 from indexer.documents import CorpusScan, read_corpus
 from indexer.documents import Document as StoredDocument
 from indexer.filters import Condition
+from indexer.fusion import Fusion
 from indexer.info import index_info
 from indexer.integrity import CheckReport, check_index
 from indexer.search import (
@@ -41,9 +42,11 @@ from indexer.store import Store, Writer, read_index_settings
 from indexer.vector_index import validate_type
 
 if TYPE_CHECKING:  # torch is imported when a model is needed, not with the API
+    import numpy as np
+
     from engine.encoder import Encoder
     from indexer.indexing import IndexReport
-    from indexer.milvus import MilvusIndex
+    from indexer.milvus import ExportReport, MilvusIndex
 
 __all__ = ["CheckReport", "Document", "FolderReport", "Hit", "Index"]
 
@@ -96,13 +99,22 @@ class FolderReport:
 
 class Index:
     """An index folder, open for searching and changing. Use :meth:`open` or :meth:`create`
-    (:meth:`open_milvus`: a Milvus collection, for searching); a context manager (``with``)
-    closes it."""
+    (:meth:`open_milvus`: a Milvus collection, for searching); ``Index(path)`` itself checks
+    nothing, for a folder that may hold no index yet (``engine index`` and ``engine check``
+    start there). A context manager (``with``) closes it."""
 
-    def __init__(self, path: str | Path, *, model: str | None = None, device: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        pinned: bool = False,
+    ):
         self.path = Path(path)
         self._model = model
         self._device = device
+        self._pinned = pinned
         self._index_type: str | None = None
         self._encoder: Encoder | None = None
         self._store: Store | None = None
@@ -111,11 +123,23 @@ class Index:
     # ------------------------------------------------------------ opening
     @classmethod
     def open(
-        cls, path: str | Path, *, model: str | None = None, device: str | None = None
+        cls,
+        path: str | Path,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        pinned: bool = False,
     ) -> Index:
         """An existing index (EngineError when there is none at ``path``). ``model``: where
-        to load the index's model from (another model is refused); None: as recorded."""
-        index = cls(path, model=model, device=device)
+        to load the index's model from (another model is refused); None: as recorded.
+
+        Reads follow each publish of ``engine index`` (the next read after one sees the new
+        generation) unless ``pinned``: then they see the generation published when it was
+        opened, in one SQLite read transaction with the FAISS snapshot read into memory
+        and verified, so a running ``engine index``'s checkpoints and a snapshot file
+        changed under it cannot change answers (``engine serve`` reopens one per publish).
+        """
+        index = cls(path, model=model, device=device, pinned=pinned)
         index.store  # noqa: B018 - fails now, not at the first search, when there is no index
         return index
 
@@ -133,8 +157,15 @@ class Index:
         ``http://host:19530``), for :meth:`search` and :meth:`info` (dense only)."""
         from indexer.milvus import MilvusIndex
 
-        index = cls(uri, model=model, device=device)
-        index._milvus = MilvusIndex.open(uri, collection, token)
+        return cls.on_milvus(MilvusIndex.open(uri, collection, token), model=model, device=device)
+
+    @classmethod
+    def on_milvus(
+        cls, backend: MilvusIndex, *, model: str | None = None, device: str | None = None
+    ) -> Index:
+        """:meth:`open_milvus` for a collection already opened (``engine serve --backend``)."""
+        index = cls(backend.uri, model=model, device=device)
+        index._milvus = backend
         return index
 
     @classmethod
@@ -158,13 +189,23 @@ class Index:
     @property
     def store(self) -> Store:
         """The index folder's store as last published (reopened after a publish)."""
-        if self._milvus is not None:
-            raise EngineError(f"{self._milvus} is searched only; change the index it came from")
-        if self._store is None or not self._store.is_current:
+        folder = self._folder()
+        if self._store is None or not (self._pinned or self._store.is_current):
             if self._store is not None:
                 self._store.close()
-            self._store = Store.open(self.path)
+            self._store = _pinned_store(folder) if self._pinned else Store.open(folder)
         return self._store
+
+    def _folder(self) -> Path:
+        """The index folder, for anything but searching (a Milvus collection is refused)."""
+        if self._milvus is not None:
+            raise EngineError(f"{self._milvus} is searched only; change the index it came from")
+        return self.path
+
+    @property
+    def generation(self) -> int | None:
+        """The published generation reads see (None: a Milvus collection)."""
+        return None if self._milvus is not None else self.store.generation
 
     @property
     def encoder(self) -> Encoder:
@@ -204,9 +245,26 @@ class Index:
 
     def upsert(self, documents: Iterable[DocumentLike]) -> IndexReport:
         """Add new documents and replace changed ones (by ``(source, id)``); unchanged ones
-        are not re-encoded, documents not given are kept."""
+        are not re-encoded, documents not given are kept. An index of passages splits them
+        as its setting says."""
+        from indexer.indexing import passages_for_index, update_index
+        from indexer.passages import PassageSpec
+
+        folder = self._folder()
         stored = [_stored(doc) for doc in documents]
-        return self._update(stored, remove_missing=False)
+        setting = passages_for_index(folder, None)
+        report = update_index(
+            folder,
+            self.encoder,
+            stored,
+            index_type=self._index_type,
+            progress=False,
+            passages=PassageSpec(**setting) if setting else None,
+            remove_missing=False,
+        )
+        self._index_type = None
+        self.close()  # reopened at the next read: the new generation
+        return report
 
     def index_folder(
         self,
@@ -238,7 +296,7 @@ class Index:
         from indexer.indexing import model_for_index, passages_for_index, update_index
         from indexer.passages import PassageSpec, passage_spec
 
-        folder = Path(folder)
+        folder, path = Path(folder), self._folder()
         index_type = index_type or self._index_type
 
         def decide() -> tuple[str | None, int | None, dict | None]:
@@ -248,8 +306,8 @@ class Index:
             if index_type is not None:
                 validate_type(index_type)
             asked = passage_spec(passages, passage_overlap, max_document_tokens)
-            setting = passages_for_index(self.path, asked, rebuild=rebuild)
-            return (*model_for_index(self.path, self._model, max_length, rebuild=rebuild), setting)
+            setting = passages_for_index(path, asked, rebuild=rebuild)
+            return (*model_for_index(path, self._model, max_length, rebuild=rebuild), setting)
 
         with IndexingGroup() as group:
             model, length, setting = group.writer_decides(decide)
@@ -270,7 +328,7 @@ class Index:
                 whole=spec is not None,
             )
             report = update_index(
-                self.path,
+                path,
                 encoder,
                 scan,
                 rebuild=rebuild,
@@ -296,21 +354,6 @@ class Index:
         self.close()  # reopened at the next read: the new generation
         return len(found)
 
-    def _update(self, documents: Iterable[StoredDocument], **options: Any) -> IndexReport:
-        from indexer.indexing import update_index
-
-        report = update_index(
-            self.path,
-            self.encoder,
-            documents,
-            index_type=self._index_type,
-            progress=False,
-            **options,
-        )
-        self._index_type = None
-        self.close()  # reopened at the next read: the new generation
-        return report
-
     # ------------------------------------------------------------ reading
     def search(
         self,
@@ -321,28 +364,33 @@ class Index:
         no_instruct: bool = False,
         mode: str | None = None,
         where: str | Condition | None = None,
-        fusion: str | None = None,
+        fusion: str | Fusion | None = None,
         alpha: float | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        embeddings: np.ndarray | None = None,
     ) -> list[Hit] | list[list[Hit]]:
         """Top-``k`` hits for ``query`` (a list of :class:`Hit`), or for each of ``queries``
         (a list of lists). ``instruct``: the query instruction (None: the index's default,
         ``no_instruct``: none); ``mode``: dense, lexical or hybrid (None: the default);
         ``where``: a filter in the ``--where`` language (or a parsed one), applied inside
-        the search. A lexical search loads no model."""
+        the search; ``fusion``: rrf or weighted (``alpha``: the dense side's weight), or a
+        :class:`~indexer.fusion.Fusion`. ``embeddings``: the queries' embeddings, one row
+        each, when already made (``engine serve`` embeds many requests at once); the
+        instruction is then theirs. A lexical search loads no model."""
         queries = [query] if isinstance(query, str) else list(query)
         searched = self._searched
         # Checked before the model loads: a refusal costs nothing.
         mode = resolve_mode(searched, mode)
-        fused = resolve_fusion(fusion, alpha)
-        instruction = self.instruction_for(instruct, no_instruct, mode)
+        fused = fusion if isinstance(fusion, Fusion) else resolve_fusion(fusion, alpha)
+        embed = mode != "lexical" and embeddings is None
         found = search_queries(
             searched,
             queries,
             k=k,
-            instruction=instruction,
-            encoder=None if mode == "lexical" else self.encoder,
+            instruction=self.instruction_for(instruct, no_instruct, mode) if embed else None,
+            encoder=self.encoder if embed else None,
+            vectors=embeddings,
             nprobe=nprobe,
             ef_search=ef_search,
             mode=mode,
@@ -351,15 +399,44 @@ class Index:
         )
         return found[0] if isinstance(query, str) else found
 
+    def mode_for(self, mode: str | None = None) -> str:
+        """The mode a :meth:`search` asking for ``mode`` runs in (None: the default; refused
+        in one line where the index cannot: lexical on a Milvus collection or passages)."""
+        return resolve_mode(self._searched, mode)
+
     def instruction_for(
         self, instruct: str | None = None, no_instruct: bool = False, mode: str | None = None
     ) -> str | None:
         """The instruction a :meth:`search` with these arguments embeds its queries with:
         the one asked for, none (``no_instruct`` or ``""``), else the index's default; none
         in lexical mode (no query is embedded). Asking for one and none is refused."""
-        searched = self._searched
-        instruction = resolve_instruction(searched, instruct, no_instruct)
-        return None if resolve_mode(searched, mode) == "lexical" else instruction
+        instruction = resolve_instruction(self._searched, instruct, no_instruct)
+        return None if self.mode_for(mode) == "lexical" else instruction
+
+    def export_milvus(
+        self,
+        uri: str,
+        collection: str = "engine",
+        *,
+        token: str | None = None,
+        index_type: str = "auto",
+        rebuild: bool = False,
+        progress: bool = False,
+    ) -> ExportReport:
+        """Mirror the index into a Milvus collection as ``engine export milvus`` does (which
+        calls this): changed documents upserted, removed ones deleted; ``index_type`` auto
+        keeps the collection's (new: exact below 100k documents, HNSW above)."""
+        from indexer.milvus import export_index
+
+        return export_index(
+            self.store,
+            uri,
+            collection=collection,
+            token=token,
+            index_type=index_type,
+            rebuild=rebuild,
+            progress=progress,
+        )
 
     def info(self) -> dict[str, Any]:
         """What ``engine info`` prints: model, type, counts, size, dates (a Milvus
@@ -374,13 +451,34 @@ class Index:
 
     def check(self, *, repair: bool = False) -> CheckReport:
         """What ``engine check`` does: verify (``repair``: and rebuild what is damaged)."""
+        folder = self._folder()
         self.close()
-        return check_index(self.path, repair=repair)
+        return check_index(folder, repair=repair)
 
     def drop(self) -> None:
         """Delete the index folder and everything in it."""
+        folder = self._folder()
         self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _pinned_store(path: Path) -> Store:
+    """The store as published now, read in one transaction, its snapshot verified in memory."""
+    store = Store.open(path)
+    try:
+        try:  # in step on disk first: a store holding a read snapshot never writes
+            store.lexical.load()
+        except EngineError:
+            pass  # a running `engine index` builds it; searched in memory meanwhile
+        # One read transaction from now on: checkpoints a running `engine index` commits
+        # stay invisible (WAL keeps this snapshot).
+        store.hold_read_snapshot()
+        store.snapshots.in_memory = True  # never a mapped file that can change under us
+        store.load_faiss()
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _load_encoder(

@@ -87,17 +87,26 @@ def load_encoder_for(
     """The encoder an index was built with; a different ``model`` is refused."""
     from engine.encoder import Encoder
 
+    encoder = Encoder.load(model or index.settings["model"], device=device)
+    fit_encoder(index, encoder)
+    return encoder
+
+
+def fit_encoder(
+    index: SearchIndex, encoder: Encoder, fix: str = "search it with the model it was built with"
+) -> None:
+    """Refuse an encoder of another model than ``index``'s (``fix``: what the error advises),
+    and set its length to the index's."""
     settings = index.settings
-    encoder = Encoder.load(model or settings["model"], device=device)
     # The model first: a length error would hide that the model is the wrong one.
     check_compatible(
         settings,
         {**encoder.describe(), "max_length": settings["max_length"]},
         describe_index(index),
-        fix="search it with the model it was built with",
+        fix=fix,
     )
-    encoder.set_max_length(settings["max_length"])
-    return encoder
+    if encoder.max_length != settings["max_length"]:
+        encoder.set_max_length(settings["max_length"])
 
 
 def make_hits(
@@ -452,6 +461,7 @@ def search_queries(
     mode: str | None = None,
     fusion: Fusion | None = None,
     where: str | Condition | None = None,
+    vectors: np.ndarray | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
 
@@ -460,14 +470,17 @@ def search_queries(
     trade speed for recall (None: the index's defaults). ``mode``: dense, lexical or
     hybrid (None: the default, see :func:`resolve_mode`); ``fusion``: how hybrid fuses
     (None: the default). ``where``: a filter expression (:mod:`indexer.filters`) or a
-    parsed one. Lexical searches load no model. Only the hits' rows are read from SQLite.
+    parsed one. ``vectors``: the queries' embeddings when already made (``engine serve``
+    embeds many requests' queries in one batch); else the encoder embeds them. Lexical
+    searches load no model. Only the hits' rows are read from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
     check_queries(queries, k)
     condition = parse_filter(where) if isinstance(where, str) else where
     mode = resolve_mode(index, mode)
-    vectors = None
-    if mode != "lexical":
+    if mode == "lexical":
+        vectors = None
+    elif vectors is None:
         encoder = encoder or load_encoder_for(index)
         vectors = encoder.encode_queries(list(queries), instruction)
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)

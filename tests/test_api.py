@@ -148,8 +148,38 @@ def test_index_folder_takes_what_engine_index_takes(tmp_path, tiny_bert_path):
             0,
             done.passage_setting,
         )
+        added = index.add([Document("bees", "Bees pollinate flowers. " * 30)])  # in passages too
+        assert (added.added, added.passages > 1) == (1, True)
+        bees = index.search("bees pollinate", k=1, mode="dense", where="source = ''")[0]
+        assert bees.doc_id == "bees" and bees.passage is not None
         with pytest.raises(EngineError, match="passages"):
             index.index_folder(folder, passages=16)
         with pytest.raises(EngineError, match="corpus not found"):
             index.index_folder(tmp_path / "nowhere")
-        assert index.info()["documents"] == 2  # nothing lost
+        assert index.info()["documents"] == 3  # nothing lost
+
+
+def test_a_pinned_index_reads_the_generation_it_opened(made):
+    with Index.open(made, pinned=True) as pinned, Index.open(made) as following:
+        opened = pinned.generation
+        with Index.open(made) as writer:
+            writer.add([Document("bees", "Bees pollinate flowers.")])
+        assert following.generation > opened == pinned.generation
+        assert "bees" in [h.doc_id for h in following.search("bees", k=4, mode="dense")]
+        assert sorted(h.doc_id for h in pinned.search("bees", k=4, mode="dense")) == [
+            "plants",
+            "rice",
+            "tcp",
+        ]
+
+
+def test_search_with_embeddings_made_elsewhere(made):
+    with Index.open(made) as index:
+        assert index.mode_for("lexical") == "lexical"
+        asked = ["sugar in leaves", "handshake"]
+        embeddings = index.encoder.encode_queries(asked, "Find notes")
+        given = index.search(asked, k=3, mode="dense", embeddings=embeddings)
+        made_here = index.search(asked, k=3, mode="dense", instruct="Find notes")
+        for ours, theirs in zip(given, made_here, strict=True):
+            assert [h.doc_id for h in ours] == [h.doc_id for h in theirs]
+            assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)

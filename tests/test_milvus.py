@@ -244,8 +244,8 @@ def test_api_searches_a_collection_like_the_index(tmp_path, index_dir):
     from engine import Index
 
     uri = str(tmp_path / "vectors.db")
-    with closing(Store.open(index_dir)) as store:
-        export_index(store, uri, index_type="flat", progress=False)
+    with Index.open(index_dir) as local:
+        assert local.export_milvus(uri, index_type="flat").upserted == 40
     with Index.open(index_dir) as local, Index.open_milvus(uri) as remote:
         expected = [h.doc_id for h in local.search(QUERIES[1], k=10, mode="dense")]
         assert [h.doc_id for h in remote.search(QUERIES[1], k=10)] == expected
@@ -254,5 +254,13 @@ def test_api_searches_a_collection_like_the_index(tmp_path, index_dir):
         assert remote.count() == 40
         with pytest.raises(EngineError, match="needs a lexical index"):
             remote.search(QUERIES[1], mode="lexical")
-        with pytest.raises(EngineError, match="is searched only"):
-            remote.delete(["doc-1"])
+        for change in (
+            lambda: remote.delete(["doc-1"]),
+            lambda: remote.add([{"id": "x", "text": "new"}]),
+            lambda: remote.index_folder(tmp_path),
+            remote.check,
+            remote.drop,
+        ):
+            with pytest.raises(EngineError, match="is searched only"):
+                change()
+        assert remote.count() == 40  # still open, nothing dropped
