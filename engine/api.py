@@ -26,6 +26,7 @@ from engine.text import repair_text
 from indexer.documents import CorpusScan, read_corpus
 from indexer.documents import Document as StoredDocument
 from indexer.filters import Condition
+from indexer.folder import reporting_damage
 from indexer.fusion import Fusion
 from indexer.info import index_info
 from indexer.integrity import CheckReport, check_index
@@ -140,7 +141,8 @@ class Index:
         changed under it cannot change answers (``engine serve`` reopens one per publish).
         """
         index = cls(path, model=model, device=device, pinned=pinned)
-        index.store  # noqa: B018 - fails now, not at the first search, when there is no index
+        with reporting_damage(index.path):
+            index.store  # noqa: B018 - fails now, not at the first search, when there is no index
         return index
 
     @classmethod
@@ -443,7 +445,8 @@ class Index:
         collection: model, type, documents, when exported)."""
         if self._milvus is not None:
             return self._milvus.info()
-        return index_info(self.store, self.path)
+        with reporting_damage(self.path):
+            return index_info(self.store, self.path)
 
     def count(self) -> int:
         """Documents in the index."""
@@ -453,7 +456,8 @@ class Index:
         """What ``engine check`` does: verify (``repair``: and rebuild what is damaged)."""
         folder = self._folder()
         self.close()
-        return check_index(folder, repair=repair)
+        with reporting_damage(folder):
+            return check_index(folder, repair=repair)
 
     def drop(self) -> None:
         """Delete the index folder and everything in it."""
