@@ -34,5 +34,6 @@ def test_a_kept_store_is_reused_and_another_size_refused(tmp_path):
     reused = json.loads((tmp_path / "b" / "filter-1k-flat-fp16.json").read_text())
     assert built["build_s"] > 0 and reused["build_s"] is None
     assert reused["results"]["where group = 7"]["matching_documents"] == 10
+    assert reused["baseline_json_extract_scan"]["p50_ms"] > 0
     other = CliRunner().invoke(bench, [*args, "--documents", "2000", "--out", str(tmp_path / "c")])
     assert other.exit_code == 1 and "holds 1000 documents" in other.output
