@@ -88,6 +88,7 @@ def test_filters_give_exact_counts_on_every_index_type(
     selector path forced (exact_limit 0) as well as the exact-scoring paths (a flat
     index's decoded codes, or the stored vectors)."""
     monkeypatch.setattr(vector_index, "EXACT_FILTERED", exact_limit)
+    monkeypatch.setattr(vector_index, "DECODE_CHUNK", 64)  # chunks' top k merged
     if not exact_limit:
         monkeypatch.setattr(vector_index, "DECODED_FILTERED", 0)
     store, _, rows = filled(tmp_path / "index", index_type)
