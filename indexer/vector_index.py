@@ -356,9 +356,9 @@ def top_k(
 # than a graph or inverted-list walk that skips almost every id, and always complete).
 EXACT_FILTERED = 2048
 # A flat index (flat, flat-fp16: codes in add order behind an IDMap, as exact as the stored
-# fp16 vectors) scores a filter allowing at most this many ids from its own codes, decoded
-# at the ids' positions: the work grows with the allowed ids, not with the index (a
-# selector scans every code), and nothing is read from SQLite.
+# fp16 vectors) scores a filter allowing at most this many ids on its own codes, taken at
+# the ids' positions: the work grows with the allowed ids, not with the index (a selector
+# scans every code), and nothing is read from SQLite.
 DECODED_FILTERED = 65536
 DECODE_CHUNK = 16384  # codes copied at a time (16384 x 384 fp32: 24 MiB)
 
