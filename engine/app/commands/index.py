@@ -17,6 +17,7 @@ from engine.options import (
     model_option,
     precision_option,
     quiet_option,
+    runtime_option,
 )
 from indexer.documents import read_corpus
 from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS, PassageSpec, passage_spec
@@ -68,6 +69,7 @@ from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS, PassageSpec, passage_s
 @batch_tokens_option()
 @device_option()
 @precision_option()
+@runtime_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
 @quiet_option()
 @json_option()
@@ -85,6 +87,7 @@ def index_command(
     batch_tokens: int | None,
     device: str | None,
     precision: str | None,
+    runtime: str | None,
     verbose: bool,
     quiet: bool,
     as_json: bool,
@@ -132,6 +135,7 @@ def index_command(
             device=group.device(device),
             batch_tokens=batch_tokens,
             precision=precision,
+            runtime=runtime,
         )
         encoder.set_max_length(document_tokens(encoder, chosen_length))
         if not group.is_writer:
