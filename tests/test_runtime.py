@@ -20,6 +20,12 @@ QUERIES = ["how do plants make sugar", "why is the sky blue"]
 INSTRUCTION = "Given a question, retrieve passages that answer it"
 
 
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    """One cache folder for the module: a model converted once is read back by later tests."""
+    return tmp_path_factory.mktemp("engine-cache")
+
+
 def test_auto_picks_openvino_only_for_fp32_by_auto_on_cpu(monkeypatch):
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
     monkeypatch.setattr("engine.runtime.openvino_available", lambda: True)
@@ -50,11 +56,11 @@ def test_explicit_openvino_is_checked(monkeypatch):
 
 
 @pytest.mark.parametrize("model_path", ["tiny_bert_path", "tiny_mistral_path"])
-def test_openvino_vectors_match_torch_fp32(model_path, request, tmp_path, monkeypatch):
+def test_openvino_vectors_match_torch_fp32(model_path, request, model_cache, monkeypatch):
     """Documents of different lengths in one padded batch (right padding for BERT, left for
     the Mistral profile) and queries whose instruction is left out of the mean."""
     pytest.importorskip("openvino")
-    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(model_cache))
     path = str(request.getfixturevalue(model_path))
     reference = Encoder.load(path, device="cpu", precision="fp32", runtime="torch")
     encoder = Encoder.load(path, device="cpu", runtime="openvino")
@@ -72,13 +78,15 @@ def test_openvino_vectors_match_torch_fp32(model_path, request, tmp_path, monkey
     assert encoder.inference_network() is not encoder.model  # the OpenVINO copy ran
 
 
-def test_the_converted_model_is_cached_and_reused(tiny_bert_path, tmp_path, monkeypatch):
+def test_the_converted_model_is_cached_and_reused(tiny_bert_path, model_cache, monkeypatch):
     pytest.importorskip("openvino")
-    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(model_cache))
     first = Encoder.load(str(tiny_bert_path), device="cpu", runtime="openvino")
     vectors = first.encode_texts(TEXTS)
-    saved = list((tmp_path / "openvino").glob("*/model.xml"))
-    assert len(saved) == 1 and saved[0].with_suffix(".bin").stat().st_size > 0
+    key = first._cache_key
+    saved = [p for p in (model_cache / "openvino").glob("*/model.xml") if p.stat().st_size]
+    assert saved and all(p.with_suffix(".bin").stat().st_size > 0 for p in saved)
+    assert key == first.fingerprint
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again instead of reading the cache")
@@ -88,12 +96,13 @@ def test_the_converted_model_is_cached_and_reused(tiny_bert_path, tmp_path, monk
     assert np.abs(second.encode_texts(TEXTS) - vectors).max() < 1e-6
 
 
-def test_the_copy_follows_weight_updates(tiny_bert_path, tmp_path, monkeypatch):
+def test_the_copy_follows_weight_updates(tiny_bert_path, model_cache, monkeypatch):
     """Weights changed in place (a training step): a fresh conversion, never the stale cache."""
     pytest.importorskip("openvino")
-    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(model_cache))
     encoder = Encoder.load(str(tiny_bert_path), device="cpu", runtime="openvino")
     before = encoder.encode_texts(TEXTS)
+    cached = sorted((model_cache / "openvino").iterdir())
     with torch.no_grad():
         for parameter in encoder.model.parameters():
             parameter.mul_(1.5)
@@ -101,10 +110,12 @@ def test_the_copy_follows_weight_updates(tiny_bert_path, tmp_path, monkeypatch):
     assert np.abs(after - before).max() > 1e-3
     encoder.runtime = TORCH
     assert np.abs(encoder.encode_texts(TEXTS) - after).max() < 1e-4
-    assert len(list((tmp_path / "openvino").glob("*/model.xml"))) == 1  # the loaded weights only
+    assert sorted((model_cache / "openvino").iterdir()) == cached  # changed weights: not cached
 
 
-def test_openvino_bench_speed_records_the_runtime(tmp_path, monkeypatch, tiny_bert_path):
+def test_openvino_bench_speed_records_the_runtime(
+    tmp_path, model_cache, monkeypatch, tiny_bert_path
+):
     pytest.importorskip("openvino")
     import json
 
@@ -112,7 +123,7 @@ def test_openvino_bench_speed_records_the_runtime(tmp_path, monkeypatch, tiny_be
 
     from bench.cli import bench
 
-    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(model_cache))
     result = CliRunner().invoke(
         bench,
         [
