@@ -42,6 +42,7 @@ from engine.options import (
     index_type_option,
     json_option,
     model_option,
+    passage_options,
     precision_option,
     quiet_option,
     results_dir_option,
@@ -224,13 +225,10 @@ def retrieve_rankings(
     store = Store.open(index_dir)
     if store.has_passages:
         store.close()
-        if modes != {"dense"}:
-            raise EngineError("--passages is ranked dense only for now (not --mode/--sweep)")
-        run, timing = _retrieve_documents_by_passage(
-            encoder, index_dir, queries, instruction=instruction, k=k,
+        return _retrieve_documents_by_passage(
+            encoder, index_dir, queries, instruction=instruction, k=k, rankings=rankings,
             exclude_own_id=exclude_own_id, progress=progress,
         )  # fmt: skip
-        return {label: run for label in rankings}, timing
     try:
         built = time.perf_counter()
         searched_index: Any = store
@@ -319,48 +317,65 @@ def _retrieve_documents_by_passage(
     *,
     instruction: str | None,
     k: int,
+    rankings: dict[str, tuple[str, Fusion]],
     exclude_own_id: bool,
     progress: bool,
-) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """:func:`retrieve` on an index of passages: ``k`` distinct documents per query, each
-    scored by its best passage, as `engine search` ranks them."""
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, Any]]:
+    """:func:`retrieve_rankings` on an index of passages: ``k`` distinct documents per query,
+    each scored by its best passage, in each ranking's mode, as `engine search` ranks them."""
     from indexer.search import passage_hits
     from indexer.store import Store
 
+    modes = {mode for mode, _ in rankings.values()}
     store = Store.open(index_dir)
     try:
         store.load_faiss()
         spec = store.spec
         query_ids = list(queries)
+        texts = [queries[q] for q in query_ids]
         started = time.perf_counter()
-        vectors = encoder.encode_queries(
-            [queries[q] for q in query_ids], instruction, progress=progress
-        )
+        vectors = None
+        if modes != {"lexical"}:
+            vectors = encoder.encode_queries(texts, instruction, progress=progress)
         encoded = time.perf_counter()
-        found = passage_hits(store, vectors, k + int(exclude_own_id))
-        searched = time.perf_counter()
+        found = {}
+        search_seconds = {}
+        for label, (mode, fusion) in rankings.items():
+            began = time.perf_counter()
+            found[label] = passage_hits(
+                store, vectors, k + int(exclude_own_id), queries=texts, mode=mode, fusion=fusion
+            )
+            search_seconds[label] = round(time.perf_counter() - began, 3)
     finally:
         store.close()
-    run = {
-        query_id: dict(
-            [
-                (hit.doc_id, hit.score)
-                for hit in hits
-                if not (exclude_own_id and hit.doc_id == query_id)
-            ][:k]
-        )
-        for query_id, hits in zip(query_ids, found, strict=True)
+    runs = {
+        label: {
+            query_id: dict(
+                [
+                    (hit.doc_id, hit.score)
+                    for hit in hits
+                    if not (exclude_own_id and hit.doc_id == query_id)
+                ][:k]
+            )
+            for query_id, hits in zip(query_ids, ranked_hits, strict=True)
+        }
+        for label, ranked_hits in found.items()
     }
+    searched = sum(search_seconds.values())
     timing = {
         "index_type": spec.describe(),
         "index_load_seconds": None,
         "nprobe": None,
         "ef_search": None,
         "query_encode_seconds": round(encoded - started, 3),
-        "search_seconds": round(searched - encoded, 3),
-        "queries_per_second": round(len(query_ids) / max(searched - started, 1e-9), 2),
+        "search_seconds": round(searched, 3),
+        "queries_per_second": round(
+            len(query_ids) * len(rankings) / max(encoded - started + searched, 1e-9), 2
+        ),
     }
-    return run, timing
+    if len(rankings) > 1:
+        timing["search_seconds_by_ranking"] = search_seconds
+    return runs, timing
 
 
 def evaluate_dataset(
@@ -619,19 +634,9 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
     "(default: the cached index's own, exact at BEIR sizes)."
 )
 @search_knob_options
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=16),
-    metavar="TOKENS",
-    help="Index documents as passages of TOKENS tokens (engine index --passages); a document "
-    "scores its best passage (dense only).",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    metavar="TOKENS",
-    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+@passage_options(
+    "Index documents as passages of TOKENS tokens (engine index --passages); a document "
+    "scores its best passage, in every --mode."
 )
 @search_mode_options(MODES, METHODS, "dense: the model's own figure")
 @click.option(

@@ -11,7 +11,11 @@ curve against.
 
 ``--passages TOKENS`` runs the same documents and queries through engine's own
 passage index beside it (``engine index --passages``: windows of TOKENS tokens, a
-document scored by its best passage), so the two curves come from one task.
+document scored by its best passage), searched in each mode from one index: hybrid
+(what ``engine search`` does by default), dense and lexical. The model-only curve stays
+the paper's protocol. Why dense alone misses: each length also scores the passkey
+sentences alone (the model tells every name apart there) and counts the misses whose
+first passage holds another person's passkey, and the sentences no window cuts in two.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from engine.options import (
     device_option,
     json_option,
     model_option,
+    passage_options,
     quiet_option,
     results_dir_option,
 )
+from indexer.passages import passage_spec
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 PASSKEY_INSTRUCTION = (
@@ -224,6 +230,9 @@ class LengthResult:
     expected_accuracy: float
     # The analytic version: a share encoded/length of the passkeys is seen, the rest is chance.
     window_share_accuracy: float
+    # Top-1 when each document is its passkey sentence alone: what the model can tell apart
+    # without filler (1.0 for all-MiniLM-L6-v2: its misses come from the filler around it).
+    sentence_alone_accuracy: float
     seconds: float
     misses: list[dict] = field(default_factory=list)
 
@@ -246,6 +255,11 @@ def run_length(
     best = top1(scores, np.random.default_rng(seed + task.length))
     targets = np.asarray(task.targets)
     hits = best == targets
+    sentences = encoder.encode_texts(
+        [passkey_sentence(n, k) for n, k in zip(task.names, task.passkeys, strict=True)],
+        max_length=min(128, encoder.model_max_positions),
+    )
+    alone = top1(queries @ sentences.T, np.random.default_rng(seed + task.length)) == targets
     # Truncation keeps the trailing special tokens, so the text ends before them.
     window_end = encoded_tokens - _Counter(encoder, ceiling=64).trailing
     inside = np.asarray([task.spans[t][1] <= window_end for t in task.targets])
@@ -269,22 +283,34 @@ def run_length(
         expected_accuracy=(in_window + (n - in_window) * chance) / n,
         window_share_accuracy=encoded_tokens / task.length
         + (1 - encoded_tokens / task.length) * chance,
+        sentence_alone_accuracy=float(alone.mean()),
         seconds=time.perf_counter() - started,
         misses=misses,
     )
 
 
+# The modes the passage curve is searched in, from one index: engine search's default first.
+PASSAGE_MODES = ("hybrid", "dense", "lexical")
+
+
 @dataclass
 class PassageResult:
-    """Top-1 of the same task through an index of passages (``engine index --passages``)."""
+    """Top-1 of the same task through an index of passages (``engine index --passages``),
+    searched in one ``mode`` (``hybrid``: engine search's default on such an index)."""
 
     length: int
+    mode: str
     passage_tokens: int
     overlap: int
     passages: int
     accuracy: float
     correct: int
     queries: int
+    # Why a query was missed: the passage ranked first holds another person's passkey
+    # sentence (the model mixes up names), or only filler.
+    misses_on_another_passkey: int
+    # Queries whose passkey sentence lies wholly inside one passage (none cut in two).
+    sentence_in_one_passage: int
     seconds: float
 
 
@@ -295,39 +321,76 @@ def run_length_passages(
     tokens: int,
     overlap: int,
     instruction: str | None,
-) -> PassageResult:
+    modes: Sequence[str] = PASSAGE_MODES,
+) -> list[PassageResult]:
     """Index the task's documents with passages in a scratch index, ask each query for one
-    document (the max rule, :func:`indexer.search.hits_for`), count the right ones."""
+    document in each of ``modes`` (a document scored by its best passage,
+    :func:`indexer.search.passage_hits`), count the right ones."""
     from indexer.documents import Document
     from indexer.indexing import update_index
     from indexer.passages import PassageSpec
-    from indexer.search import hits_for
+    from indexer.search import passage_hits, resolve_fusion
     from indexer.store import Store
 
     started = time.perf_counter()
     documents = [Document(str(i), "passkey", "", text) for i, text in enumerate(task.documents)]
     spec = PassageSpec(tokens, overlap, max(task.length * 2, tokens))
+    vectors = encoder.encode_queries(task.queries, instruction)
+    results = []
     with tempfile.TemporaryDirectory(prefix="passkey-passages-") as folder:
         report = update_index(folder, encoder, documents, passages=spec, progress=False)
+        indexed = time.perf_counter() - started
         store = Store.open(folder)
         try:
-            hits = hits_for(store, encoder.encode_queries(task.queries, instruction), 1)
+            whole = _sentences_in_one_passage(store, task, encoder)
+            for mode in modes:
+                began = time.perf_counter()
+                found = passage_hits(
+                    store, vectors, 1, queries=task.queries, mode=mode, fusion=resolve_fusion()
+                )
+                top = [hits[0] if hits else None for hits in found]
+                hits = [
+                    hit is not None and hit.doc_id == str(target)
+                    for hit, target in zip(top, task.targets, strict=True)
+                ]
+                results.append(
+                    PassageResult(
+                        length=task.length,
+                        mode=mode,
+                        passage_tokens=tokens,
+                        overlap=overlap,
+                        passages=report.passages,
+                        accuracy=sum(hits) / len(hits),
+                        correct=sum(hits),
+                        queries=len(hits),
+                        misses_on_another_passkey=sum(
+                            not ok and hit is not None and "passkey" in hit.snippet
+                            for hit, ok in zip(top, hits, strict=True)
+                        ),
+                        sentence_in_one_passage=whole,
+                        seconds=round(indexed + time.perf_counter() - began, 3),
+                    )
+                )
         finally:
             store.close()
-    correct = sum(
-        bool(found) and found[0].doc_id == str(target)
-        for found, target in zip(hits, task.targets, strict=True)
-    )
-    return PassageResult(
-        length=task.length,
-        passage_tokens=tokens,
-        overlap=overlap,
-        passages=report.passages,
-        accuracy=correct / len(task.targets),
-        correct=correct,
-        queries=len(task.targets),
-        seconds=time.perf_counter() - started,
-    )
+    return results
+
+
+def _sentences_in_one_passage(store, task: PasskeyTask, encoder) -> int:
+    """How many queries' passkey sentences lie wholly inside one of their document's passages
+    (passage token offsets count the text's tokens, without the leading special tokens)."""
+    leading = _Counter(encoder, ceiling=64).leading
+    windows: dict[str, list[tuple[int, int]]] = {}
+    for doc_id, start, end in store.db.execute(
+        "SELECT d.doc_id, p.token_start, p.token_end FROM passages p "
+        "JOIN documents d ON d.id = p.document"
+    ):
+        windows.setdefault(doc_id, []).append((start, end))
+    count = 0
+    for target in task.targets:
+        first, last = (position - leading for position in task.spans[target])
+        count += any(a <= first and last <= b for a, b in windows.get(str(target), []))
+    return count
 
 
 def run_passkey(
@@ -351,7 +414,7 @@ def run_passkey(
         )
         if passages is not None:
             tokens, overlap = passages
-            split.append(
+            split.extend(
                 run_length_passages(
                     encoder, task, tokens=tokens, overlap=overlap, instruction=instruction
                 )
@@ -383,15 +446,25 @@ def write_plot(
     import matplotlib.pyplot as plt
 
     lengths = [r.length for r in results]
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    axes.plot(lengths, [r.accuracy for r in results], "o-", label="top-1 accuracy (model only)")
-    if passages:
+    figure, axes = plt.subplots(figsize=(6.4, 5.6 if passages else 4.2), dpi=120)
+    axes.plot(
+        lengths,
+        [r.accuracy for r in results],
+        "o-",
+        label="model only (the paper's protocol)",
+    )
+    styles = {"hybrid": ("s-", "tab:purple"), "dense": ("^--", "tab:orange"),
+              "lexical": ("v:", "tab:brown")}  # fmt: skip
+    for mode in dict.fromkeys(r.mode for r in passages):
+        curve = [r for r in passages if r.mode == mode]
+        marker, color = styles.get(mode, ("x-", "black"))
         axes.plot(
-            [r.length for r in passages],
-            [r.accuracy for r in passages],
-            "s-",
-            color="tab:purple",
-            label=f"top-1 with --passages {passages[0].passage_tokens}",
+            [r.length for r in curve],
+            [r.accuracy for r in curve],
+            marker,
+            color=color,
+            label=f"--passages {curve[0].passage_tokens}, --mode {mode}"
+            + (" (engine search's default)" if mode == PASSAGE_MODES[0] else ""),
         )
     axes.plot(
         lengths,
@@ -419,9 +492,12 @@ def write_plot(
     axes.set_ylabel("top-1 accuracy")
     axes.set_title(f"Personalized passkey retrieval: {model}", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize=7.5)
+    if passages:  # below the axes: the passage curves run along the top
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7.5)
+    else:
+        axes.legend(loc="upper right", fontsize=7.5)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -434,9 +510,9 @@ def format_table(results: Sequence[LengthResult], passages: Sequence[PassageResu
         f"{'length':>7}  {'encoded':>7}  {'truncated':>9}  {'in window':>9}  "
         f"{'expected':>8}  {'top-1 acc':>9}  {'hits in window':>14}  {'hits outside':>12}"
     )
-    if passages:
-        header += f"  {'passages top-1':>14}"
-    by_length = {p.length: p for p in passages}
+    modes = list(dict.fromkeys(p.mode for p in passages))
+    header += "".join(f"  {'passages ' + mode:>16}" for mode in modes)
+    by_length = {(p.length, p.mode): p for p in passages}
     rows = [header]
     for r in results:
         row = (
@@ -445,8 +521,9 @@ def format_table(results: Sequence[LengthResult], passages: Sequence[PassageResu
             f"{f'{r.correct_in_window}/{r.in_window}':>14}  "
             f"{f'{r.correct_outside}/{r.queries - r.in_window}':>12}"
         )
-        if r.length in by_length:
-            row += f"  {by_length[r.length].accuracy:>14.2f}"
+        for mode in modes:
+            found = by_length.get((r.length, mode))
+            row += f"  {found.accuracy:>16.2f}" if found else f"  {'':>16}"
         rows.append(row)
     return "\n".join(rows)
 
@@ -481,19 +558,9 @@ def format_table(results: Sequence[LengthResult], passages: Sequence[PassageResu
     default=None,
     help="Query with the task instruction (default: only if the model is instruction-tuned).",
 )
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=16),
-    metavar="TOKENS",
-    help="Also run every length through an index of passages of TOKENS tokens "
-    "(engine index --passages), beside the model-only curve (the paper's protocol).",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    metavar="TOKENS",
-    help="Tokens shared by neighbouring passages (default: an eighth of --passages).",
+@passage_options(
+    "Also run every length through an index of passages of TOKENS tokens "
+    "(engine index --passages), beside the model-only curve (the paper's protocol)."
 )
 @device_option()
 @batch_tokens_option()
@@ -528,8 +595,9 @@ def passkey(
       engine bench passkey --lengths 256,512,1024,2048
       engine bench passkey --model ./e5-mistral-7b-instruct --device cuda
       engine bench passkey --lengths 64,128 --documents 10 --queries 5 --json
-      engine bench passkey --passages 256 --documents 20 --queries 20
-        (the model-only curve, and beside it documents found by their best passage)
+      engine bench passkey --passages 128 --passage-overlap 48
+        (the model-only curve, and beside it documents found by their best passage,
+        searched hybrid as engine search does by default, dense and lexical)
     """
 
     ctx = click.get_current_context()
@@ -539,10 +607,8 @@ def passkey(
     encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens)
     use_instruction = encoder.profile.instruction_tuned if instruct is None else instruct
     instruction = PASSKEY_INSTRUCTION if use_instruction else None
-    passages = None
-    if passage_tokens is not None:
-        overlap = passage_tokens // 8 if passage_overlap is None else passage_overlap
-        passages = (passage_tokens, overlap)
+    settings = passage_spec(passage_tokens, passage_overlap, None)
+    passages = (settings["tokens"], settings["overlap"]) if settings is not None else None
     results, passage_results = run_passkey(
         encoder,
         length_list,
@@ -575,7 +641,8 @@ def passkey(
         "protocol": "model only: the paper's (each document encoded up to the model's maximum)"
         + (
             f"; passages: engine index --passages {passages[0]} --passage-overlap {passages[1]}, "
-            "a document scored by its best passage"
+            "a document scored by its best passage, searched with --mode hybrid (engine "
+            "search's default: dense and BM25 document rankings fused), dense and lexical"
             if passages
             else ""
         ),

@@ -35,6 +35,7 @@ import click
 from click.testing import CliRunner
 
 from bench.common import command_line, machine
+from engine.errors import EngineError
 from engine.options import results_dir_option
 from indexer.lexical import LexicalError, LexicalIndex
 from indexer.store import Store
@@ -239,7 +240,10 @@ def kill_round(
     if kind == "incremental":
         expected |= filler_corpus(documents // 4, prefix="old", seed=seed)
         write_corpus(corpus, expected)
-        subprocess.run(command, env=env, check=True, capture_output=True)
+        setup = subprocess.run(command, env=env, capture_output=True, text=True)
+        if setup.returncode != 0:
+            last = (setup.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EngineError(f"the first run of an incremental round failed: {last}")
     new = filler_corpus(documents, seed=seed)
     expected |= new
     write_corpus(corpus, expected)

@@ -45,6 +45,27 @@ def batch_tokens_option() -> Decorator:
     )
 
 
+def passage_options(help: str, default: int | None = None) -> Decorator:
+    """``--passages TOKENS`` and ``--passage-overlap TOKENS`` (engine index, bench beir, long,
+    passkey); indexer.passages.PassageSpec checks the values."""
+    passages = click.option(
+        "--passages",
+        "passage_tokens",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        metavar="TOKENS",
+        help=help,
+    )
+    overlap = click.option(
+        "--passage-overlap",
+        type=click.IntRange(min=0),
+        metavar="TOKENS",
+        help="Tokens each passage shares with the one before (default: an eighth of --passages).",
+    )
+    return lambda command: passages(overlap(command))
+
+
 def api_key_option(help: str) -> Decorator:
     """``--api-key`` of `engine serve` and of its clients (`engine search --server`)."""
     return click.option("--api-key", envvar="ENGINE_API_KEY", show_envvar=True, help=help)

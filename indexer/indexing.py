@@ -152,8 +152,6 @@ def update_index(
     report = IndexReport(ranks=world)
     if passages is not None:
         passages.check(encoder.max_length)
-        if world > 1:
-            raise EngineError("--passages runs in one process; run engine index without torchrun")
         if not getattr(encoder.tokenizer, "is_fast", False):
             raise EngineError(
                 f"--passages needs a fast tokenizer (offsets); {encoder.name} has none"
@@ -174,9 +172,11 @@ def update_index(
         with RunProgress(documents, desc, enabled=progress) as bar:
             pending = _pending(documents, existing, seen, report, bar)
             if passages is not None:
-                encoded = _passage_checkpoints(
-                    encoder, pending, passages, checkpoint_documents, bar
-                )
+                split = _passage_chunks(encoder, pending, passages, checkpoint_documents * world)
+                if world > 1:
+                    encoded = _passages_across_ranks(group, encoder, split, bar)
+                else:
+                    encoded = (_encode_passages(encoder, c, ids, bar) for c, ids in split)
             elif world > 1:
                 rounds = _tokenized(encoder, _chunks(pending, checkpoint_documents * world))
                 encoded = encode_across_ranks(group, encoder, rounds)
@@ -185,7 +185,7 @@ def update_index(
                 encoded = _checkpoints(encoder, chunks, checkpoint_documents, bar)
             for chunk, ids, positions, vectors in encoded:
                 _commit(store, chunk, ids, positions, vectors, report)
-                if world > 1:
+                if world > 1 and passages is None:  # passages count their own progress
                     bar.encoded(len(positions), sum(len(ids[p]) for p in positions))
                 del chunk, ids, positions, vectors  # not held while the next is encoded
         kept = set(keep_sources)
@@ -309,17 +309,16 @@ def _checkpoints(
             yield chunk, ids, positions, np.vstack(vectors)
 
 
-def _passage_checkpoints(
+def _passage_chunks(
     encoder: Encoder,
     pending: Iterator[tuple[Document, int | None]],
     spec: PassageSpec,
     checkpoint_passages: int,
-    bar: RunProgress,
-) -> Iterator[tuple[list, list, list[int], np.ndarray]]:
-    """Checkpoints of whole documents split into passages: ``(chunk, ids, positions,
-    vectors)`` as :func:`_commit` takes them, once ``checkpoint_passages`` passages (or
-    one large document's) are encoded. The passages of one document (at most
-    ``spec.max_document_tokens`` tokens) are held until their commit."""
+) -> Iterator[tuple[list, list[list[list[int]]]]]:
+    """Whole documents split into passages, ``(chunk, ids)`` once ``checkpoint_passages``
+    passages (or one large document's) are held: ``chunk[i]`` is ``(document, stored id,
+    passages)``, ``ids[i]`` its passages' token ids (``title text`` each). The passages of
+    one document (at most ``spec.max_document_tokens`` tokens) are held until their commit."""
     chunk: list = []
     ids: list[list[list[int]]] = []
     held = 0
@@ -339,27 +338,52 @@ def _passage_checkpoints(
         ids.append(encoder.tokenize(texts, max_length=spec.tokens))
         held += len(split)
         if held >= checkpoint_passages:
-            yield _encode_passages(encoder, chunk, ids, bar)
+            yield chunk, ids
             chunk, ids, held = [], [], 0
     if chunk:
-        yield _encode_passages(encoder, chunk, ids, bar)
+        yield chunk, ids
+
+
+def _distinct_passages(ids: list) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct passages of a chunk's documents, and for every passage (row after row)
+    its slot among them: passages with the same token ids (repeated boilerplate, headers,
+    log lines) are encoded once, the vectors are the same."""
+    first: dict[tuple[int, ...], int] = {}
+    slot = [
+        first.setdefault(tuple(passage), len(first)) for document in ids for passage in document
+    ]
+    return list(first), slot
 
 
 def _encode_passages(encoder: Encoder, chunk: list, ids: list, bar: RunProgress):
-    """Encode every passage of ``chunk``'s documents; their vectors row after row.
-
-    Passages with the same token ids (repeated boilerplate, headers, log lines) are
-    encoded once: the vectors are the same."""
-    flat = [tuple(passage) for document in ids for passage in document]
-    first: dict[tuple[int, ...], int] = {}
-    slot = [first.setdefault(passage, len(first)) for passage in flat]
-    distinct = list(first)
+    """Encode every passage of ``chunk``'s documents: ``(chunk, ids, positions, vectors)`` as
+    :func:`_commit` takes them, the vectors row after row."""
+    distinct, slot = _distinct_passages(ids)
     encoded = np.zeros((len(distinct), encoder.dim), dtype=np.float32)
     for positions, batch in encoder.iter_encode(distinct):
         encoded[positions] = batch
         bar.encoded(0, sum(len(distinct[p]) for p in positions))
     bar.encoded(len(chunk), 0)
     return chunk, ids, list(range(len(chunk))), encoded[slot]
+
+
+def _passages_across_ranks(group: IndexingGroup, encoder: Encoder, chunks, bar: RunProgress):
+    """:func:`_encode_passages` under ``torchrun``: each round's distinct passages are dealt
+    to the ranks by tokens (:func:`encode_across_ranks`), a document's passages committed
+    together by the writer as in one process."""
+
+    def rounds():
+        for chunk, ids in chunks:
+            distinct, slot = _distinct_passages(ids)
+            yield (chunk, ids, slot), distinct
+
+    for (chunk, ids, slot), distinct, positions, vectors in encode_across_ranks(
+        group, encoder, rounds()
+    ):
+        ordered = np.zeros_like(vectors)
+        ordered[positions] = vectors  # gathered in the ranks' order
+        bar.encoded(len(chunk), sum(map(len, distinct)))
+        yield chunk, ids, list(range(len(chunk))), ordered[slot]
 
 
 def _passage_title(encoder: Encoder, title: str, tokens: int) -> str:

@@ -1,5 +1,12 @@
 """The lexical index: BM25 over each document's ``title text``, beside the vector index.
 
+In an index of passages (``engine index --passages``) it holds the passages instead, each
+as ``title passage``, keyed by the passage ids (the vector ids): search then ranks
+documents by their best passage on both sides (:func:`indexer.search.passage_hits`).
+BM25 over whole files would score a 40-page PDF against a 100-word note with one length
+normalisation and would need the whole text, which an index of passages stores only
+passage by passage.
+
 Built on tantivy (a kept Rust search engine with Python bindings), chosen by measurement
 over SQLite FTS5 and bm25s (``engine bench lexical``, bench/results/README.md): BM25 alone
 within 0.01 nDCG@10 of Anserini's published figures on SciFact and NFCorpus, queries in
@@ -22,10 +29,17 @@ writes new segment files and then replaces its ``meta.json`` atomically), so a k
 writer leaves the last commit; the store commits SQLite first and the lexical index
 after it, and a lexical index behind SQLite is caught up by id difference (ids are
 never reused), see :func:`catch_up`.
+
+Damage: a segment's files never change once written (a new delete set is a new
+``.del`` file), so each lexical commit records the SHA-256 of every file of the
+segments it published (:func:`segment_digests`, new files only) with its generation;
+``engine check`` re-hashes them, and ``--repair`` rebuilds the index from SQLite.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import uuid
 from collections import Counter
@@ -314,6 +328,51 @@ def catch_up(
     return len(missing), len(gone)
 
 
+def published_segments(path: Path) -> set[str]:
+    """The ids of the segments ``path``'s meta.json publishes, as their files are named."""
+    meta = json.loads((path / "meta.json").read_text())
+    return {str(s["segment_id"]).replace("-", "") for s in meta.get("segments", [])}
+
+
+def segment_files(path: Path) -> list[Path]:
+    """The files of the published segments (immutable once written)."""
+    segments = published_segments(path)
+    return sorted(f for f in path.iterdir() if f.name.split(".", 1)[0] in segments)
+
+
+def segment_digests(path: Path, known: dict[str, str]) -> dict[str, str]:
+    """SHA-256 of each published segment file; a file already in ``known`` (recorded when
+    it was new: segment files never change) is not read again."""
+    digests = {}
+    for file in segment_files(path):
+        digests[file.name] = known.get(file.name) or _sha256(file)
+    return digests
+
+
+def damaged_files(path: Path, recorded: dict[str, str]) -> list[str]:
+    """Published segment files whose content differs from its recorded digest, or that are
+    gone. Files published after the record (a writer killed between the two) go unchecked."""
+    segments = published_segments(path)
+    wrong = []
+    for name, digest in sorted(recorded.items()):
+        file = path / name
+        if name.split(".", 1)[0] not in segments:
+            continue
+        if not file.is_file():
+            wrong.append(f"{name} is missing")
+        elif _sha256(file) != digest:
+            wrong.append(f"{name} does not match its recorded checksum")
+    return wrong
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first line, cut to ``limit`` characters (tantivy quotes file contents)."""
     text = str(exc).strip()
@@ -322,8 +381,18 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
 
 
 # ------------------------------------------------------------ with the store
-# The settings key of the last lexical commit: {"generation", "documents"}.
+# The settings key of the last lexical commit: {"generation", "documents", "keys"}; "keys"
+# says what the lexical ids are (KEYS_DOCUMENTS, or KEYS_PASSAGES in an index of passages).
 LEXICAL_KEY = "lexical"
+KEYS_DOCUMENTS = "documents"
+KEYS_PASSAGES = "passages"
+# (id, title, text) of what the lexical index holds, by its keys.
+ROWS_SQL = {
+    KEYS_DOCUMENTS: "SELECT id, title, text FROM documents",
+    KEYS_PASSAGES: "SELECT p.id AS id, d.title AS title, p.text AS text "
+    "FROM passages p JOIN documents d ON d.id = p.document",
+}
+ID_COLUMN = {KEYS_DOCUMENTS: "id", KEYS_PASSAGES: "p.id"}
 
 
 class LexicalSide:
@@ -344,6 +413,20 @@ class LexicalSide:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.index: LexicalIndex | None = None
+
+    @property
+    def keys(self) -> str:
+        """What the lexical ids are: the documents', or in an index of passages the passages'."""
+        return KEYS_PASSAGES if self.store.has_passages else KEYS_DOCUMENTS
+
+    def _all_rows(self):
+        """(id, title, text) of everything the lexical index should hold, by id, streamed."""
+        return self.store.db.execute(f"{ROWS_SQL[self.keys]} ORDER BY {ID_COLUMN[self.keys]}")
+
+    def _recorded_keys(self) -> str | None:
+        """The keys of the last lexical commit recorded (an older record: documents)."""
+        record = self.store.settings.get(LEXICAL_KEY)
+        return record.get("keys", KEYS_DOCUMENTS) if isinstance(record, dict) else None
 
     @property
     def path(self) -> Path:
@@ -373,6 +456,9 @@ class LexicalSide:
         try:
             lock.acquire()
         except EngineError:  # a writer is running: it keeps the index in step
+            if index is not None and self._recorded_keys() not in (None, self.keys):
+                index.close()
+                index = None  # ids of another kind: the writer is rebuilding it
             if index is None:
                 raise EngineError(
                     f"the lexical index of {self.store.folder} is being built by a running "
@@ -396,8 +482,7 @@ class LexicalSide:
         except LexicalError as exc:
             if self.path.exists():
                 warn(f"{exc}; searching one built in memory from the database")
-        rows = self.store.db.execute("SELECT id, title, text FROM documents ORDER BY id")
-        return fill(LexicalIndex.in_memory(), rows)
+        return fill(LexicalIndex.in_memory(), self._all_rows())
 
     def _in_step(self) -> LexicalIndex:
         try:
@@ -406,34 +491,39 @@ class LexicalSide:
             if self.path.exists():
                 warn(f"{exc}; rebuilt it from the database")
             return self.rebuild()
+        if self._recorded_keys() not in (None, self.keys):
+            # Ids of another kind (an index of passages whose lexical side held documents):
+            # an id difference means nothing, so it is built afresh.
+            index.close()
+            return self.rebuild()
         if not self.in_step(index):
             catch_up(index, self._live_ids(), self.rows)
             self._record(index)
         return index
 
     def in_step(self, index: LexicalIndex) -> bool:
-        """Whether the last lexical commit recorded is SQLite's generation (and count)."""
+        """Whether the last lexical commit recorded is SQLite's generation (count and keys)."""
         record = self.store.settings.get(LEXICAL_KEY)
         return (
             isinstance(record, dict)
             and record.get("generation") == self.store.generation
-            and index.count() == self.store.count()
+            and record.get("keys", KEYS_DOCUMENTS) == self.keys
+            and index.count() == self.store.vector_count()
         )
 
     def rebuild(self) -> LexicalIndex:
-        """A fresh lexical index from every document in SQLite (streamed), recorded."""
+        """A fresh lexical index from every document (or passage) in SQLite, streamed, recorded."""
         if self.index is not None:
             self.index.close()
-        rows = self.store.db.execute("SELECT id, title, text FROM documents ORDER BY id")
-        self.index = build(self.path, rows)
+        self.index = build(self.path, self._all_rows())
         self._record(self.index)
         return self.index
 
     def apply_commit(
-        self, gone: Sequence[int], new_ids: Sequence[int], rows: Sequence[dict]
+        self, gone: Sequence[int], new_ids: Sequence[int], texts: Sequence[str]
     ) -> None:
-        """After a SQLite commit (the writer): remove ``gone``, add the new documents
-        (``rows``: their title and text, in ``new_ids`` order), commit, record."""
+        """After a SQLite commit (the writer): remove the ids ``gone``, add ``new_ids`` with
+        their ``texts`` (:func:`document_text`), commit, record."""
         if self.index is None:
             self.load()  # in step with SQLite, which already holds this commit
             return
@@ -441,7 +531,7 @@ class LexicalSide:
         if gone:
             index.remove(gone)
         if len(new_ids):
-            index.add(new_ids, [document_text(r["title"], r["text"]) for r in rows])
+            index.add(new_ids, texts)
         index.commit()
         self._record(index)
 
@@ -466,6 +556,15 @@ class LexicalSide:
         """
         if not self.path.exists():
             return "missing"
+        if self._recorded_keys() not in (None, self.keys):
+            return f"holds {self._recorded_keys()}, the index searches {self.keys}"
+        try:
+            wrong = damaged_files(self.path, self._recorded_files())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            wrong = []  # meta.json unreadable: opening it, below, says how
+        if wrong:
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            return f"{wrong[0]}{more}"
         try:
             index = LexicalIndex.open(self.path)
         except LexicalError as exc:
@@ -483,7 +582,7 @@ class LexicalSide:
         extra = len(np.setdiff1d(held, live))
         lacking = len(np.setdiff1d(live, held))
         return (
-            f"{len(held)} documents, the database has {len(live)} "
+            f"{len(held)} {self.keys}, the database has {len(live)} "
             f"({lacking} missing, {extra} no longer in the database)"
         )
 
@@ -493,21 +592,35 @@ class LexicalSide:
             self.index = None
 
     def rows(self, ids: Sequence[int]) -> list[tuple[int, str, str]]:
-        """(id, title, text) of these documents, from SQLite."""
+        """(id, title, text) of these documents (or passages), from SQLite."""
         out: list[tuple[int, str, str]] = []
+        column = ID_COLUMN[self.keys]
         for start in range(0, len(ids), 500):
             part = [int(i) for i in ids[start : start + 500]]
             marks = ",".join("?" * len(part))
             out += self.store.db.execute(
-                f"SELECT id, title, text FROM documents WHERE id IN ({marks}) ORDER BY id", part
+                f"{ROWS_SQL[self.keys]} WHERE {column} IN ({marks}) ORDER BY {column}", part
             ).fetchall()
         return out
 
     def _live_ids(self) -> np.ndarray:
-        rows = self.store.db.execute("SELECT id FROM documents ORDER BY id")
+        table = "passages" if self.keys == KEYS_PASSAGES else "documents"
+        rows = self.store.db.execute(f"SELECT id FROM {table} ORDER BY id")
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def _recorded_files(self) -> dict[str, str]:
+        record = self.store.settings.get(LEXICAL_KEY)
+        files = record.get("files") if isinstance(record, dict) else None
+        return files if isinstance(files, dict) else {}
 
     def _record(self, index: LexicalIndex) -> None:
         self.store.write_settings(
-            {LEXICAL_KEY: {"generation": self.store.generation, "documents": index.count()}}
+            {
+                LEXICAL_KEY: {
+                    "generation": self.store.generation,
+                    "documents": index.count(),
+                    "keys": self.keys,
+                    "files": segment_digests(self.path, self._recorded_files()),
+                }
+            }
         )

@@ -8,7 +8,7 @@ a mode is carried out; the CLI, the server and ``engine bench beir`` all go thro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,10 +32,6 @@ if TYPE_CHECKING:  # torch is imported only when a query is embedded: lexical se
     from engine.encoder import Encoder
 
 SNIPPET_CHARS = 240
-PASSAGES_DENSE_ONLY = (
-    "--mode {mode} is not available on an index of passages yet (its lexical side holds "
-    "documents, its vectors passages): search it with --mode dense"
-)
 # A passage search first fetches this many passages per document asked for, more if
 # too few distinct documents come back.
 PASSAGES_PER_HIT = 4
@@ -91,17 +87,26 @@ def load_encoder_for(
     """The encoder an index was built with; a different ``model`` is refused."""
     from engine.encoder import Encoder
 
+    encoder = Encoder.load(model or index.settings["model"], device=device)
+    fit_encoder(index, encoder)
+    return encoder
+
+
+def fit_encoder(
+    index: SearchIndex, encoder: Encoder, fix: str = "search it with the model it was built with"
+) -> None:
+    """Refuse an encoder of another model than ``index``'s (``fix``: what the error advises),
+    and set its length to the index's."""
     settings = index.settings
-    encoder = Encoder.load(model or settings["model"], device=device)
     # The model first: a length error would hide that the model is the wrong one.
     check_compatible(
         settings,
         {**encoder.describe(), "max_length": settings["max_length"]},
         describe_index(index),
-        fix="search it with the model it was built with",
+        fix=fix,
     )
-    encoder.set_max_length(settings["max_length"])
-    return encoder
+    if encoder.max_length != settings["max_length"]:
+        encoder.set_max_length(settings["max_length"])
 
 
 def make_hits(
@@ -165,11 +170,7 @@ def has_passages(index: SearchIndex) -> bool:
 
 def resolve_mode(index: SearchIndex, mode: str | None) -> str:
     """The mode asked for, or the default: DEFAULT_MODE where there is a lexical side, else
-    dense (an index of passages: dense only, for now)."""
-    if has_passages(index):
-        if mode not in (None, "dense"):
-            raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
-        return "dense"
+    dense. An index of passages has every mode (its lexical side holds passages)."""
     if mode is None:
         return fusion_module.DEFAULT_MODE if has_lexical(index) else "dense"
     try:
@@ -231,7 +232,8 @@ def dense_search(
 def allowed_ids(
     index: SearchIndex, where: Condition | None, *, vectors: bool = False
 ) -> np.ndarray | None:
-    """The ids a filter lets through (None: no filter); see :meth:`Store.matching`."""
+    """The ids a filter lets through (None: no filter); see :meth:`Store.matching`. On a
+    Milvus collection: the filter as its expression, which its search applies."""
     if where is None:
         return None
     if not hasattr(index, "matching"):
@@ -282,16 +284,17 @@ def hits_for(
     ``vectors``: the queries' embeddings (dense, hybrid); ``queries``: their texts
     (lexical, hybrid). ``knobs``: nprobe for IVF, ef_search for HNSW (a Store's FAISS
     index or a Milvus one). An index of passages answers ``k`` distinct documents by
-    their best passage, dense only (see :func:`passage_hits`). ``where``: a filter
+    their best passage, in every mode (see :func:`passage_hits`). ``where``: a filter
     (:mod:`indexer.filters`) applied inside the search: ``k`` hits whenever ``k``
     documents match.
     """
     damage = reporting_damage(index.folder) if isinstance(index, Store) else nullcontext()
     with damage:
         if has_passages(index):
-            if mode != "dense":
-                raise EngineError(PASSAGES_DENSE_ONLY.format(mode=mode))
-            return passage_hits(index, vectors, k, knobs, allowed_ids(index, where, vectors=True))
+            allowed = allowed_ids(index, where, vectors=True)
+            return passage_hits(
+                index, vectors, k, knobs, allowed, queries=queries, mode=mode, fusion=fusion
+            )
         allowed = allowed_ids(index, where)
         scores, ids = ranked(
             index, vectors, queries, k, knobs, mode=mode, fusion=fusion, allowed=allowed
@@ -300,25 +303,116 @@ def hits_for(
     return make_hits(scores, ids, rows)
 
 
+# A document found through one side of a passage search: (score, its best passage's row).
+Ranked = list[tuple[float, dict[str, Any]]]
+
+
 def passage_hits(
     index: SearchIndex,
-    vectors: np.ndarray,
+    vectors: np.ndarray | None,
     k: int,
     knobs: SearchKnobs = SearchKnobs(),  # noqa: B008 - frozen
     allowed: np.ndarray | None = None,
+    *,
+    queries: Sequence[str] = (),
+    mode: str = "dense",
+    fusion: Fusion = Fusion(),  # noqa: B008 - frozen
 ) -> list[list[Hit]]:
-    """``k`` distinct documents per query, each scored by its best passage (the max rule).
+    """``k`` distinct documents per query, each scored by its best passage (the max rule);
     ``allowed``: the passage ids a filter lets through.
 
-    Passages are fetched ``PASSAGES_PER_HIT * k`` at a time, four times more while a
-    query has fewer than ``k`` distinct documents and the index has more passages;
-    removed documents' passages are gone from the index (or skipped as tombstones).
+    Dense and lexical rank passages (by embedding; by BM25 over ``title passage``) and a
+    document takes its best passage's score. Hybrid ranks documents so on each side
+    (``fusion.candidates(k)`` of them at most) and fuses the two document rankings as
+    :func:`indexer.fusion.fuse` fuses whole documents; a hit's passage is its best one on
+    the side that ranks the document higher (dense on a tie).
     """
-    results: list[list[Hit] | None] = [None] * len(vectors)
-    fetch = PASSAGES_PER_HIT * k
-    todo = list(range(len(vectors)))
+    if mode == "dense":
+        found = _dense_documents(index, vectors, k, k, knobs, allowed)
+        return [_passage_hits(ranked) for ranked in found]
+    if mode == "lexical":
+        found = _lexical_documents(index, queries, k, k, allowed)
+        return [_passage_hits(ranked) for ranked in found]
+    depth = fusion.candidates(k)
+    dense = _dense_documents(index, vectors, depth, k, knobs, allowed)
+    lexical = _lexical_documents(index, queries, depth, k, allowed)
+    results = []
+    for dense_found, lexical_found in zip(dense, lexical, strict=True):
+        sides = [
+            {row["id"]: (rank, row) for rank, (_, row) in enumerate(found)}
+            for found in (dense_found, lexical_found)
+        ]
+        scores, ids = fuse(_as_arrays(dense_found), _as_arrays(lexical_found), k, fusion)
+        fused = []
+        for score, doc in zip(scores.tolist(), ids.tolist(), strict=True):
+            # min() keeps the first of equal ranks: dense's.
+            _, row = min((side[doc] for side in sides if doc in side), key=lambda e: e[0])
+            fused.append((float(score), row))
+        results.append(_passage_hits(fused))
+    return results
+
+
+def _as_arrays(found: Ranked) -> tuple[np.ndarray, np.ndarray]:
+    """One side's documents as :func:`fuse` takes them: (scores, document ids), best first."""
+    return (
+        np.asarray([score for score, _ in found], dtype=np.float32),
+        np.asarray([row["id"] for _, row in found], dtype=np.int64),
+    )
+
+
+def _dense_documents(
+    index: SearchIndex,
+    vectors: np.ndarray,
+    depth: int,
+    enough: int,
+    knobs: SearchKnobs,
+    allowed: np.ndarray | None,
+) -> list[Ranked]:
+    return documents_by_best_passage(
+        index,
+        len(vectors),
+        lambda todo, fetch: dense_search(index, vectors[todo], fetch, knobs, allowed),
+        depth,
+        enough,
+    )
+
+
+def _lexical_documents(
+    index: SearchIndex,
+    queries: Sequence[str],
+    depth: int,
+    enough: int,
+    allowed: np.ndarray | None,
+) -> list[Ranked]:
+    return documents_by_best_passage(
+        index,
+        len(queries),
+        lambda todo, fetch: index.lexical_search([queries[i] for i in todo], fetch, allowed),
+        depth,
+        enough,
+    )
+
+
+def documents_by_best_passage(
+    index: SearchIndex,
+    count: int,
+    search: Callable[[list[int], int], tuple[np.ndarray, np.ndarray]],
+    depth: int,
+    enough: int,
+) -> list[Ranked]:
+    """Per query, up to ``depth`` distinct documents with their best passage, best first.
+
+    ``search(queries, fetch)`` returns the top ``fetch`` passages (scores, ids) of those
+    queries. Passages are fetched ``PASSAGES_PER_HIT * depth`` at a time, four times more
+    while a query has fewer than ``enough`` distinct documents and the index has more
+    passages; removed documents' passages are gone from the index (or skipped as
+    tombstones).
+    """
+    results: list[Ranked | None] = [None] * count
+    fetch = min(PASSAGES_PER_HIT * depth, MAX_FETCH)
+    todo = list(range(count))
     while todo:
-        scores, ids = dense_search(index, vectors[todo], fetch, knobs, allowed)
+        scores, ids = search(todo, fetch)
         rows = {
             row["passage"]["id"]: row
             for row in index.get_passages({int(i) for i in ids.ravel() if i >= 0})
@@ -330,26 +424,30 @@ def passage_hits(
                 for score, i in zip(row_scores.tolist(), row_ids.tolist(), strict=True)
                 if i >= 0 and i in rows
             ]
-            best = best_per_document(ranked, k)
+            best = best_per_document(ranked, depth)
             full = int((row_ids >= 0).sum()) == fetch
-            if len(best) < k and full and fetch < MAX_FETCH:
+            if len(best) < enough and full and fetch < MAX_FETCH:
                 left.append(query)  # more passages may hold more documents
                 continue
-            results[query] = [
-                Hit(
-                    rank=rank,
-                    score=score,
-                    id=row["id"],
-                    doc_id=row["doc_id"],
-                    source=row["source"],
-                    title=row["title"],
-                    snippet=" ".join(row["passage"]["text"].split()),
-                    passage={key: row["passage"][key] for key in PASSAGE_FIELDS},
-                )
-                for rank, (score, _, row) in enumerate(best, start=1)
-            ]
+            results[query] = [(score, row) for score, _, row in best]
         todo, fetch = left, min(fetch * 4, MAX_FETCH)
-    return [hits or [] for hits in results]
+    return [found or [] for found in results]
+
+
+def _passage_hits(found: Ranked) -> list[Hit]:
+    return [
+        Hit(
+            rank=rank,
+            score=score,
+            id=row["id"],
+            doc_id=row["doc_id"],
+            source=row["source"],
+            title=row["title"],
+            snippet=" ".join(row["passage"]["text"].split()),
+            passage={key: row["passage"][key] for key in PASSAGE_FIELDS},
+        )
+        for rank, (score, row) in enumerate(found, start=1)
+    ]
 
 
 def search_queries(
@@ -364,6 +462,7 @@ def search_queries(
     mode: str | None = None,
     fusion: Fusion | None = None,
     where: str | Condition | None = None,
+    vectors: np.ndarray | None = None,
 ) -> list[list[Hit]]:
     """Top-``k`` hits per query. ``instruction`` changes only the query embedding.
 
@@ -372,14 +471,17 @@ def search_queries(
     trade speed for recall (None: the index's defaults). ``mode``: dense, lexical or
     hybrid (None: the default, see :func:`resolve_mode`); ``fusion``: how hybrid fuses
     (None: the default). ``where``: a filter expression (:mod:`indexer.filters`) or a
-    parsed one. Lexical searches load no model. Only the hits' rows are read from SQLite.
+    parsed one. ``vectors``: the queries' embeddings when already made (``engine serve``
+    embeds many requests' queries in one batch); else the encoder embeds them. Lexical
+    searches load no model. Only the hits' rows are read from SQLite.
     """
     index = Store.open(index) if isinstance(index, (str, Path)) else index
     check_queries(queries, k)
     condition = parse_filter(where) if isinstance(where, str) else where
     mode = resolve_mode(index, mode)
-    vectors = None
-    if mode != "lexical":
+    if mode == "lexical":
+        vectors = None
+    elif vectors is None:
         encoder = encoder or load_encoder_for(index)
         vectors = encoder.encode_queries(list(queries), instruction)
     knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)

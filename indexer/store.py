@@ -47,7 +47,7 @@ from indexer.folder import (
     utc_now,
     write_pointer,
 )
-from indexer.lexical import LexicalSide
+from indexer.lexical import LexicalSide, document_text
 from indexer.schema import (
     QUICK_CHECK_MAX_BYTES,
     check_and_migrate,
@@ -376,20 +376,20 @@ class Store:
                 "DELETE FROM documents WHERE id = ?", [(i,) for i in documents_gone]
             )
             new_ids = []  # vector ids: the documents', or their passages'
-            new_documents = []
+            new_texts = []  # what the lexical side indexes of each, in new_ids order
             vectors_left = iter(stored)
             for row in upsert:
                 record = {k: v for k, v in row.items() if k not in ("id", "passages")}
                 record["created"] = created.get(row.get("id"), now)
                 record["updated"] = now
                 doc_id = self.db["documents"].insert(record).last_pk
-                new_documents.append(doc_id)
                 for passage in row["passages"] if passages else [None]:
                     vector_id = doc_id
                     if passage is not None:
                         vector_id = (
                             self.db["passages"].insert({**passage, "document": doc_id}).last_pk
                         )
+                    new_texts.append(document_text(row["title"], (passage or row)["text"]))
                     vector = next(vectors_left, None)
                     if vector is None:
                         raise ValueError("one vector a document (or a passage) is needed")
@@ -402,8 +402,8 @@ class Store:
                 raise ValueError("one vector a document (or a passage) is needed")
             put_settings(self.db, {"generation": self.generation + 1, "updated": now})
         self.snapshots.apply_commit(spec, gone, new_ids, stored)
-        # The lexical side holds documents, also in an index of passages.
-        self.lexical.apply_commit(documents_gone, new_documents, upsert)
+        # The lexical side holds what the vectors are: documents, or passages.
+        self.lexical.apply_commit(gone, new_ids, new_texts)
         if self._publish_pending:
             self._publish_pending = False
             self.publish()
@@ -511,18 +511,11 @@ class Store:
     def matching(self, condition: Condition, *, vectors: bool = False) -> np.ndarray:
         """Ids of the documents a filter matches; with ``vectors``, the vector ids they own
         (their passages' in an index of passages). The condition's values are bound."""
+        sql, params = condition.select()
+        if vectors and self.has_passages:
+            sql = f"SELECT id FROM passages WHERE document IN ({sql})"
         try:
-            if vectors and self.has_passages:
-                rows = self.db.execute(
-                    "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document "
-                    f"WHERE {condition.sql}",
-                    list(condition.params),
-                )
-            else:
-                rows = self.db.execute(
-                    f"SELECT id FROM documents WHERE {condition.sql}", list(condition.params)
-                )
-            found = [row[0] for row in rows]
+            found = [row[0] for row in self.db.execute(sql, params)]
         except sqlite3.OperationalError as exc:
             raise EngineError(f"--where {condition.text!r} cannot be applied: {exc}") from None
         return np.asarray(found, dtype=np.int64)

@@ -65,6 +65,10 @@ def test_bench_long_records_both_modes_per_file_size(tmp_path, tiny_bert_path):
         assert 0 <= first["ndcg@10"] <= 1 and 0 <= split["ndcg@10"] <= 1
         assert split["vectors"] > row["files"] == first["vectors"]  # files split into passages
         assert split["index_bytes_per_corpus_token"] > 0 and first["index_seconds"] >= 0
+        # The same indexes ranked otherwise: hybrid on both, the sum of 3 passages on passages.
+        assert set(first["rankings"]) == {"hybrid"}
+        assert set(split["rankings"]) == {"hybrid", "dense, sum of the best 3 passages"}
+        assert all(0 <= r["ndcg@10"] <= 1 for r in split["rankings"].values())
     assert list(out.glob("long-scifact-*.json"))
 
 
@@ -83,6 +87,13 @@ def test_bench_beir_with_passages_keeps_its_own_cache(tmp_path, tiny_bert_path):
     assert result["index"]["folder"] != whole["datasets"][0]["index"]["folder"]
     assert 0 < result["metrics"]["ndcg@10"] <= 1
     assert list((tmp_path / "out").glob("beir-*-scifact-128*-passages16.json"))
+    lexical = runner.invoke(cli, [*base, "--passages", "16", "--passage-overlap", "2",
+                                  "--mode", "lexical"])  # fmt: skip
+    assert lexical.exit_code == 0, lexical.output
+    lexical_result = json.loads(lexical.stdout)["datasets"][0]
+    assert lexical_result["index"]["folder"] == result["index"]["folder"]  # the same index
+    assert 0 < lexical_result["metrics"]["ndcg@10"] <= 1
+    assert lexical_result["mode"] == "lexical" and result["mode"] == "dense"
     refused = runner.invoke(cli, [*base, "--passages", "16", "--index-type", "hnsw"])
     assert refused.exit_code == 1 and "--passages" in refused.output
 
@@ -95,8 +106,15 @@ def test_bench_passkey_with_passages_runs_both_curves(tmp_path, default_encoder)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert [r["length"] for r in report["results"]] == [128, 768]
-    assert [r["length"] for r in report["passage_results"]] == [128, 768]
-    deep = report["passage_results"][1]
-    assert deep["passages"] > 3 and deep["queries"] == 3 and 0 <= deep["accuracy"] <= 1
+    # One index per length, searched in each mode: engine search's default (hybrid) first.
+    assert [(r["length"], r["mode"]) for r in report["passage_results"]] == [
+        (length, mode) for length in (128, 768) for mode in ("hybrid", "dense", "lexical")
+    ]
+    deep = {r["mode"]: r for r in report["passage_results"] if r["length"] == 768}
+    assert deep["dense"]["passages"] > 3 and deep["dense"]["queries"] == 3
+    assert deep["lexical"]["accuracy"] == 1.0  # both words of a name: in one document only
+    assert all(r["sentence_in_one_passage"] == 3 for r in deep.values())  # 48 overlap > sentence
+    assert all(0 <= r["misses_on_another_passkey"] <= 3 - r["correct"] for r in deep.values())
+    assert report["results"][1]["sentence_alone_accuracy"] == 1.0
     assert report["results"][1]["truncated"] is True  # the model alone reads 512 of 768
     assert (out / "passkey-all-MiniLM-L6-v2-passages128.json").is_file()

@@ -104,6 +104,46 @@ def test_two_ranks_build_the_single_process_index(tmp_path, default_encoder):
     assert_consistent(distributed, set(expected) - {"doc007.txt"})
 
 
+def passages_by_document(index_dir: Path) -> dict[tuple[str, int], tuple[tuple, np.ndarray]]:
+    """(doc id, position) -> ((token and character offsets), vector) of every passage."""
+    store = Store.open(index_dir)
+    rows = store.db.execute(
+        "SELECT d.doc_id, p.position, p.token_start, p.token_end, p.char_start, p.char_end, "
+        "v.vector FROM passages p JOIN documents d ON d.id = p.document "
+        "JOIN vectors v ON v.id = p.id"
+    ).fetchall()
+    store.close()
+    return {(r[0], r[1]): (tuple(r[2:6]), np.frombuffer(r[6], dtype=np.float16)) for r in rows}
+
+
+@pytest.mark.slow
+def test_two_ranks_build_the_single_process_index_of_passages(tmp_path, default_encoder):
+    """`torchrun ... engine index --passages`: the ranks encode the passages, the writer
+    commits each document's passages together; the same passages and vectors as one process."""
+    from indexer.passages import PassageSpec
+
+    corpus = write_corpus(tmp_path / "corpus", 12, seed=2, longest=400)
+    (corpus / "repeated.txt").write_text("the same log line again. " * 80)  # encoded once
+    single = tmp_path / "single"
+    update_index(single, default_encoder, read_corpus(corpus, whole=True),
+                 passages=PassageSpec(64, 8), progress=False)  # fmt: skip
+    distributed = tmp_path / "distributed"
+    first = run_json(str(corpus), "--index", str(distributed), "--passages", "64",
+                     "--passage-overlap", "8")  # fmt: skip
+    assert (first["ranks"], first["added"], first["documents"]) == (2, 13, 13)
+    expected, got = passages_by_document(single), passages_by_document(distributed)
+    assert got.keys() == expected.keys() and first["passages"] == len(expected) > 13
+    for key, (offsets, vector) in expected.items():
+        assert got[key][0] == offsets
+        np.testing.assert_allclose(got[key][1], vector, atol=2e-3)
+    (corpus / "doc003.txt").write_text("Bees pollinate flowers in spring.")
+    second = run_json(str(corpus), "--index", str(distributed))  # keeps the stored setting
+    assert (second["updated"], second["unchanged"], second["passages"]) == (1, 12, 1)
+    assert [k for k in passages_by_document(distributed) if k[0] == "doc003.txt"] == [
+        ("doc003.txt", 0)
+    ]
+
+
 @pytest.mark.slow
 def test_killed_rank_leaves_a_sound_index_and_the_next_run_finishes(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 80, seed=1, longest=250)

@@ -156,10 +156,11 @@ def test_a_changed_document_replaces_all_its_passages_in_one_commit(
     before = _passage_rows(index_dir)
     a_before = [row for row in before if row[1] == "a.txt"]
     assert first.added == 2 and len(a_before) > 5 and first.passages == len(before)
-    store = Store.open(index_dir)  # the lexical side is keyed by documents, not passages
+    store = Store.open(index_dir)  # the lexical side holds the passages, by their ids
     try:
+        assert store.lexical.load().ids().tolist() == [row[0] for row in before]
         _, found = store.lexical_search(["the sky is blue"], 1)
-        assert store.doc_ids()[int(found[0][0])] == "b.txt"
+        assert [row[1] for row in before if row[0] == int(found[0][0])] == ["b.txt"]
     finally:
         store.close()
 
@@ -176,6 +177,11 @@ def test_a_changed_document_replaces_all_its_passages_in_one_commit(
     assert [row for row in after if row[1] == "b.txt"] == [
         row for row in before if row[1] == "b.txt"
     ]
+    store = Store.open(index_dir)  # the old passages left the lexical side with their vectors
+    try:
+        assert store.lexical.load().ids().tolist() == [row[0] for row in after]
+    finally:
+        store.close()
 
     # A commit that fails half-way (a vector short) changes nothing: the old passages stay.
     store = Store.open(index_dir, writer=True)
@@ -524,3 +530,98 @@ def test_kill_minus_nine_leaves_whole_documents_and_the_next_run_finishes(tmp_pa
     assert final == expected and consistent
     checked = CliRunner().invoke(cli, ["check", "--index", str(index_dir), "--json"])
     assert checked.exit_code == 0 and json.loads(checked.output)["ok"]
+
+
+def _lexical_ids(index_dir):
+    store = Store.open(index_dir)
+    try:
+        return store.lexical.load().ids().tolist(), [row[0] for row in _passage_rows(index_dir)]
+    finally:
+        store.close()
+
+
+def test_lexical_and_hybrid_search_rank_documents_by_their_best_passage(tmp_path, default_encoder):
+    """BM25 holds the passages: a word past token 512 is found by its passage, k distinct
+    documents come back in every mode, filters and deletes apply, and the lexical side
+    follows the passages through changes, a writer killed before its lexical commit and an
+    older index whose lexical side held documents."""
+    from indexer.integrity import check_index
+    from indexer.lexical import LEXICAL_KEY, LexicalIndex, build
+    from indexer.search import search_queries
+
+    valves = "Checking the valves weekly keeps the plant running. "
+    folder = _corpus(
+        tmp_path,
+        {
+            "manual.txt": valves * 60 + "Firmware XK-4471 is recalled for overheating. " + valves,
+            "valves.txt": valves * 2,
+            "plants.txt": "Plants make sugar from light and water.",
+            "tcp.txt": "The TCP handshake opens a connection between two hosts.",
+        },
+    )
+    index_dir = tmp_path / "index"
+    spec = PassageSpec(64, 8)
+    update_index(index_dir, default_encoder, read_corpus(folder, whole=True), passages=spec,
+                 progress=False)  # fmt: skip
+    held, passages = _lexical_ids(index_dir)
+    assert held == passages and len(passages) > 10
+
+    (recall,) = search_queries(index_dir, ["XK-4471 recalled"], k=3, mode="lexical")
+    assert [h.doc_id for h in recall] == ["manual.txt"]  # no other passage has either word
+    assert recall[0].passage["token_start"] > 512 and "XK-4471" in recall[0].snippet
+    text = (folder / "manual.txt").read_text()
+    passage = recall[0].passage
+    assert " ".join(text[passage["char_start"] : passage["char_end"]].split()) == recall[0].snippet
+
+    # Dozens of manual.txt's passages match "valves" best; still k distinct documents.
+    (lexical,) = search_queries(index_dir, ["checking the valves weekly"], k=3, mode="lexical")
+    assert sorted(h.doc_id for h in lexical) == ["manual.txt", "valves.txt"]  # only two match
+    for mode in (None, "hybrid", "dense"):
+        (hits,) = search_queries(index_dir, ["checking the valves weekly"], k=3, mode=mode)
+        assert len({h.doc_id for h in hits}) == 3, mode
+        assert {h.doc_id for h in hits[:2]} == {"manual.txt", "valves.txt"}, mode
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # Hybrid (the default): the recalled firmware's passage, though dense alone may miss it.
+    (hybrid,) = search_queries(index_dir, ["XK-4471 recalled"], k=2)
+    assert hybrid[0].doc_id == "manual.txt" and "XK-4471" in hybrid[0].snippet
+    (filtered,) = search_queries(
+        index_dir, ["checking the valves weekly"], k=3, mode="lexical", where="source glob 'v*'"
+    )
+    assert [h.doc_id for h in filtered] == ["valves.txt"]
+
+    (folder / "manual.txt").unlink()
+    update_index(index_dir, default_encoder, read_corpus(folder, whole=True), passages=spec,
+                 progress=False)  # fmt: skip
+    assert search_queries(index_dir, ["XK-4471"], k=3, mode="lexical") == [[]]
+    held, passages = _lexical_ids(index_dir)
+    assert held == passages and len(passages) == 3
+
+    # A writer killed between its SQLite commit and its lexical one: caught up by passage ids.
+    store = Store.open(index_dir)
+    lexical = LexicalIndex.open(store.lexical.path)
+    lexical.remove([passages[0]])
+    lexical.add([10_000], ["zeppelin"])
+    lexical.commit()
+    lexical.close()
+    record = store.settings[LEXICAL_KEY]
+    store.write_settings({LEXICAL_KEY: {**record, "generation": record["generation"] - 1}})
+    store.close()
+    assert search_queries(index_dir, ["zeppelin"], k=1, mode="lexical") == [[]]
+    assert _lexical_ids(index_dir)[0] == passages
+
+    # An index of passages made when the lexical side held documents (by document ids, no
+    # "keys" in the record): `engine check` says so, a search rebuilds it from the passages.
+    store = Store.open(index_dir)
+    documents = sorted(store.doc_ids())
+    store.lexical.close()
+    build(store.lexical.path, store.db.execute("SELECT id, title, text FROM documents")).close()
+    store.write_settings({LEXICAL_KEY: {"generation": store.generation, "documents": 3}})
+    store.close()
+    report = check_index(index_dir)
+    finding = next(f for f in report.findings if f.check == "lexical")
+    assert not finding.ok and "holds documents, the index searches passages" in finding.detail
+    assert documents != passages  # else the test could not tell the two apart
+    (plants,) = search_queries(index_dir, ["sugar from light"], k=1, mode="lexical")
+    assert [h.doc_id for h in plants] == ["plants.txt"]
+    assert _lexical_ids(index_dir)[0] == passages
+    assert check_index(index_dir).ok

@@ -4,7 +4,7 @@ One :class:`Batcher` thread owns the encoder and the index. Requests queue jobs
 for it; it takes every job waiting (and those arriving within ``batch_wait``),
 embeds their texts together in as few forward passes as the encoder's token
 budget allows, then answers each job: vectors for ``/v1/embeddings``, hits from
-:func:`indexer.search.hits_for` for ``/search``. Keeping SQLite, FAISS and the
+:meth:`engine.api.Index.search` (given the embeddings) for ``/search``. Keeping SQLite, FAISS and the
 tokenizer on one thread also keeps them out of each other's way.
 """
 
@@ -23,11 +23,12 @@ from typing import Any, Literal
 import numpy as np
 from starlette.exceptions import HTTPException
 
+from engine.api import Index
 from engine.app.served import ServedIndex, ServedMilvus
 from engine.encoder import Encoder, token_budget_batches
 from indexer.filters import Condition
 from indexer.fusion import Fusion
-from indexer.search import Hit, hits_for, resolve_instruction, resolve_mode
+from indexer.search import Hit
 from indexer.vector_index import SearchKnobs
 
 log = logging.getLogger("engine.server")
@@ -289,10 +290,10 @@ class Batcher:
                 encoding.append(job)
         if not encoding:
             return
-        store = None  # the index as published now: one look per batch
+        index = None  # the index as published now: one look per batch
         if any(job.k is not None for job in encoding):
             try:
-                store = self.index.current()
+                index = self.index.current()
             except Exception as exc:
                 for job in encoding:
                     if job.k is not None:
@@ -305,12 +306,12 @@ class Batcher:
         for job in encoding:
             try:
                 if job.k is not None:
-                    job.mode = resolve_mode(store, job.mode)
+                    job.mode = index.mode_for(job.mode)
                     if job.mode == "lexical":  # BM25 alone: nothing to embed
                         job.instruction = None
                         lexical.setdefault(self._search_key(job), []).append((job, None))
                         continue
-                job_ids, job_spans = self._tokenize(job, store)
+                job_ids, job_spans = self._tokenize(job, index)
             except Exception as exc:
                 job.future.set_exception(exc)
                 continue
@@ -318,7 +319,7 @@ class Batcher:
             tokens = sum(len(row) for row in job_ids)
             (large if tokens > self.limits.unit_tokens else small).append([prepared])
         for key, found in lexical.items():
-            self._search(store, key, found)
+            self._search(index, key, found)
         groups = [self._group(prepared) for prepared in [sum(small, []), *large] if prepared]
         self._groups.extendleft(reversed(groups))
 
@@ -392,14 +393,14 @@ class Batcher:
         if not searches:
             return
         try:
-            store = self.index.current()  # as published now (a long group may outlive a store)
+            index = self.index.current()  # as published now (a long group may outlive one)
         except Exception as exc:
             for group_jobs in searches.values():
                 for job, _ in group_jobs:
                     job.future.set_exception(exc)
             return
         for key, found in searches.items():
-            self._search(store, key, found)
+            self._search(index, key, found)
 
     @staticmethod
     def _search_key(job: Job) -> tuple[int, SearchKnobs, str, Fusion, Condition | None]:
@@ -407,7 +408,7 @@ class Batcher:
 
     def _search(
         self,
-        store: Any,
+        index: Index,
         key: tuple[int, SearchKnobs, str, Fusion, Condition | None],
         group: list[tuple[Job, np.ndarray | None]],
     ) -> None:
@@ -417,8 +418,15 @@ class Batcher:
         queries = [text for job, _ in group for text in job.texts]
         vectors = None if mode == "lexical" else np.concatenate([own for _, own in group])
         try:
-            hits = hits_for(
-                store, vectors, k, knobs, queries=queries, mode=mode, fusion=fusion, where=where
+            hits = index.search(
+                queries,
+                k,
+                mode=mode,
+                fusion=fusion,
+                where=where,
+                nprobe=knobs.nprobe,
+                ef_search=knobs.ef_search,
+                embeddings=vectors,
             )
         except Exception as exc:
             for job, _ in group:
@@ -431,7 +439,7 @@ class Batcher:
             job.future.set_result(Searched(own_hits, job.instruction, self.index.generation, mode))
 
     def _tokenize(
-        self, job: Job, store: Any
+        self, job: Job, index: Index | None
     ) -> tuple[list[list[int]], list[tuple[int, int]] | None]:
         if job.token_ids is not None:
             return self.encoder.tokenize_document_ids(job.token_ids), None
@@ -443,7 +451,7 @@ class Batcher:
             ]
             return self.encoder.tokenize(formatted), None
         if job.k is not None:  # a search falls back on the index's default instruction
-            job.instruction = resolve_instruction(store, job.instruction, job.no_instruct)
+            job.instruction = index.instruction_for(job.instruction, job.no_instruct, job.mode)
         return self.encoder.tokenize_queries(list(job.texts), job.instruction)
 
     @staticmethod

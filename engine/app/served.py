@@ -1,13 +1,14 @@
-"""The index `engine serve` answers from: a published index folder, or a Milvus collection.
+"""The index `engine serve` answers from: a published index folder, or a Milvus collection,
+each an :class:`engine.api.Index` (the Python API), which the batcher searches.
 
 Before a batch that searches, :class:`ServedIndex` checks (one ``stat``) whether
 ``engine index`` published since: every publish atomically replaces the
 ``CURRENT`` pointer, so a new pointer file means a complete new generation, and
-the store is reopened from it. The snapshot is read into memory and verified (a
-file truncated or overwritten under the server cannot crash it or change its
-answers; the change is reported on /health). Checkpoints a running ``engine index`` commits
-before it publishes stay invisible: the server reads the store in one SQLite read
-transaction (a WAL snapshot) from one publish to the next.
+the index is reopened from it, pinned (``Index.open(pinned=True)``): the snapshot is
+read into memory and verified (a file truncated or overwritten under the server cannot
+crash it or change its answers; the change is reported on /health), and checkpoints a
+running ``engine index`` commits before it publishes stay invisible (one SQLite read
+transaction, a WAL snapshot, from one publish to the next).
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from engine.api import Index
 from engine.encoder import Encoder
 from engine.errors import EngineError
 from indexer.folder import POINTER
-from indexer.info import index_info
 from indexer.milvus import MilvusIndex
-from indexer.schema import check_compatible
-from indexer.store import Store
+from indexer.search import fit_encoder
 
 log = logging.getLogger("engine.server")
 
@@ -37,7 +37,7 @@ class ServedIndex:
     def __init__(self, folder: Path, encoder: Encoder) -> None:
         self.folder = folder
         self.encoder = encoder
-        self.store: Store | None = None
+        self.index: Index | None = None
         self.generation: int | None = None
         self._stamp: tuple[int, int, int] | None = None
         # Why the server answers from less than the published index (shown on /health):
@@ -54,16 +54,16 @@ class ServedIndex:
             raise EngineError(f"no index at {self.folder} (run `engine index` first)") from None
         return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
-    def current(self) -> Store:
-        """The store of the latest published generation (reopened only when it changed)."""
+    def current(self) -> Index:
+        """The latest published generation (reopened only when it changed)."""
         stamp = self._pointer_stamp()
-        if self.store is not None and stamp in (self._stamp, self._failed_stamp):
-            self._check_snapshot(self.store)
-            return self.store
+        if self.index is not None and stamp in (self._stamp, self._failed_stamp):
+            self._check_snapshot(self.index)
+            return self.index
         try:
-            store = self._open()
+            index = self._open()
         except EngineError as exc:
-            if self.store is None:
+            if self.index is None:
                 raise
             self._failed_stamp = stamp
             self.reopen_problem = (
@@ -71,25 +71,25 @@ class ServedIndex:
                 f"{self.generation} until the next publish"
             )
             log.warning("%s", self.reopen_problem)
-            return self.store
-        old, self.store, self._stamp = self.store, store, stamp
-        self.generation = store.generation
+            return self.index
+        old, self.index, self._stamp = self.index, index, stamp
+        self.generation = index.generation
         self.reopen_problem = self.snapshot_problem = None
         if old is not None:
             old.close()
-        return store
+        return index
 
     @property
     def problems(self) -> list[str]:
         """What /health reports as degraded (checks the snapshot: one ``stat``, any thread)."""
-        if self.store is not None:
-            self._check_snapshot(self.store)
+        if self.index is not None:
+            self._check_snapshot(self.index)
         return [p for p in (self.reopen_problem, self.snapshot_problem) if p is not None]
 
-    def _check_snapshot(self, store: Store) -> None:
+    def _check_snapshot(self, index: Index) -> None:
         """The served snapshot replaced, truncated or rewritten in place is said once (the
         answers still come from the copy verified when it was read)."""
-        snapshots = store.snapshots
+        snapshots = index.store.snapshots
         if self.snapshot_problem is None and snapshots.changed_on_disk():
             self.snapshot_problem = (
                 f"FAISS snapshot {snapshots.read_from.name} changed on disk after it was "
@@ -97,39 +97,26 @@ class ServedIndex:
             )
             log.warning("%s", self.snapshot_problem)
 
-    def _open(self) -> Store:
-        store = Store.open(self.folder)
+    def _open(self) -> Index:
+        index = Index.open(self.folder, pinned=True)
         try:
-            try:  # in step on disk first: a store holding a read snapshot never writes
-                store.lexical.load()
-            except EngineError:
-                pass  # a running `engine index` builds it; searched in memory meanwhile
-            # One read transaction until the next publish: checkpoints a running
-            # `engine index` commits meanwhile stay invisible (WAL keeps this snapshot).
-            store.hold_read_snapshot()
-            settings = store.settings
-            if settings["max_length"] != self.encoder.max_length:
-                self.encoder.set_max_length(settings["max_length"])
-            check_compatible(
-                settings,
-                {**self.encoder.describe(), "max_length": settings["max_length"]},
-                f"index at {self.folder}",
+            fit_encoder(
+                index.store,
+                self.encoder,
                 fix="restart `engine serve` with the model it was built with",
             )
-            store.snapshots.in_memory = True  # never a mapped file that can change under us
-            store.load_faiss()
         except BaseException:
-            store.close()
+            index.close()
             raise
-        return store
+        return index
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self.index is not None:
+            self.index.close()
+            self.index = None
 
     def info(self) -> dict[str, Any]:
-        return index_info(self.current(), self.folder)
+        return self.current().info()
 
 
 class ServedMilvus:
@@ -141,25 +128,13 @@ class ServedMilvus:
     generation = None
 
     def __init__(self, backend: MilvusIndex) -> None:
-        self.backend = backend
+        self.index = Index.on_milvus(backend)
 
-    def current(self) -> MilvusIndex:
-        return self.backend
+    def current(self) -> Index:
+        return self.index
 
     def info(self) -> dict[str, Any]:
-        settings = self.backend.settings
-        return {
-            "backend": self.backend.uri,
-            "collection": self.backend.collection,
-            "model": settings["model"],
-            "fingerprint": settings["fingerprint"],
-            "dim": settings["dim"],
-            "max_length": settings["max_length"],
-            "index_type": settings.get("index_type"),
-            "default_instruction": settings.get("default_instruction"),
-            "documents": self.backend.count(),
-            "exported": settings.get("exported"),
-        }
+        return self.index.info()
 
     def close(self) -> None:
-        self.backend.close()
+        self.index.close()

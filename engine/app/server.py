@@ -26,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from engine import __version__
+from engine.api import Index
 from engine.app.batcher import ApiError, Batcher, Limits
 from engine.app.routes import DOCS_ASSETS, STATIC_DIR, router
 from engine.app.served import ServedIndex, ServedMilvus
@@ -33,8 +34,6 @@ from engine.encoder import Encoder
 from engine.errors import EngineError
 from engine.instructions import InstructionConflict
 from indexer.milvus import MilvusIndex
-from indexer.search import load_encoder_for
-from indexer.store import Store
 
 log = logging.getLogger("engine.server")
 
@@ -314,15 +313,11 @@ def run_server(
         shutdown_timeout = limits.request_timeout + 5
     check_api_key(api_key)  # before the model loads: a misconfiguration is said at once
     if backend is not None:
-        encoder = load_encoder_for(backend, model, device)
-        documents, what = backend.count(), str(backend)
+        index = Index.on_milvus(backend, model=model, device=device)
+        encoder, documents, what = index.encoder, index.count(), str(backend)
     else:
-        store = Store.open(index_dir)
-        try:
-            encoder = load_encoder_for(store, model, device)
-            documents, what = store.count(), str(index_dir)
-        finally:
-            store.close()
+        with Index.open(index_dir, model=model, device=device) as index:
+            encoder, documents, what = index.encoder, index.count(), str(index_dir)
     app = create_app(
         index_dir, encoder, api_key=api_key, limits=limits, backend=backend, access_log=access_log
     )

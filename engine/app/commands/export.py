@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
+from engine.api import Index
 from engine.app.commands import collection_option, index_option, token_option
 from engine.options import json_option, quiet_option
-from indexer.milvus import export_index
-from indexer.store import Store
 
 
 @click.group("export")
@@ -66,19 +65,15 @@ def export_milvus(
       engine export milvus http://localhost:19530 --collection scifact --token root:Milvus
     """
 
-    store = Store.open(index_dir)
-    try:
-        report = export_index(
-            store,
+    with Index.open(index_dir) as index:
+        report = index.export_milvus(
             uri,
-            collection=collection,
+            collection,
             token=token,
             index_type=index_type,
             rebuild=rebuild,
             progress=not quiet and not as_json,
         )
-    finally:
-        store.close()
     if as_json:
         click.echo(
             json.dumps(

@@ -8,19 +8,18 @@ from pathlib import Path
 import click
 
 from engine.app.commands import INDEX_MODEL, index_option, repaired
-from engine.errors import EngineError
 from engine.options import (
     batch_tokens_option,
     device_option,
     index_type_option,
     json_option,
     model_option,
+    passage_options,
     precision_option,
     quiet_option,
     runtime_option,
 )
-from indexer.documents import read_corpus
-from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS, PassageSpec, passage_spec
+from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS
 
 
 @click.command("index")
@@ -37,20 +36,10 @@ from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS, PassageSpec, passage_s
     "default_instruction",
     help="Default task instruction stored with the index, used by `engine search` when it gets none.",
 )
-@click.option(
-    "--passages",
-    "passage_tokens",
-    type=click.IntRange(min=1),
-    metavar="TOKENS",
-    help="Split every document into windows of this many model tokens (title repeated at the "
+@passage_options(
+    "Split every document into windows of this many model tokens (title repeated at the "
     "head of each) and search documents by their best passage; the whole document is read "
-    "(default: one vector of the first --max-length tokens). Stored with the index.",
-)
-@click.option(
-    "--passage-overlap",
-    type=click.IntRange(min=0),
-    metavar="TOKENS",
-    help="Tokens each passage shares with the one before (default: an eighth of --passages).",
+    "(default: one vector of the first --max-length tokens). Stored with the index."
 )
 @click.option(
     "--max-document-tokens",
@@ -111,76 +100,36 @@ def index_command(
       engine index ./corpus --index-type hnsw
       engine index ./corpus --index-type "IVF4096,SQ8"
     """
-    # Here, not at the top: `engine index --help` and argument errors load no torch.
-    from engine.encoder import Encoder, document_tokens
-    from indexer.distributed import IndexingGroup
-    from indexer.indexing import model_for_index, passages_for_index, update_index
-    from indexer.vector_index import validate_type
+    from engine.api import Index  # torch loads inside, when the model does
 
-    def model_and_length() -> tuple[str | None, int | None, dict | None]:
-        """Checked on the writer (rank 0) before any rank loads a model."""
-        if not corpus.exists():
-            raise EngineError(f"corpus not found: {corpus}")
-        if index_type is not None:
-            validate_type(index_type)
-        asked = passage_spec(passage_tokens, passage_overlap, max_document_tokens)
-        passages = passages_for_index(index_dir, asked, rebuild=rebuild)
-        return (*model_for_index(index_dir, model, max_length, rebuild=rebuild), passages)
-
-    # Under torchrun every rank encodes; rank 0 alone reads the corpus and writes the index.
-    with IndexingGroup() as group:
-        chosen_model, chosen_length, chosen_passages = group.writer_decides(model_and_length)
-        encoder = Encoder.load(
-            chosen_model,
-            device=group.device(device),
-            batch_tokens=batch_tokens,
-            precision=precision,
-            runtime=runtime,
-        )
-        encoder.set_max_length(document_tokens(encoder, chosen_length))
-        if not group.is_writer:
-            group.encode_for_writer(encoder)
-            return
-        passages = PassageSpec(**chosen_passages) if chosen_passages else None
-        scan = read_corpus(  # lazy: read as indexed; passages: streamed whole
-            corpus,
-            max_tokens=passages.max_document_tokens if passages else encoder.max_length,
-            whole=passages is not None,
-        )
-        report = update_index(
-            index_dir,
-            encoder,
-            scan,
-            rebuild=rebuild,
-            default_instruction=repaired(default_instruction, "--instruct"),
-            keep_sources=scan.failed_sources,
-            index_type=validate_type(index_type) if index_type is not None else None,
-            progress=not quiet and not as_json,
-            passages=passages,
-            group=group,
-        )
-    summary = {
-        "index": str(index_dir),
-        "corpus": str(corpus),
-        "model": encoder.name,
-        "max_length": encoder.max_length,
-        "passage_setting": chosen_passages,
-        **report.to_dict(),
-        "skipped": len(scan.skipped),
-        "ignored_files": scan.ignored,
-        "skipped_detail": [{"source": s.source, "reason": s.reason} for s in scan.skipped],
-        "notes": [{"source": n.source, "message": n.message} for n in scan.notes],
-    }
+    done = Index(index_dir, model=model, device=device).index_folder(
+        corpus,
+        rebuild=rebuild,
+        max_length=max_length,
+        default_instruction=repaired(default_instruction, "--instruct"),
+        passages=passage_tokens,
+        passage_overlap=passage_overlap,
+        max_document_tokens=max_document_tokens,
+        index_type=index_type,
+        batch_tokens=batch_tokens,
+        precision=precision,
+        runtime=runtime,
+        progress=not quiet and not as_json,
+    )
+    if done is None:  # a torchrun rank that encoded for the writer
+        return
+    report, scan = done.report, done.scan
+    summary = {"index": str(index_dir), "corpus": str(corpus), **done.to_dict()}
     if as_json:
         click.echo(json.dumps(summary))
         return
     click.echo(
-        f"Indexed {corpus} into {index_dir} with {encoder.name} (max {encoder.max_length} tokens): "
+        f"Indexed {corpus} into {index_dir} with {done.model} (max {done.max_length} tokens): "
         f"{report.added} added, {report.updated} updated, {report.removed} removed, "
         f"{report.unchanged} unchanged; {report.total} documents; index {report.index_type}."
     )
     if report.encoded:
-        split = f" in {report.passages:,} passages" if passages else ""
+        split = f" in {report.passages:,} passages" if done.passage_setting else ""
         click.echo(
             f"Encoded {report.encoded} documents{split} ({report.encoded_tokens:,} tokens) "
             f"in {report.seconds:.1f}s, {report.encoded / report.seconds:.1f} docs/s"

@@ -138,42 +138,26 @@ def search_command(
         hits, instruction = answer["results"][0], answer["instruction"]
     else:
         # Here, not at the top: `--server` stays a light client (no torch, no FAISS).
-        from indexer.search import (
-            load_encoder_for,
-            resolve_fusion,
-            resolve_instruction,
-            resolve_mode,
-            search_queries,
-        )
+        from engine.api import Index
 
         if backend:
-            from indexer.milvus import MilvusIndex
-
-            searched = MilvusIndex.open(backend, collection, token)
+            opened = Index.open_milvus(backend, collection, token, model=model, device=device)
         else:
-            from indexer.store import Store
-
-            searched = Store.open(index_dir)
-        mode = resolve_mode(searched, mode)
-        fused = resolve_fusion(fusion, alpha)
-        encoder = None
-        if mode == "lexical":
-            instruction = None  # no query embedding: an instruction has nothing to change
-        else:
-            instruction = resolve_instruction(searched, instruction, no_instruct)
-            encoder = load_encoder_for(searched, model, device)
-        found = search_queries(
-            searched,
-            [query],
-            k=k,
-            instruction=instruction,
-            encoder=encoder,
-            nprobe=nprobe,
-            ef_search=ef_search,
-            mode=mode,
-            fusion=fused,
-            where=condition,
-        )[0]
+            opened = Index.open(index_dir, model=model, device=device)
+        with opened as index:
+            found = index.search(
+                query,
+                k,
+                instruct=instruction,
+                no_instruct=no_instruct,
+                mode=mode,
+                where=condition,
+                fusion=fusion,
+                alpha=alpha,
+                nprobe=nprobe,
+                ef_search=ef_search,
+            )
+            instruction = index.instruction_for(instruction, no_instruct, mode)  # shown above
         hits = [hit.to_dict() for hit in found]
     if as_json:
         for hit in hits:
