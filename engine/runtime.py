@@ -3,8 +3,9 @@
 * ``torch``: the model itself (every precision, every device; training always).
 * ``openvino`` (CPU, fp32): the model converted once to an OpenVINO model and run by
   OpenVINO's CPU plugin in strict f32 (its fused attention, LayerNorm and GELU kernels).
-  Vectors stay within ~1e-5 of torch fp32; on CPUs without bf16 it encodes 1.5-1.9x as
-  fast as torch fp32 (bench/results/README.md, "CPUs without bf16"). Needs the optional
+  Vectors stay within 2e-7 of torch fp32 (the same BEIR top 10s); on emulated CPUs
+  without bf16 it took 1.3x (AVX-512) to 1.6x (AVX2, an upper bound) fewer CPU seconds than
+  torch fp32 (bench/results/README.md, "CPUs without bf16"). Needs the optional
   ``openvino`` package (``pip install 'engine[openvino]'``).
 * ``auto``: ``openvino`` where precision ``auto`` resolved to fp32 on a CPU (a CPU without
   native bf16) and the package is installed, else ``torch``. An explicit ``--precision
