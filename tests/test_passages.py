@@ -270,9 +270,12 @@ def test_passkey_beyond_512_tokens_is_found_with_passages(tmp_path, default_enco
     store = Store.open(index_dir)
     vectors = default_encoder.encode_queries(task.queries)
     found = hits_for(store, vectors, 1)
+    # engine search's default mode on it: hybrid, BM25 over the passages fused in.
+    hybrid = hits_for(store, vectors, 1, queries=task.queries, mode="hybrid")
     store.close()
     top = [int(hits[0].doc_id.removeprefix("doc").removesuffix(".txt")) for hits in found]
     assert top == task.targets
+    assert [hits[0].doc_id for hits in hybrid] == [hits[0].doc_id for hits in found]
     for hits, target in zip(found, task.targets, strict=True):
         passage = hits[0].passage
         assert passage["token_start"] <= task.spans[target][0] < passage["token_end"] + 8
