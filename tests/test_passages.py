@@ -627,4 +627,6 @@ def test_lexical_and_hybrid_search_rank_documents_by_their_best_passage(tmp_path
     (plants,) = search_queries(index_dir, ["sugar from light"], k=1, mode="lexical")
     assert [h.doc_id for h in plants] == ["plants.txt"]
     assert _lexical_ids(index_dir)[0] == passages
-    assert check_index(index_dir).ok
+    report = check_index(index_dir)
+    finding = next(f for f in report.findings if f.check == "lexical")
+    assert report.ok and "holds the database's passages, one to one" in finding.detail
