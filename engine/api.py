@@ -26,6 +26,7 @@ from engine.text import repair_text
 from indexer.documents import CorpusScan, read_corpus
 from indexer.documents import Document as StoredDocument
 from indexer.filters import Condition
+from indexer.folder import reporting_damage
 from indexer.fusion import Fusion
 from indexer.info import index_info
 from indexer.integrity import CheckReport, check_index
@@ -140,7 +141,8 @@ class Index:
         changed under it cannot change answers (``engine serve`` reopens one per publish).
         """
         index = cls(path, model=model, device=device, pinned=pinned)
-        index.store  # noqa: B018 - fails now, not at the first search, when there is no index
+        with reporting_damage(index.path):
+            index.store  # noqa: B018 - fails now, not at the first search, when there is no index
         return index
 
     @classmethod
@@ -279,6 +281,7 @@ class Index:
         index_type: str | None = None,
         batch_tokens: int | None = None,
         precision: str | None = None,
+        runtime: str | None = None,
         progress: bool = False,
     ) -> FolderReport | None:
         """Index the files under ``folder`` (or one file) as ``engine index`` does, which
@@ -287,7 +290,8 @@ class Index:
         ``max_length`` tokens per document; ``default_instruction`` stored for searches;
         ``passages`` tokens per window (``passage_overlap``, ``max_document_tokens``: see
         :func:`indexer.passages.passage_spec`); ``index_type`` (None: keep the index's);
-        ``batch_tokens`` and ``precision`` of the encoder; ``progress`` bars on stderr.
+        ``batch_tokens``, ``precision`` and ``runtime`` of the encoder; ``progress`` bars
+        on stderr.
 
         Under ``torchrun`` every rank calls this: the ranks encode, rank 0 alone reads and
         writes and gets the report; the others get None.
@@ -312,10 +316,10 @@ class Index:
         with IndexingGroup() as group:
             model, length, setting = group.writer_decides(decide)
             # The model already loaded serves unless the run asks for other settings.
-            asked = rebuild or max_length or batch_tokens or precision or group.world > 1
+            asked = rebuild or max_length or batch_tokens or precision or runtime or group.world > 1
             if self._encoder is None or asked:
                 self._encoder = _load_encoder(
-                    model, length, group.device(self._device), batch_tokens, precision
+                    model, length, group.device(self._device), batch_tokens, precision, runtime
                 )
             encoder = self._encoder
             if not group.is_writer:
@@ -443,7 +447,8 @@ class Index:
         collection: model, type, documents, when exported)."""
         if self._milvus is not None:
             return self._milvus.info()
-        return index_info(self.store, self.path)
+        with reporting_damage(self.path):
+            return index_info(self.store, self.path)
 
     def count(self) -> int:
         """Documents in the index."""
@@ -453,7 +458,8 @@ class Index:
         """What ``engine check`` does: verify (``repair``: and rebuild what is damaged)."""
         folder = self._folder()
         self.close()
-        return check_index(folder, repair=repair)
+        with reporting_damage(folder):
+            return check_index(folder, repair=repair)
 
     def drop(self) -> None:
         """Delete the index folder and everything in it."""
@@ -487,11 +493,14 @@ def _load_encoder(
     device: str | None,
     batch_tokens: int | None = None,
     precision: str | None = None,
+    runtime: str | None = None,
 ) -> Encoder:
     """A model to index with, ``length`` tokens per document (None: the encoder's default)."""
     from engine.encoder import Encoder, document_tokens
 
-    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens, precision=precision)
+    encoder = Encoder.load(
+        model, device=device, batch_tokens=batch_tokens, precision=precision, runtime=runtime
+    )
     encoder.set_max_length(document_tokens(encoder, length))
     return encoder
 

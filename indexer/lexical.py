@@ -29,10 +29,17 @@ writes new segment files and then replaces its ``meta.json`` atomically), so a k
 writer leaves the last commit; the store commits SQLite first and the lexical index
 after it, and a lexical index behind SQLite is caught up by id difference (ids are
 never reused), see :func:`catch_up`.
+
+Damage: a segment's files never change once written (a new delete set is a new
+``.del`` file), so each lexical commit records the SHA-256 of every file of the
+segments it published (:func:`segment_digests`, new files only) with its generation;
+``engine check`` re-hashes them, and ``--repair`` rebuilds the index from SQLite.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import uuid
 from collections import Counter
@@ -321,6 +328,51 @@ def catch_up(
     return len(missing), len(gone)
 
 
+def published_segments(path: Path) -> set[str]:
+    """The ids of the segments ``path``'s meta.json publishes, as their files are named."""
+    meta = json.loads((path / "meta.json").read_text())
+    return {str(s["segment_id"]).replace("-", "") for s in meta.get("segments", [])}
+
+
+def segment_files(path: Path) -> list[Path]:
+    """The files of the published segments (immutable once written)."""
+    segments = published_segments(path)
+    return sorted(f for f in path.iterdir() if f.name.split(".", 1)[0] in segments)
+
+
+def segment_digests(path: Path, known: dict[str, str]) -> dict[str, str]:
+    """SHA-256 of each published segment file; a file already in ``known`` (recorded when
+    it was new: segment files never change) is not read again."""
+    digests = {}
+    for file in segment_files(path):
+        digests[file.name] = known.get(file.name) or _sha256(file)
+    return digests
+
+
+def damaged_files(path: Path, recorded: dict[str, str]) -> list[str]:
+    """Published segment files whose content differs from its recorded digest, or that are
+    gone. Files published after the record (a writer killed between the two) go unchecked."""
+    segments = published_segments(path)
+    wrong = []
+    for name, digest in sorted(recorded.items()):
+        file = path / name
+        if name.split(".", 1)[0] not in segments:
+            continue
+        if not file.is_file():
+            wrong.append(f"{name} is missing")
+        elif _sha256(file) != digest:
+            wrong.append(f"{name} does not match its recorded checksum")
+    return wrong
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's first line, cut to ``limit`` characters (tantivy quotes file contents)."""
     text = str(exc).strip()
@@ -507,6 +559,13 @@ class LexicalSide:
         if self._recorded_keys() not in (None, self.keys):
             return f"holds {self._recorded_keys()}, the index searches {self.keys}"
         try:
+            wrong = damaged_files(self.path, self._recorded_files())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            wrong = []  # meta.json unreadable: opening it, below, says how
+        if wrong:
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            return f"{wrong[0]}{more}"
+        try:
             index = LexicalIndex.open(self.path)
         except LexicalError as exc:
             return str(exc).split(" is ", 1)[-1]
@@ -549,6 +608,11 @@ class LexicalSide:
         rows = self.store.db.execute(f"SELECT id FROM {table} ORDER BY id")
         return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
+    def _recorded_files(self) -> dict[str, str]:
+        record = self.store.settings.get(LEXICAL_KEY)
+        files = record.get("files") if isinstance(record, dict) else None
+        return files if isinstance(files, dict) else {}
+
     def _record(self, index: LexicalIndex) -> None:
         self.store.write_settings(
             {
@@ -556,6 +620,7 @@ class LexicalSide:
                     "generation": self.store.generation,
                     "documents": index.count(),
                     "keys": self.keys,
+                    "files": segment_digests(self.path, self._recorded_files()),
                 }
             }
         )

@@ -12,6 +12,9 @@ re-export upserts only documents whose hash (or id/source) changed and deletes
 those gone from the index. The collection's properties hold the model name and
 fingerprint, dimension, length and default instruction: a collection made by
 another model is refused, and ``engine search --backend`` needs no local index.
+Each entity also carries the document's metadata as a JSON field, so a ``--where``
+filter is translated (:func:`indexer.filters.milvus_expression`) and applied inside
+Milvus's search.
 An index of passages exports one entity per passage (its id the passage id), with its
 document's fields, the passage's text and its offsets; a search groups them by
 document as the local index does.
@@ -34,6 +37,7 @@ import numpy as np
 from engine import __version__
 from engine.errors import EngineError
 from engine.progress import progress_bar
+from indexer.filters import Condition, milvus_expression
 from indexer.folder import utc_now
 from indexer.schema import check_compatible
 from indexer.store import PASSAGE_FIELDS, Store
@@ -53,6 +57,8 @@ CARRIED_SETTINGS = (
     "passages",
 )
 TEXT_FIELDS = ("doc_id", "source", "title", "text", "content_hash")
+# The document's metadata (JSON), for filters; collections exported before it have none.
+METADATA_FIELD = "metadata"
 # An index of passages: the store id of the passage's document, and where the passage lies.
 PASSAGE_INT_FIELDS = ("document", *PASSAGE_FIELDS)
 # Milvus caps a VARCHAR at 65535 bytes; longer values (in practice only texts) are cut.
@@ -127,14 +133,29 @@ def connect(uri: str, token: str | None = None, *, create: bool = False):
         raise EngineError(f"cannot reach Milvus at {uri}: {_message(exc)}") from None
 
 
+@dataclass(frozen=True)
+class MilvusFilter:
+    """A ``--where`` filter as a Milvus boolean expression (what the search's ``filter`` takes)."""
+
+    expression: str
+
+
 class MilvusIndex:
     """One collection written by :func:`export_index`, searchable like a :class:`Store`."""
 
-    def __init__(self, client, uri: str, collection: str, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client,
+        uri: str,
+        collection: str,
+        settings: dict[str, Any],
+        has_metadata: bool = True,
+    ) -> None:
         self.client = client
         self.uri = uri
         self.collection = collection
         self._settings = settings
+        self.has_metadata = has_metadata
         self._rows: dict[int, dict[str, Any]] = {}
 
     def __str__(self) -> str:
@@ -152,8 +173,9 @@ class MilvusIndex:
                     f"no collection {collection!r} at {uri} (run `engine export milvus` first)"
                 )
             settings = read_settings(client, collection, uri)
+            has_metadata = _has_metadata(client, collection)
             client.load_collection(collection)
-        return cls(client, uri, collection, settings)
+        return cls(client, uri, collection, settings, has_metadata)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -179,12 +201,27 @@ class MilvusIndex:
             "exported": settings.get("exported"),
         }
 
+    def matching(self, condition: Condition, *, vectors: bool = False) -> MilvusFilter:
+        """A filter as the expression this collection's search applies (``vectors``: a
+        passage entity carries its document's fields, so passages need nothing more)."""
+        if not self.has_metadata:
+            raise EngineError(
+                f"{self} was exported before metadata; --where needs it: "
+                "run `engine export milvus --rebuild`"
+            )
+        return MilvusFilter(milvus_expression(condition, METADATA_FIELD))
+
     def search(
-        self, vectors: np.ndarray, k: int, knobs: SearchKnobs | None = None
+        self,
+        vectors: np.ndarray,
+        k: int,
+        knobs: SearchKnobs | None = None,
+        allowed: MilvusFilter | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) per query, -1 for empty slots, as FAISS returns them.
 
         ``knobs``: ``nprobe`` for IVF, ``ef_search`` for HNSW (None: the collection's).
+        ``allowed``: a filter (:meth:`matching`), applied by Milvus inside the search.
         """
         params = dict(self._settings.get("search_params") or {})
         if knobs is not None and knobs.nprobe is not None and "nprobe" in params:
@@ -201,6 +238,7 @@ class MilvusIndex:
                 anns_field="vector",
                 output_fields=self._fields(),
                 search_params={"metric_type": "IP", "params": params},
+                **({"filter": allowed.expression} if allowed is not None else {}),
             )
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         ids = np.full((len(vectors), k), -1, dtype=np.int64)
@@ -275,6 +313,7 @@ def export_index(
                     )
                 report.index_type = stored["index_type"]
                 remote = _remote_manifest(client, collection)
+                metadata = _has_metadata(client, collection)
             else:
                 count = store.vector_count()
                 chosen = _auto_index_type(count) if index_type == "auto" else index_type
@@ -283,12 +322,13 @@ def export_index(
                     **_create_collection(client, collection, wanted, chosen, count),
                 }
                 report.index_type, report.created, remote = chosen, True, {}
+                metadata = True
             local = {i: _fit_all(key) for i, key in store.vector_keys().items()}
             changed = sorted(i for i, key in local.items() if remote.get(i) != key)
             gone = sorted(set(remote) - set(local))
             bar = progress_bar(len(changed), "exporting", enabled=progress)
             for chunk in _chunks(changed, UPSERT_ROWS):
-                client.upsert(collection, _entities(store, chunk))
+                client.upsert(collection, _entities(store, chunk, metadata=metadata))
                 if bar is not None:
                     bar.update(len(chunk))
             if bar is not None:
@@ -367,6 +407,7 @@ def _create_collection(
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(settings["dim"]))
     for name in TEXT_FIELDS:
         schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_BYTES)
+    schema.add_field(METADATA_FIELD, DataType.JSON)
     if isinstance(settings.get("passages"), dict):
         for name in PASSAGE_INT_FIELDS:
             schema.add_field(name, DataType.INT64)
@@ -404,9 +445,15 @@ def _remote_manifest(client, collection: str) -> dict[int, tuple[str, str, str]]
     return manifest
 
 
-def _entities(store: Store, ids: Sequence[int]) -> list[dict[str, Any]]:
+def _has_metadata(client, collection: str) -> bool:
+    """Whether the collection has the metadata field (exported since filters came)."""
+    fields = client.describe_collection(collection).get("fields") or []
+    return any(field.get("name") == METADATA_FIELD for field in fields)
+
+
+def _entities(store: Store, ids: Sequence[int], *, metadata: bool) -> list[dict[str, Any]]:
     """The entities of these vector ids: a document's fields, or a passage's (its text and
-    offsets, with its document's fields)."""
+    offsets, with its document's fields); ``metadata``: with the document's metadata."""
     if store.has_passages:
         rows = {}
         for row in store.get_passages(ids):
@@ -427,6 +474,7 @@ def _entities(store: Store, ids: Sequence[int]) -> list[dict[str, Any]]:
             "vector": vector.tolist(),
             **{name: _fit(str(rows[i][name])) for name in TEXT_FIELDS},
             **{name: int(rows[i][name]) for name in ints},
+            **({METADATA_FIELD: json.loads(rows[i]["metadata"])} if metadata else {}),
         }
         for i, vector in zip(ids, vectors, strict=True)
     ]

@@ -232,7 +232,8 @@ def dense_search(
 def allowed_ids(
     index: SearchIndex, where: Condition | None, *, vectors: bool = False
 ) -> np.ndarray | None:
-    """The ids a filter lets through (None: no filter); see :meth:`Store.matching`."""
+    """The ids a filter lets through (None: no filter); see :meth:`Store.matching`. On a
+    Milvus collection: the filter as its expression, which its search applies."""
     if where is None:
         return None
     if not hasattr(index, "matching"):

@@ -511,18 +511,11 @@ class Store:
     def matching(self, condition: Condition, *, vectors: bool = False) -> np.ndarray:
         """Ids of the documents a filter matches; with ``vectors``, the vector ids they own
         (their passages' in an index of passages). The condition's values are bound."""
+        sql, params = condition.select()
+        if vectors and self.has_passages:
+            sql = f"SELECT id FROM passages WHERE document IN ({sql})"
         try:
-            if vectors and self.has_passages:
-                rows = self.db.execute(
-                    "SELECT p.id FROM passages p JOIN documents d ON d.id = p.document "
-                    f"WHERE {condition.sql}",
-                    list(condition.params),
-                )
-            else:
-                rows = self.db.execute(
-                    f"SELECT id FROM documents WHERE {condition.sql}", list(condition.params)
-                )
-            found = [row[0] for row in rows]
+            found = [row[0] for row in self.db.execute(sql, params)]
         except sqlite3.OperationalError as exc:
             raise EngineError(f"--where {condition.text!r} cannot be applied: {exc}") from None
         return np.asarray(found, dtype=np.int64)

@@ -183,3 +183,19 @@ def test_search_with_embeddings_made_elsewhere(made):
         for ours, theirs in zip(given, made_here, strict=True):
             assert [h.doc_id for h in ours] == [h.doc_id for h in theirs]
             assert [h.score for h in ours] == pytest.approx([h.score for h in theirs], abs=1e-5)
+
+
+def test_a_damaged_database_is_one_line_naming_the_repair(tmp_path, tiny_bert_path):
+    path = tmp_path / "index"
+    with Index.create(path, model=str(tiny_bert_path), index_type="flat") as index:
+        index.add([Document(str(n), f"text number {n} " * 30) for n in range(200)])
+    (database,) = path.glob("*.db")
+    data = bytearray(database.read_bytes())
+    for page in range(2 * 16384, len(data), 16384):  # every page past the first two
+        data[page : page + 200] = b"\xff" * 200
+    database.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=r"is damaged .*engine check --repair"):
+        with Index.open(path) as index:
+            index.info()
+    report = Index(path).check()
+    assert not report.ok and "database" in [f.check for f in report.findings if not f.ok]

@@ -21,3 +21,18 @@ def test_filter_bench_writes_its_record(tmp_path):
         row = record["results"][label]
         assert row["matching_documents"] == 30
         assert row["total"]["p50_ms"] >= row["filter_in_sqlite"]["p50_ms"] > 0
+
+
+def test_a_kept_store_is_reused_and_another_size_refused(tmp_path):
+    kept = tmp_path / "kept"
+    args = ["filter", "--dim", "16", "--queries", "2", "--store", str(kept)]
+    first = CliRunner().invoke(bench, [*args, "--documents", "1000", "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(bench, [*args, "--documents", "1000", "--out", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output
+    built = json.loads((tmp_path / "a" / "filter-1k-flat-fp16.json").read_text())
+    reused = json.loads((tmp_path / "b" / "filter-1k-flat-fp16.json").read_text())
+    assert built["build_s"] > 0 and reused["build_s"] is None
+    assert reused["results"]["where group = 7"]["matching_documents"] == 10
+    other = CliRunner().invoke(bench, [*args, "--documents", "2000", "--out", str(tmp_path / "c")])
+    assert other.exit_code == 1 and "holds 1000 documents" in other.output

@@ -17,7 +17,7 @@ from indexer.filters import parse, source_glob
 from indexer.schema import MIGRATIONS
 from indexer.search import ranked
 from indexer.store import Store, Writer
-from tests.test_vector_index import clustered, settings
+from tests.test_vector_index import clustered, settings, undo_metadata_values
 
 N = 1500
 GROUPS = 50  # document i is in group i % 50: a group is 30 documents, 2% of them
@@ -85,13 +85,20 @@ def test_filters_give_exact_counts_on_every_index_type(
     tmp_path, monkeypatch, index_type, exact_limit
 ):
     """k hits whenever k documents match, each one matching, none deleted; with the FAISS
-    selector path forced (exact_limit 0) as well as the exact-scoring path."""
+    selector path forced (exact_limit 0) as well as the exact-scoring paths (a flat
+    index's decoded codes, or the stored vectors)."""
     monkeypatch.setattr(vector_index, "EXACT_FILTERED", exact_limit)
+    if not exact_limit:
+        monkeypatch.setattr(vector_index, "DECODED_FILTERED", 0)
     store, _, rows = filled(tmp_path / "index", index_type)
     queries = clustered(4, seed=7)
     for expression, keep in FILTERS:
         allowed = store.matching(parse(expression))
         assert sorted(allowed.tolist()) == sorted(i for i, r in rows.items() if keep(r))
+        decoded = vector_index.decoded_top_k(
+            store.snapshots.search_index(), queries, np.unique(allowed), 10
+        )
+        assert (decoded is not None) == (index_type in ("flat", "flat-fp16"))
         for k in (10, 50):
             _, ids = ranked(store, queries, [], k, allowed=allowed)
             for query, found in zip(queries, ids, strict=True):
@@ -134,10 +141,10 @@ def test_bad_expressions_name_the_position(expression, position, message):
 
 def test_values_are_bound_never_formatted_into_sql():
     hostile = "x'); DROP TABLE documents; --"
-    condition = parse(f'title = "{hostile}"')
-    assert hostile not in condition.sql and condition.params == (hostile,)
-    field = parse("a.b = 1")
-    assert "a.b" not in field.sql and field.params == ('$."a.b"', 1)
+    sql, params = parse(f'title = "{hostile}"').select()
+    assert hostile not in sql and params == [hostile]
+    sql, params = parse("a.b = 1 or a.b glob 'x*'").select()
+    assert "a.b" not in sql and "x" not in sql and params[:2] == ["a.b", 1]
 
 
 def test_migration_fills_the_extension_of_existing_documents(tmp_path):
@@ -146,12 +153,56 @@ def test_migration_fills_the_extension_of_existing_documents(tmp_path):
         store.commit(upsert=metadata_rows(0, 6), vectors=clustered(6, seed=1))
         name = store.db_name
     with sqlite3.connect(folder / name) as conn:  # as engine wrote it before migration 4
+        undo_metadata_values(conn)
         conn.execute("ALTER TABLE documents DROP COLUMN metadata")
         conn.execute("PRAGMA user_version = 3")
     migrated = Store.open(folder)
     assert migrated.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     markdown = migrated.matching(parse("extension = '.md'"))
     assert sorted(r["doc_id"] for r in migrated.get(markdown.tolist())) == ["d1", "d2", "d4", "d5"]
+
+
+def test_metadata_values_follow_inserts_changes_and_deletes(tmp_path):
+    """The rows filters read (migration 5) change with the documents in their transaction."""
+    store, _, rows = filled(tmp_path / "index", "flat")
+    assert store.db.execute("SELECT count(*) FROM metadata_values").fetchone()[0] == 3 * len(rows)
+    first = min(rows)
+    with store.db.atomic():
+        store.db.execute(
+            "UPDATE documents SET metadata = ? WHERE id = ?",
+            [json.dumps({"group": 999, "flag": True, "tags": ["a"], "none": None}), first],
+        )
+    assert store.matching(parse("group = 999")).tolist() == [first]
+    assert store.matching(parse("flag = 1 and tags = '[\"a\"]'")).tolist() == [first]
+    assert first not in store.matching(parse(f"group = {rows[first]['group']}")).tolist()
+    assert store.matching(parse("none = 1 or not none = 1")).tolist() == []
+    with store.db.atomic():
+        store.db.execute("DELETE FROM documents WHERE id = ?", [first])
+    assert store.matching(parse("group = 999")).tolist() == []
+    assert store.db.execute("SELECT count(*) FROM metadata_values").fetchone()[0] == 3 * (
+        len(rows) - 1
+    )
+    assert store.db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("expression", "keep"),
+    [
+        ("lang glob 'e*'", lambda r: r["lang"] == "en"),
+        ("size glob '10?'", lambda r: 100 <= r["size"] <= 109),
+        ("not (group < 5 or lang = 'de')", lambda r: r["group"] >= 5 and r["lang"] != "de"),
+        ("not group not in (1, 2)", lambda r: r["group"] in (1, 2)),
+        (
+            "source glob 'notes/*' and not size >= 200",
+            lambda r: r["size"] < 200 and not r["size"] % 2,
+        ),
+    ],
+)
+def test_globs_and_negations_count_exactly(tmp_path, expression, keep):
+    """Globs on text and on numbers (their text form), and not pushed through and/or."""
+    store, _, rows = filled(tmp_path / "index", "flat")
+    expected = sorted(i for i, r in rows.items() if keep(r))
+    assert expected and sorted(store.matching(parse(expression)).tolist()) == expected
 
 
 def test_cli_where_and_source_with_a_real_model(tmp_path, tiny_bert_path):

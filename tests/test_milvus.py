@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 from contextlib import closing
 from pathlib import Path
@@ -264,3 +265,77 @@ def test_api_searches_a_collection_like_the_index(tmp_path, index_dir):
             with pytest.raises(EngineError, match="is searched only"):
                 change()
         assert remote.count() == 40  # still open, nothing dropped
+
+
+MILVUS_FILTERS = [
+    "group = 7",
+    "group in (3, 4) and not lang = 'de'",
+    "size >= 900 or source glob 'notes/*.txt'",
+    "not (group < 5 or lang = 'de')",
+    "not group not in (1, 2)",
+    "lang glob 'e*' and size < 400",
+    "source glob 'docs/f1?.md' or doc_id in ('d200', 'd201')",
+    "group > 1000",
+]
+
+
+def test_filters_are_applied_inside_a_milvus_search_with_exact_counts(tmp_path):
+    """Milvus's filter expressions match exactly what the local store's filters match
+    (every id, with k large), and k hits come back whenever k documents match."""
+    from indexer.filters import milvus_expression, parse
+    from indexer.search import hits_for
+    from tests.test_filters import filled
+    from tests.test_vector_index import clustered
+
+    store, _, _ = filled(tmp_path / "index", "flat")
+    uri = str(tmp_path / "vectors.db")
+    export_index(store, uri, progress=False)
+    milvus = MilvusIndex.open(uri)
+    queries = clustered(2, seed=7)
+    for expression in MILVUS_FILTERS:
+        condition = parse(expression)
+        expected = set(store.matching(condition).tolist())
+        _, every = milvus.search(queries, 2000, allowed=milvus.matching(condition))
+        for row in every:
+            assert {int(i) for i in row if i >= 0} == expected, milvus_expression(condition)
+        for hits in hits_for(milvus, queries, 10, where=condition):
+            assert len(hits) == min(10, len(expected)) and {h.id for h in hits} <= expected
+    for expression, refused in [
+        ("lang glob 'e_*'", "literal %, _ or \\"),
+        ("source glob '[dn]*'", "[...]"),
+        ("title = 'a\x01'", "control character"),
+    ]:
+        with pytest.raises(EngineError, match=re.escape(refused)):
+            milvus.matching(parse(expression))
+    milvus.has_metadata = False  # as a collection exported before metadata is read
+    with pytest.raises(EngineError, match="exported before metadata"):
+        milvus.matching(parse("group = 7"))
+    milvus.close()
+    store.close()
+
+
+def test_cli_where_on_the_milvus_backend(tmp_path, index_dir):
+    uri = str(tmp_path / "vectors.db")
+    runner = CliRunner()
+    exported = runner.invoke(cli, ["export", "milvus", uri, "--index", str(index_dir)])
+    assert exported.exit_code == 0, exported.output
+    found = runner.invoke(
+        cli,
+        [
+            "search",
+            QUERIES[0],
+            "--backend",
+            uri,
+            "--json",
+            "--where",
+            "doc_id in ('doc-1', 'doc-2')",
+        ],
+    )
+    assert found.exit_code == 0, found.output
+    assert sorted(json.loads(line)["doc_id"] for line in found.stdout.splitlines()) == [
+        "doc-1",
+        "doc-2",
+    ]
+    refused = runner.invoke(cli, ["search", "x", "--backend", uri, "--source", "[ab]*"])
+    assert refused.exit_code == 1 and "[...]" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

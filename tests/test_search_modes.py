@@ -196,6 +196,43 @@ def test_check_verifies_and_repairs_the_lexical_index(fresh):
     assert held == live and recorded
 
 
+@pytest.mark.parametrize("suffix", [".term", ".idx", ".store", ".fast"])
+def test_check_finds_a_damaged_segment_file_by_its_checksum(fresh, suffix):
+    """Bytes changed inside a segment file, its size kept (tantivy opens and searches a
+    .term, .idx or .store so damaged without noticing): the recorded SHA-256 finds it;
+    --repair rebuilds the index from SQLite."""
+    index_dir, _ = fresh
+    store = Store.open(index_dir)
+    path = store.lexical.path
+    store.close()
+    assert check_index(index_dir).ok
+    (file,) = [f for f in path.iterdir() if f.name.endswith(suffix)]
+    data = bytearray(file.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4] = bytes(b ^ 0xFF for b in data[middle : middle + 4])
+    file.write_bytes(bytes(data))
+    report = check_index(index_dir)
+    lexical = next(f for f in report.findings if f.check == "lexical")
+    assert not report.ok and not lexical.ok
+    assert f"{file.name} does not match its recorded checksum" in lexical.detail
+    repaired = check_index(index_dir, repair=True)
+    assert repaired.ok and any("rebuilt the lexical index" in r for r in repaired.repairs)
+    assert check_index(index_dir).ok
+    assert doc_ids(search_queries(index_dir, ["XK-4471"], k=3, mode="lexical")[0]) == ["recall"]
+
+
+def test_check_finds_a_missing_segment_file(fresh):
+    index_dir, _ = fresh
+    store = Store.open(index_dir)
+    path = store.lexical.path
+    store.close()
+    (file,) = [f for f in path.iterdir() if f.name.endswith(".term")]
+    file.unlink()
+    lexical = next(f for f in check_index(index_dir).findings if f.check == "lexical")
+    assert not lexical.ok and f"{file.name} is missing" in lexical.detail
+    assert check_index(index_dir, repair=True).ok and check_index(index_dir).ok
+
+
 # --------------------------------------------------------------- modes
 def test_modes_rank_differently_and_hybrid_fuses_both(indexed):
     index_dir, encoder = indexed

@@ -307,3 +307,29 @@ def test_page_clears_results_on_an_error_and_has_a_favicon(browser):
         "fetch('/favicon.ico').then(r => r.blob().then(b => done([r.status, r.headers.get('content-type'), b.size])))"
     )
     assert fetched[0] == 200 and fetched[1] == "image/x-icon" and 0 < fetched[2] < 10_000
+
+
+def test_page_filter_is_deep_linked_and_a_bad_one_is_one_line(browser):
+    from selenium.webdriver.common.by import By
+
+    driver, url = browser
+    where = 'doc_id in ("tcp", "chess")'
+    driver.get(f"{url}/?q=lava&k=5&where={where}")
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .hit"))
+    titles = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .hit .title")]
+    assert sorted(titles) == ["Castling", "TCP"]  # k=5, and only the 2 documents matching
+    assert driver.find_element(By.ID, "where").get_attribute("value") == where
+    params = driver.execute_script(
+        "return Object.fromEntries(new URLSearchParams(location.search))"
+    )
+    assert params == {"q": "lava", "k": "5", "where": where}
+    driver.find_element(By.ID, "where").clear()
+    driver.find_element(By.ID, "where").send_keys("doc_id in tcp")
+    driver.find_element(By.ID, "submit").click()
+    status = wait_for(
+        driver,
+        lambda d: d.find_element(By.CSS_SELECTOR, "#status.error").text or None,
+    )
+    assert "expected '(' after 'in'" in status and "position 11" in status
+    assert "\n" not in status
+    assert not driver.find_elements(By.CSS_SELECTOR, "#results .hit")

@@ -153,6 +153,13 @@ def test_killed_writer_is_caught_up_from_the_last_snapshot(tmp_path):
         assert live_ids(final) == set(final.doc_ids())
 
 
+def undo_metadata_values(conn: sqlite3.Connection) -> None:
+    """Take migration 5 (the metadata_values table and its triggers) out of a database."""
+    for trigger in ("insert", "delete", "update"):
+        conn.execute(f"DROP TRIGGER metadata_values_{trigger}")
+    conn.execute("DROP TABLE metadata_values")
+
+
 def test_fp32_index_is_migrated_to_fp16(tmp_path):
     folder = tmp_path / "index"
     fill(folder, "flat", n=50)
@@ -168,6 +175,7 @@ def test_fp32_index_is_migrated_to_fp16(tmp_path):
         conn.execute("DELETE FROM settings WHERE key IN ('vector_dtype', 'index')")
         conn.execute("DROP TABLE tombstones")
         conn.execute("DROP TABLE passages")  # migration 3, after this version
+        undo_metadata_values(conn)  # migration 5
         conn.execute("ALTER TABLE documents DROP COLUMN metadata")  # migration 4
         conn.execute("PRAGMA user_version = 1")
     for snapshot in folder.glob("*.faiss"):

@@ -11,7 +11,6 @@ import click
 from engine.api import Index
 from engine.app.commands import index_option
 from engine.options import json_option
-from indexer.folder import reporting_damage
 
 
 @click.command("check")
@@ -39,8 +38,7 @@ def check_command(index_dir: Path, repair: bool, as_json: bool) -> None:
       engine check --json
     """
 
-    with reporting_damage(index_dir):
-        report = Index(index_dir).check(repair=repair)
+    report = Index(index_dir).check(repair=repair)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -10,7 +10,6 @@ import click
 from engine.api import Index
 from engine.app.commands import index_option
 from engine.options import json_option
-from indexer.folder import reporting_damage
 
 
 @click.command("info")
@@ -25,7 +24,7 @@ def info_command(index_dir: Path, as_json: bool) -> None:
       engine info --index ./my-index --json
     """
 
-    with reporting_damage(index_dir), Index.open(index_dir) as index:
+    with Index.open(index_dir) as index:
         data = index.info()
     if as_json:
         click.echo(json.dumps(data))

@@ -85,6 +85,7 @@ async function search(event) {
   const instruct = $("instruct").value.trim();
   const k = Math.max(1, parseInt($("k").value, 10) || 10);
   const mode = $("mode").value;
+  const where = $("where").value.trim();
   const status = $("status");
   status.className = "muted";
   status.textContent = "searching…";
@@ -92,7 +93,8 @@ async function search(event) {
   try {
     const body = await api("/search", {
       method: "POST",
-      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}), ...(mode ? { mode } : {}) }),
+      body: JSON.stringify({ query, k, ...(instruct ? { instruct } : {}), ...(mode ? { mode } : {}),
+        ...(where ? { where } : {}) }),
     });
     const hits = body.results[0];
     const ms = Math.round(performance.now() - started);
@@ -101,11 +103,12 @@ async function search(event) {
       (body.mode === "lexical" ? "" :
         body.instruction ? " · instruction: " + body.instruction : " · no instruction");
     showHits(hits, query);
-    // The URL is a deep link to this search: query, instruction, k and mode.
+    // The URL is a deep link to this search: query, instruction, k, mode and filter.
     const link = new URLSearchParams({ q: query });
     if (instruct) link.set("instruct", instruct);
     link.set("k", String(k));
     if (mode) link.set("mode", mode);
+    if (where) link.set("where", where);
     history.replaceState(null, "", "?" + link);
   } catch (error) {
     $("results").replaceChildren();  // no hits of an earlier search under this error
@@ -141,6 +144,7 @@ loadPresets().catch(() => {});
 loadInfo().catch((error) => { $("index-info").textContent = error.message; });
 const linked = new URLSearchParams(location.search);
 if (linked.get("instruct")) $("instruct").value = linked.get("instruct");
+if (linked.get("where")) $("where").value = linked.get("where");
 if (linked.get("k")) $("k").value = linked.get("k");
 if (["dense", "lexical", "hybrid"].includes(linked.get("mode"))) $("mode").value = linked.get("mode");
 if (linked.get("q")) {
