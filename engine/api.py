@@ -405,7 +405,7 @@ class Index:
 
     def mode_for(self, mode: str | None = None) -> str:
         """The mode a :meth:`search` asking for ``mode`` runs in (None: the default; refused
-        in one line where the index cannot: lexical on a Milvus collection or passages)."""
+        in one line where the index cannot: lexical or hybrid on a Milvus collection)."""
         return resolve_mode(self._searched, mode)
 
     def instruction_for(
