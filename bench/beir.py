@@ -13,7 +13,6 @@ searched through the Store, the same path ``engine search`` takes.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bench.common import command_line
+from bench.common import command_line, encoding_suffix
 from bench.datasets import (
     BeirDataset,
     UnknownDataset,
@@ -47,10 +46,12 @@ from engine.options import (
     precision_option,
     quiet_option,
     results_dir_option,
+    runtime_option,
     search_knob_options,
     search_mode_options,
 )
 from engine.progress import progress_enabled
+from engine.runtime import default_cache_dir
 from indexer.fusion import METHODS, MODES, Fusion
 from indexer.passages import PassageSpec, passage_spec
 
@@ -83,25 +84,17 @@ PROFILE_DEFAULT: Any = _Choice("PROFILE_DEFAULT")
 PAPER_INSTRUCTION: Any = _Choice("PAPER_INSTRUCTION")
 
 
-def default_cache_dir() -> Path:
-    """``$ENGINE_CACHE_DIR``, else ``$XDG_CACHE_HOME/engine`` (``~/.cache/engine``)."""
-    if os.environ.get("ENGINE_CACHE_DIR"):
-        return Path(os.environ["ENGINE_CACHE_DIR"]).expanduser()
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "engine"
-
-
 def index_dir_for(
     cache_dir: Path, name: str, encoder: Encoder, passages: PassageSpec | None = None
 ) -> Path:
-    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>][-p<T>o<O>]``.
+    """``<cache>/beir/<dataset>-<fingerprint[:12]>-<max_length>[-<precision>][-<runtime>][-p<T>o<O>]``.
 
-    One index per model, length, precision (fp32 keeps the suffix-free name) and
-    passage setting, so a bf16 evaluation never scores vectors encoded in fp32 or the
-    other way round, and passages never mix with whole documents.
+    One index per model, length, precision and runtime (torch fp32 keeps the suffix-free
+    name) and passage setting, so a bf16 evaluation never scores vectors encoded in fp32
+    or the other way round, and passages never mix with whole documents.
     """
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
-    suffix = "" if encoder.precision == "fp32" else f"-{encoder.precision}"
+    suffix = encoding_suffix(encoder.precision, encoder.runtime)
     if passages is not None:
         suffix += f"-p{passages.tokens}o{passages.overlap}"
     return cache_dir / "beir" / f"{slug}-{encoder.fingerprint[:12]}-{encoder.max_length}{suffix}"
@@ -447,6 +440,11 @@ def evaluate_dataset(
     )
     scored = {name: evaluate_run(data.qrels, run) for name, run in runs.items()}
     extra = {"rankings": scored} if sweep else {}
+    # The top 10 of every query, so another run can be compared with this one (--reference).
+    top10 = {
+        query: [doc for doc, _ in sorted(hits.items(), key=lambda h: -h[1])[:10]]
+        for query, hits in runs[label].items()
+    }
     return {
         "dataset": data.name,
         "canonical_name": known_name(data.folder),
@@ -466,6 +464,7 @@ def evaluate_dataset(
         "fusion": fusion.describe() if mode == "hybrid" else None,
         "metrics": scored[label],
         **extra,
+        "top10": top10,
         "index": {"folder": str(index_dir), **report.to_dict()},
         "timing": {
             "index_seconds": round(report.seconds, 3),
@@ -528,17 +527,37 @@ def result_filename(
     precision: str = "fp32",
     ranking: str = "dense",
     passages: PassageSpec | None = None,
+    runtime: str = "torch",
 ) -> str:
     model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name or model).strip("-")
     names = "-".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", d) for d in datasets)
     if len(names) > 80:
         names = f"{len(datasets)}-datasets"
     kind = "-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", index_type).strip("-") if index_type else ""
-    suffix = "" if precision == "fp32" else f"-{precision}"
+    suffix = encoding_suffix(precision, runtime)
     if passages is not None:
         suffix += f"-passages{passages.tokens}"
     ranked_by = "" if ranking == "dense" else f"-{ranking}"
     return f"beir-{model_slug}-{names}-{max_length}{kind}{suffix}{ranked_by}.json"
+
+
+def compare_with_reference(results: list[dict], reference: dict) -> None:
+    """Add ``vs_reference`` to each result whose dataset the reference run also scored:
+    the nDCG@10 difference and the share of queries with the same top-10 set."""
+    earlier = {r["dataset"]: r for r in reference.get("datasets", [])}
+    for result in results:
+        other = earlier.get(result["dataset"])
+        if other is None or "top10" not in other:
+            result["vs_reference"] = None
+            continue
+        queries = sorted(set(result["top10"]) & set(other["top10"]))
+        same = sum(set(result["top10"][q]) == set(other["top10"][q]) for q in queries)
+        difference = result["metrics"]["ndcg@10"] - other["metrics"]["ndcg@10"]
+        result["vs_reference"] = {
+            "ndcg@10_difference": round(difference, 5),
+            "queries_compared": len(queries),
+            "same_top10_share": round(same / len(queries), 4) if queries else None,
+        }
 
 
 def format_table(rows: list[tuple[str, dict[str, float]]]) -> str:
@@ -629,6 +648,13 @@ def sweep_table(results: list[dict[str, Any]]) -> str:
 @batch_tokens_option()
 @device_option()
 @precision_option()
+@runtime_option()
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A results JSON of an earlier run (e.g. torch fp32) to compare with: per dataset, "
+    "the nDCG@10 difference and the share of queries whose top-10 set is the same.",
+)
 @cache_dir_option()
 @results_dir_option("results JSON")
 @quiet_option()
@@ -654,6 +680,8 @@ def beir(
     batch_tokens: int | None,
     device: str | None,
     precision: str | None,
+    runtime: str | None,
+    reference: Path | None,
     cache_dir: Path | None,
     out: Path,
     quiet: bool,
@@ -677,6 +705,8 @@ def beir(
       engine bench beir --data-dir data --datasets scifact,nfcorpus --mode hybrid --fusion rrf
       engine bench beir --data-dir data --datasets scifact,nfcorpus --max-length 256 --sweep
       engine bench beir --data-dir data --datasets scifact --passages 256
+      engine bench beir --data-dir data --datasets scifact,nfcorpus --max-length 256 \\
+        --runtime openvino --reference results/beir-all-MiniLM-L6-v2-scifact-nfcorpus-256.json
     """
     from engine.encoder import Encoder
     from indexer.distributed import IndexingGroup
@@ -709,7 +739,11 @@ def beir(
     with IndexingGroup() as group:
         loaded = group.writer_decides(load_datasets, share=False)
         encoder = Encoder.load(
-            model, device=group.device(device), batch_tokens=batch_tokens, precision=precision
+            model,
+            device=group.device(device),
+            batch_tokens=batch_tokens,
+            precision=precision,
+            runtime=runtime,
         )
         encoder.set_max_length(min(max_length, encoder.model_max_positions))
         if not group.is_writer:
@@ -769,6 +803,7 @@ def beir(
         "device": str(encoder.device),
         "ranks": group.world,
         "precision": encoder.precision,
+        "runtime": encoder.runtime,
         "batch_tokens": encoder.batch_tokens,
         "k": k,
         "index_type": index_type,
@@ -782,11 +817,21 @@ def beir(
         "groups": group_averages(results),
         "average": overall_average(results),
     }
+    if reference is not None:
+        summary["reference"] = str(reference)
+        compare_with_reference(results, json.loads(reference.read_text()))
     out.mkdir(parents=True, exist_ok=True)
     units = list(dict.fromkeys(r["dataset"].split("/")[0] for r in results))
     ranking = "sweep" if sweep else ranking_label(mode, fused)
     path = out / result_filename(
-        encoder.name, units, encoder.max_length, index_type, encoder.precision, ranking, passages
+        encoder.name,
+        units,
+        encoder.max_length,
+        index_type,
+        encoder.precision,
+        ranking,
+        passages,
+        encoder.runtime,
     )
     path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     if as_json:
@@ -809,6 +854,12 @@ def beir(
             f"{result['queries']} queries; {encoded}; {timing['queries_per_second']} queries/s"
         )
         click.echo(f"  instruction: {result['instruction'] or 'none'}")
+        versus = result.get("vs_reference")
+        if versus:
+            click.echo(
+                f"  vs {reference}: nDCG@10 {versus['ndcg@10_difference']:+.5f}, same top-10 set "
+                f"for {versus['same_top10_share']:.1%} of {versus['queries_compared']} queries"
+            )
     rows = [(r["dataset"], r["metrics"]) for r in results]
     rows += list(summary["groups"].items())
     if len(results) > 1:

@@ -22,7 +22,16 @@ ISA_CAP_VARIABLES = (
     "MKL_ENABLE_INSTRUCTIONS",
     "ATEN_CPU_CAPABILITY",
     "FBGEMM_ENABLE_INSTRUCTIONS",
+    # OpenVINO's CPU plugin: its oneDNN fork reads ONEDNN_MAX_CPU_ISA, its own kernels this.
+    "OV_CPU_MAX_ISA",
 )
+
+
+def encoding_suffix(precision: str, runtime: str = "torch") -> str:
+    """``-<precision>[-<runtime>]`` for result and cache names; torch fp32 (the reference)
+    keeps the suffix-free name."""
+    parts = ([] if precision == "fp32" else [precision]) + ([] if runtime == "torch" else [runtime])
+    return "".join(f"-{part}" for part in parts)
 
 
 def machine() -> dict[str, Any]:

@@ -95,6 +95,7 @@ def build_random_encoder(
     *,
     batch_tokens: int | None = None,
     precision: str | None = None,
+    runtime: str | None = None,
 ):
     """A random-weight Mistral of a named shape with the e5-mistral profile (bf16 on CUDA).
 
@@ -118,4 +119,5 @@ def build_random_encoder(
         name=f"random-{shape}",
         batch_tokens=batch_tokens,
         precision=precision,
+        runtime=runtime,
     )

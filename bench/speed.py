@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from bench.common import command_line, file_slug, latency_ms, machine
+from bench.common import command_line, encoding_suffix, file_slug, latency_ms, machine
 from bench.mfu import model_flop_utilisation, non_embedding_parameters, peak_tflops_for
 from bench.peak_memory import PeakMemory
 from bench.random_models import MISTRAL_SHAPES, build_random_encoder
@@ -48,6 +48,7 @@ from engine.options import (
     precision_option,
     quiet_option,
     results_dir_option,
+    runtime_option,
 )
 from engine.progress import progress_enabled
 
@@ -431,7 +432,8 @@ def format_report(report: dict) -> str:
         f"{'':<34} {'docs/s':>8} {'tokens/s':>10} {'padding':>8} {'peak MB':>9} {'(+MB)':>8}",
     ]
     engine = report["engine"]
-    lines.append(_row(f"engine ({engine['batch_tokens']} tokens/batch)", engine))
+    how = f"{report.get('precision', 'fp32')}, {report.get('runtime', 'torch')}, "
+    lines.append(_row(f"engine ({how}{engine['batch_tokens']} tok/batch)", engine))
     baseline = report.get("baseline")
     if baseline and "skipped" not in baseline:
         lines.append(_row(f"sentence-transformers (batch {baseline['batch_size']})", baseline))
@@ -502,6 +504,7 @@ def format_report(report: dict) -> str:
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N documents.")
 @device_option()
 @precision_option()
+@runtime_option()
 @click.option(
     "--baseline/--no-baseline",
     default=True,
@@ -550,6 +553,7 @@ def speed(
     limit: int | None,
     device: str | None,
     precision: str | None,
+    runtime: str | None,
     baseline: bool,
     index_mode: bool,
     split: str | None,
@@ -573,6 +577,8 @@ def speed(
       engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --limit 1000
       engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --limit 1000 \\
         --precision fp32 --rounds 4
+      engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --limit 1000 \\
+        --runtime openvino --rounds 4
       engine bench speed --data-dir ../shared/data/beir/scifact --max-length 256 --index
       engine bench speed --synthetic 2000 --batch-tokens 4096 --no-baseline
       engine bench speed --random-model mistral-7b --synthetic 2000 --device cuda
@@ -601,10 +607,12 @@ def speed(
             dataset.corpus = dataset.corpus[:limit]
     if random_model:
         encoder = build_random_encoder(
-            random_model, device, batch_tokens=batch_tokens, precision=precision
+            random_model, device, batch_tokens=batch_tokens, precision=precision, runtime=runtime
         )
     else:
-        encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens, precision=precision)
+        encoder = Encoder.load(
+            model, device=device, batch_tokens=batch_tokens, precision=precision, runtime=runtime
+        )
     encoder.set_max_length(document_tokens(encoder, max_length))
 
     sentence_transformer, skipped = None, None
@@ -626,6 +634,7 @@ def speed(
         "max_length": encoder.max_length,
         "dtype": str(next(encoder.model.parameters()).dtype).replace("torch.", ""),
         "precision": encoder.precision,
+        "runtime": encoder.runtime,
     }
     if index_mode:
         from bench.datasets import instruction_for, known_name
@@ -689,8 +698,7 @@ def speed(
             f"bt{encoder.batch_tokens}",
             encoder.device.type,
         ]
-        + ([] if encoder.precision == "fp32" else [encoder.precision])
-    )
+    ) + encoding_suffix(encoder.precision, encoder.runtime)
     path = out / f"{name}.json"
     report["json"] = str(path)
     path.write_text(json.dumps(report, indent=2) + "\n")

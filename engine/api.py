@@ -281,6 +281,7 @@ class Index:
         index_type: str | None = None,
         batch_tokens: int | None = None,
         precision: str | None = None,
+        runtime: str | None = None,
         progress: bool = False,
     ) -> FolderReport | None:
         """Index the files under ``folder`` (or one file) as ``engine index`` does, which
@@ -289,7 +290,8 @@ class Index:
         ``max_length`` tokens per document; ``default_instruction`` stored for searches;
         ``passages`` tokens per window (``passage_overlap``, ``max_document_tokens``: see
         :func:`indexer.passages.passage_spec`); ``index_type`` (None: keep the index's);
-        ``batch_tokens`` and ``precision`` of the encoder; ``progress`` bars on stderr.
+        ``batch_tokens``, ``precision`` and ``runtime`` of the encoder; ``progress`` bars
+        on stderr.
 
         Under ``torchrun`` every rank calls this: the ranks encode, rank 0 alone reads and
         writes and gets the report; the others get None.
@@ -314,10 +316,10 @@ class Index:
         with IndexingGroup() as group:
             model, length, setting = group.writer_decides(decide)
             # The model already loaded serves unless the run asks for other settings.
-            asked = rebuild or max_length or batch_tokens or precision or group.world > 1
+            asked = rebuild or max_length or batch_tokens or precision or runtime or group.world > 1
             if self._encoder is None or asked:
                 self._encoder = _load_encoder(
-                    model, length, group.device(self._device), batch_tokens, precision
+                    model, length, group.device(self._device), batch_tokens, precision, runtime
                 )
             encoder = self._encoder
             if not group.is_writer:
@@ -403,7 +405,7 @@ class Index:
 
     def mode_for(self, mode: str | None = None) -> str:
         """The mode a :meth:`search` asking for ``mode`` runs in (None: the default; refused
-        in one line where the index cannot: lexical on a Milvus collection or passages)."""
+        in one line where the index cannot: lexical or hybrid on a Milvus collection)."""
         return resolve_mode(self._searched, mode)
 
     def instruction_for(
@@ -491,11 +493,14 @@ def _load_encoder(
     device: str | None,
     batch_tokens: int | None = None,
     precision: str | None = None,
+    runtime: str | None = None,
 ) -> Encoder:
     """A model to index with, ``length`` tokens per document (None: the encoder's default)."""
     from engine.encoder import Encoder, document_tokens
 
-    encoder = Encoder.load(model, device=device, batch_tokens=batch_tokens, precision=precision)
+    encoder = Encoder.load(
+        model, device=device, batch_tokens=batch_tokens, precision=precision, runtime=runtime
+    )
     encoder.set_max_length(document_tokens(encoder, length))
     return encoder
 

@@ -21,9 +21,18 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import EngineError
-from engine.precision import BF16, FP32, INT8, MIXED, quantize_linear_layers, resolve_precision
+from engine.precision import (
+    BF16,
+    FP32,
+    INT8,
+    MIXED,
+    precision_choice,
+    quantize_linear_layers,
+    resolve_precision,
+)
 from engine.profiles import DEFAULT_DOCUMENT_TOKENS, PROFILE_FILE, ModelProfile, resolve_profile
 from engine.progress import progress_bar
+from engine.runtime import OPENVINO, openvino_network, resolve_runtime
 from engine.text import repair_text
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -229,6 +238,8 @@ class Encoder:
         device: torch.device | str | None = None,
         batch_tokens: int | None = None,
         precision: str | None = None,
+        runtime: str | None = None,
+        cache_key: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -247,8 +258,18 @@ class Encoder:
         cpu_fp32 = self.device.type == "cpu" and weights == torch.float32
         # On CPU the weights stay fp32; mixed/bf16 change how inference computes with them.
         self.precision = resolve_precision(precision, "cpu") if cpu_fp32 else _dtype_name(weights)
-        # precision int8: the quantized copy and the weights' version it was made from.
-        self._int8_network: tuple[tuple[int, ...], torch.nn.Module] | None = None
+        # What runs the forward pass (engine/runtime.py): torch, or an OpenVINO copy.
+        self.runtime = resolve_runtime(
+            runtime, self.device.type, precision_choice(precision), self.precision
+        )
+        if self.runtime == OPENVINO:
+            self.precision = FP32  # OpenVINO is told to compute in f32 on every CPU
+        # A disk cache key for converted copies: the weights' fingerprint as loaded, used
+        # only while the weights are still those (None: in-memory models, never cached).
+        self._cache_key = cache_key
+        self._loaded_weights = self._weights_version()
+        # int8 or openvino: the converted copy and the weights' version it was made from.
+        self._converted_network: tuple[tuple[int, ...], object] | None = None
         self.bos_id = tokenizer.bos_token_id
         eos_token = profile.eos_token or tokenizer.eos_token
         self.eos_id = tokenizer.convert_tokens_to_ids(eos_token) if eos_token else None
@@ -270,6 +291,7 @@ class Encoder:
         dtype: torch.dtype | None = None,
         batch_tokens: int | None = None,
         precision: str | None = None,
+        runtime: str | None = None,
     ) -> Encoder:
         """Load a model by name, folder, PEFT adapter folder or hub id (cached or online).
 
@@ -277,6 +299,8 @@ class Encoder:
         ``$ENGINE_PRECISION``, else ``auto``; see engine/precision.py): on CUDA the weights'
         dtype (bf16 for auto/bf16); on CPU the weights stay fp32 and it sets how inference
         computes (int8: with a quantized copy).
+        ``runtime`` (``auto``/``torch``/``openvino``; None: ``$ENGINE_RUNTIME``, else
+        ``auto``; see engine/runtime.py): what runs inference's forward pass.
         ``dtype`` overrides the weights' dtype.
         """
         quiet_libraries()
@@ -323,7 +347,9 @@ class Encoder:
             fingerprint=fingerprint,
             device=target,
             batch_tokens=batch_tokens,
-            precision=resolved,
+            precision=precision,
+            runtime=runtime,
+            cache_key=fingerprint,
         )
         if max_length is not None:
             encoder.set_max_length(max_length)
@@ -339,6 +365,7 @@ class Encoder:
         name: str | None = None,
         batch_tokens: int | None = None,
         precision: str | None = None,
+        runtime: str | None = None,
     ) -> Encoder:
         """Wrap an in-memory model (random-weight speed runs, tests, training)."""
         return cls(
@@ -349,6 +376,7 @@ class Encoder:
             fingerprint=_hub_fingerprint(model),
             batch_tokens=batch_tokens,
             precision=precision,
+            runtime=runtime,
         )
 
     def set_max_length(self, max_length: int) -> None:
@@ -661,18 +689,36 @@ class Encoder:
             return onednn_bf16_matmuls()
         return contextlib.nullcontext()
 
-    def inference_network(self) -> torch.nn.Module:
-        """The network inference runs: the model, or for int8 its quantized copy.
+    def inference_network(self):
+        """The network inference runs: the model, for int8 its quantized copy, for the
+        openvino runtime its OpenVINO copy (called the same way).
 
-        The copy is made on first use and again whenever the model's weights changed
+        A copy is made on first use and again whenever the model's weights changed
         in place since (training steps, ``load_state_dict``), so it never goes stale.
         """
-        if self.precision != INT8:
+        if self.precision != INT8 and self.runtime != OPENVINO:
             return self.model
-        version = tuple(parameter._version for parameter in self.model.parameters())
-        if self._int8_network is None or self._int8_network[0] != version:
-            self._int8_network = (version, quantize_linear_layers(self.model))
-        return self._int8_network[1]
+        version = self._weights_version()
+        if self._converted_network is None or self._converted_network[0] != version:
+            self._converted_network = (version, self._convert_network(version))
+        return self._converted_network[1]
+
+    def _convert_network(self, version: tuple[int, ...]):
+        if self.precision == INT8:
+            return quantize_linear_layers(self.model)
+        # A padded example: traced without padding, the attention mask could be dropped.
+        example = self.pad([[self.pad_id] * 2, [self.pad_id] * 6])
+        as_loaded = self._cache_key if version == self._loaded_weights else None
+        try:
+            return openvino_network(self.model, example, as_loaded)
+        except Exception as exc:  # the converter's own errors: one line, not its traceback
+            raise EngineError(
+                f"runtime openvino cannot run {self.name}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''} (use --runtime torch)"
+            ) from None
+
+    def _weights_version(self) -> tuple[int, ...]:
+        return tuple(parameter._version for parameter in self.model.parameters())
 
     def _encode_batch(
         self, ids: list[Sequence[int]], instruction_spans: list[tuple[int, int]] | None = None
@@ -712,6 +758,7 @@ class Encoder:
             "dim": self.dim,
             "max_length": self.max_length,
             "precision": self.precision,
+            "runtime": self.runtime,
             "profile": self.profile.to_dict(),
         }
 

@@ -14,7 +14,8 @@
   but vectors move by up to ~5e-2, so it is opt-in (bench/results/README.md, "CPUs
   without bf16").
 * ``auto``: bf16 on CUDA; ``mixed`` on a CPU with native bf16 (AVX512-BF16 or
-  AMX), fp32 on other CPUs, which would only emulate bf16. A oneDNN ISA cap
+  AMX), fp32 on other CPUs, which would only emulate bf16 (there run by OpenVINO when
+  it is installed: engine/runtime.py). A oneDNN ISA cap
   (``ONEDNN_MAX_CPU_ISA`` below ``AVX512_CORE_BF16``, e.g. ``AVX2``) counts as a
   CPU without bf16: oneDNN then cannot use the instructions ``mixed`` relies on.
 
@@ -55,9 +56,8 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
 
 
-def resolve_precision(requested: str | None, device_type: str) -> str:
-    """``fp32``, ``mixed``, ``bf16`` or ``int8`` for ``requested`` (None: ``$ENGINE_PRECISION``,
-    else ``auto``)."""
+def precision_choice(requested: str | None) -> str:
+    """The precision asked for: ``requested``, else ``$ENGINE_PRECISION``, else ``auto``."""
     from engine.errors import EngineError
 
     choice = (requested or os.environ.get(PRECISION_ENV) or AUTO).strip().lower()
@@ -66,6 +66,15 @@ def resolve_precision(requested: str | None, device_type: str) -> str:
             f"precision must be one of {', '.join(PRECISIONS)}, not {choice!r} "
             f"(--precision or ${PRECISION_ENV})"
         )
+    return choice
+
+
+def resolve_precision(requested: str | None, device_type: str) -> str:
+    """``fp32``, ``mixed``, ``bf16`` or ``int8`` for ``requested`` (None: ``$ENGINE_PRECISION``,
+    else ``auto``)."""
+    from engine.errors import EngineError
+
+    choice = precision_choice(requested)
     if choice == INT8 and device_type != "cpu":
         raise EngineError(f"precision int8 runs on CPU only, not on {device_type}")
     if choice != AUTO:

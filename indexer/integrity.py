@@ -305,15 +305,17 @@ def _check_snapshot(folder: Path, name: str) -> Finding:
 
 
 def _check_lexical(folder: Path, name: str) -> Finding:
-    """The lexical (BM25) index holds exactly the database's documents and opens cleanly."""
+    """The lexical (BM25) index holds exactly the database's documents (or passages) and
+    opens cleanly."""
     store = Store.open_database(folder, name, quick_check=False)
     try:
         path = store.lexical.path
         problem = store.lexical.problem()
+        keys = store.lexical.keys
     finally:
         store.close()
     if problem is None:
-        return Finding("lexical", True, f"{path.name} holds the database's documents, one to one")
+        return Finding("lexical", True, f"{path.name} holds the database's {keys}, one to one")
     if problem == "missing":
         # An index made before the lexical side existed: built from SQLite when first needed.
         return Finding(

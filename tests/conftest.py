@@ -13,6 +13,9 @@ os.environ.setdefault("ENGINE_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The suite encodes with torch on every CPU (on one without bf16, auto would pick OpenVINO
+# and convert each model it loads); tests/test_runtime.py tests the OpenVINO runtime itself.
+os.environ.setdefault("ENGINE_RUNTIME", "torch")
 
 
 def pytest_collection_modifyitems(config, items):

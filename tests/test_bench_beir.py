@@ -421,3 +421,49 @@ def test_index_type_is_tried_in_memory_on_the_cached_vectors(tmp_path, tiny_bert
     assert (
         tmp_path / "out" / f"beir-tiny-bert-scifact-128-hnsw{precision_suffix()}.json"
     ).is_file()
+
+
+def test_reference_comparison_counts_same_top10_sets():
+    from bench.beir import compare_with_reference
+
+    ten = [f"d{i}" for i in range(10)]
+    reference = {
+        "datasets": [
+            {
+                "dataset": "scifact",
+                "metrics": {"ndcg@10": 0.6},
+                "top10": {"q1": ten, "q2": ten, "q3": ten},
+            }
+        ]
+    }
+    results = [
+        {
+            "dataset": "scifact",
+            "metrics": {"ndcg@10": 0.61},
+            # q1 reordered (same set), q2 one document swapped, q3 the same
+            "top10": {"q1": ten[::-1], "q2": ten[:9] + ["d99"], "q3": ten},
+        },
+        {"dataset": "nfcorpus", "metrics": {"ndcg@10": 0.3}, "top10": {"q1": ten}},
+    ]
+    compare_with_reference(results, reference)
+    assert results[0]["vs_reference"] == {
+        "ndcg@10_difference": 0.01,
+        "queries_compared": 3,
+        "same_top10_share": 0.6667,
+    }
+    assert results[1]["vs_reference"] is None  # not in the reference run
+
+
+def test_a_non_torch_runtime_gets_its_own_cache_and_result_names(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.beir import index_dir_for, result_filename
+
+    encoder = SimpleNamespace(
+        precision="fp32", runtime="torch", fingerprint="ab" * 32, max_length=256
+    )
+    assert index_dir_for(tmp_path, "scifact", encoder).name == "scifact-abababababab-256"
+    encoder.runtime = "openvino"
+    assert index_dir_for(tmp_path, "scifact", encoder).name == "scifact-abababababab-256-openvino"
+    name = result_filename("all-MiniLM-L6-v2", ["scifact"], 256, runtime="openvino")
+    assert name == "beir-all-MiniLM-L6-v2-scifact-256-openvino.json"

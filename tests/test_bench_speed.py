@@ -143,10 +143,16 @@ def test_index_mode_matches_the_baseline_rankings(tmp_path, beir_folder):
     assert Path(report["json"]).name.startswith("index-all-MiniLM-L6-v2-tinybeir")
     # nDCG@10 of each side's index: every query finds its one relevant document first.
     assert report["engine"]["ndcg@10"] == report["baseline"]["ndcg@10"] == 1.0
-    # $ENGINE_PRECISION (the fp32 CI run sets it) is recorded as the option it stands for.
+    # $ENGINE_PRECISION (the fp32 CI run sets it) and $ENGINE_RUNTIME (tests/conftest.py sets
+    # it) are recorded as the options they stand for.
     from_env = os.environ.get(PRECISION_ENV)
     precision = f" --precision {from_env}" if from_env else ""
-    expected = f"engine bench speed --data-dir {beir_folder}{precision} --index --out {tmp_path}"
+    runtime = (
+        f" --runtime {os.environ['ENGINE_RUNTIME']}" if os.environ.get("ENGINE_RUNTIME") else ""
+    )
+    expected = (
+        f"engine bench speed --data-dir {beir_folder}{precision}{runtime} --index --out {tmp_path}"
+    )
     assert report["command"] == expected
     assert report["precision"] in ("fp32", "mixed")
     assert "torch" in report["machine"]

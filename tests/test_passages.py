@@ -270,9 +270,12 @@ def test_passkey_beyond_512_tokens_is_found_with_passages(tmp_path, default_enco
     store = Store.open(index_dir)
     vectors = default_encoder.encode_queries(task.queries)
     found = hits_for(store, vectors, 1)
+    # engine search's default mode on it: hybrid, BM25 over the passages fused in.
+    hybrid = hits_for(store, vectors, 1, queries=task.queries, mode="hybrid")
     store.close()
     top = [int(hits[0].doc_id.removeprefix("doc").removesuffix(".txt")) for hits in found]
     assert top == task.targets
+    assert [hits[0].doc_id for hits in hybrid] == [hits[0].doc_id for hits in found]
     for hits, target in zip(found, task.targets, strict=True):
         passage = hits[0].passage
         assert passage["token_start"] <= task.spans[target][0] < passage["token_end"] + 8
@@ -624,4 +627,6 @@ def test_lexical_and_hybrid_search_rank_documents_by_their_best_passage(tmp_path
     (plants,) = search_queries(index_dir, ["sugar from light"], k=1, mode="lexical")
     assert [h.doc_id for h in plants] == ["plants.txt"]
     assert _lexical_ids(index_dir)[0] == passages
-    assert check_index(index_dir).ok
+    report = check_index(index_dir)
+    finding = next(f for f in report.findings if f.check == "lexical")
+    assert report.ok and "holds the database's passages, one to one" in finding.detail

@@ -17,6 +17,7 @@ from engine.options import (
     passage_options,
     precision_option,
     quiet_option,
+    runtime_option,
 )
 from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS
 
@@ -57,6 +58,7 @@ from indexer.passages import DEFAULT_MAX_DOCUMENT_TOKENS
 @batch_tokens_option()
 @device_option()
 @precision_option()
+@runtime_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped file with its reason.")
 @quiet_option()
 @json_option()
@@ -74,6 +76,7 @@ def index_command(
     batch_tokens: int | None,
     device: str | None,
     precision: str | None,
+    runtime: str | None,
     verbose: bool,
     quiet: bool,
     as_json: bool,
@@ -110,6 +113,7 @@ def index_command(
         index_type=index_type,
         batch_tokens=batch_tokens,
         precision=precision,
+        runtime=runtime,
         progress=not quiet and not as_json,
     )
     if done is None:  # a torchrun rank that encoded for the writer
