@@ -6,7 +6,7 @@ regular files are opened (a named pipe would block forever). Text that is not
 UTF-8 is decoded with the charset charset-normalizer detects. Only the head of
 a file that the first ``max_tokens`` tokens can need is read, so a huge text
 file is indexed by its beginning instead of skipped. For passages (``whole=True``)
-the whole file is read up to that bound, as a stream: a text file's or PDF's
+the whole file is read up to that bound, as a stream: a text, HTML or PDF file's
 document carries its head and re-reads the rest piece by piece when asked
 (:meth:`Document.stream`), so a 60 MB log is never one string.
 """
@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
+from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -254,14 +255,12 @@ def read_file_document(
 def streamed_file_document(file: Path, source: str, limit: int) -> Document:
     """A file read whole (up to ``limit`` bytes of text) for passages, without holding it.
 
-    Text, Markdown and reStructuredText files and PDFs become a streamed document:
+    Text, Markdown, reStructuredText and HTML files and PDFs become a streamed document:
     its ``pieces`` re-open the file and decode it (or extract its pages) a piece at a
-    time. HTML is parsed whole (its visible text is one string, at most ``limit`` bytes
-    of markup times ``HTML_BYTES_FACTOR``).
+    time; HTML's visible text is parsed from its pieces as they come (up to ``limit``
+    bytes of markup times ``HTML_BYTES_FACTOR``).
     """
     suffix = file.suffix.lower()
-    if suffix in HTML_SUFFIXES:
-        return read_file_document(file, source, limit)
     if suffix in PDF_SUFFIXES:
         with open_regular(file) as handle:
             title, head = _read_pdf(handle, STREAM_BYTES)
@@ -275,6 +274,14 @@ def streamed_file_document(file: Path, source: str, limit: int) -> Document:
         raw = handle.read(STREAM_BYTES + 1)
     decoded = _decode(raw[:STREAM_BYTES], truncated=len(raw) > STREAM_BYTES)
     encoding = "utf-8-sig" if _is_utf8(raw[:STREAM_BYTES]) else _detected_encoding(raw)
+    if suffix in HTML_SUFFIXES:
+        limit *= HTML_BYTES_FACTOR
+        title, head = _html_text(decoded)
+        if not head and not title:
+            raise Unreadable("empty")
+        return Document(
+            source, source, title, head, pieces=lambda: _html_pieces(file, encoding, limit)
+        )
     if suffix in (".md", ".markdown"):
         match = _MARKDOWN_HEADING.match(decoded)
         title, skip = (match.group(1).strip(), match.end()) if match else ("", 0)
@@ -524,16 +531,100 @@ def _markdown_title(raw: str) -> tuple[str, str]:
     return match.group(1).strip(), raw[match.end() :].strip()
 
 
-def _html_text(raw: str) -> tuple[str, str]:
-    """The page title and its visible text (no scripts, styles or markup)."""
-    from bs4 import BeautifulSoup
+class _VisibleText(HTMLParser):
+    """A page's title and its visible text (no scripts, styles, head or markup), fed in
+    pieces: markup is parsed as it arrives, so a page of any size is never one string.
+    Words are joined by single spaces, across elements and across pieces (a text run the
+    parser hands over in parts is joined back first, so no word is cut)."""
 
-    soup = BeautifulSoup(raw, "html.parser")
-    title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    for hidden in soup(["script", "style", "noscript", "template", "head"]):
-        hidden.decompose()
-    text = " ".join(soup.get_text(" ").split())
-    return title, text
+    HIDDEN = frozenset({"script", "style", "noscript", "template", "head"})
+    TITLE_WORDS = 256
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.title: str | None = None
+        self._title_words: list[str] | None = None
+        self._hidden: dict[str, int] = {}
+        self._run = ""  # text since the last tag, whose last word may go on
+        self._words: list[str] = []
+        self._started = False
+
+    @property
+    def _in_title(self) -> bool:
+        return self._title_words is not None and self.title is None
+
+    def _end_run(self) -> None:
+        if self._run:
+            self._take(self._run)
+            self._run = ""
+
+    def _take(self, text: str) -> None:
+        if self._in_title:  # kept apart (a page's title sits in its hidden head)
+            self._title_words = (self._title_words or []) + text.split()
+            if len(self._title_words) > self.TITLE_WORDS:  # an unclosed <title>
+                self.title = " ".join(self._title_words[: self.TITLE_WORDS])
+        elif not any(self._hidden.values()):
+            self._words.extend(text.split())
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._end_run()
+        if tag in self.HIDDEN:
+            self._hidden[tag] = self._hidden.get(tag, 0) + 1
+        elif tag == "title" and self.title is None and self._title_words is None:
+            self._title_words = []
+
+    def handle_endtag(self, tag: str) -> None:
+        self._end_run()
+        if self._hidden.get(tag):
+            self._hidden[tag] -= 1
+        elif tag == "title" and self._in_title:
+            self.title = " ".join(self._title_words or [])
+
+    def handle_comment(self, data: str) -> None:
+        self._end_run()
+
+    def handle_data(self, data: str) -> None:
+        self._run += data
+        if len(self._run) > STREAM_BYTES:  # a long run: keep only its last, open word
+            cut = max(self._run.rfind(" "), self._run.rfind("\n"))
+            if cut > 0:
+                self._take(self._run[:cut])
+                self._run = self._run[cut:]
+
+    def text(self) -> str:
+        """The visible words parsed since the last call, with the space that joins them to
+        the words before."""
+        if not self._words:
+            return ""
+        piece = (" " if self._started else "") + " ".join(self._words)
+        self._words, self._started = [], True
+        return piece
+
+    def finish(self) -> str:
+        self.close()
+        self._end_run()
+        if self._in_title:  # <title> never closed
+            self.title = " ".join(self._title_words or [])
+        return self.text()
+
+
+def _html_text(raw: str) -> tuple[str, str]:
+    """The page title and its visible text."""
+    parser = _VisibleText()
+    parser.feed(raw)
+    text = parser.finish()
+    return parser.title or "", text
+
+
+def _html_pieces(file: Path, encoding: str, limit: int) -> Iterator[str]:
+    """The visible text of the first ``limit`` bytes of an HTML file, a piece at a time."""
+    parser = _VisibleText()
+    for decoded in _decoded_pieces(file, encoding, limit):
+        parser.feed(decoded)
+        if piece := parser.text():
+            yield piece
+    if piece := parser.finish():
+        yield piece
 
 
 def _read_pdf(handle: BinaryIO, head: int) -> tuple[str, str]:

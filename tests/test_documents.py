@@ -207,3 +207,48 @@ def test_unreadable_file_keeps_its_indexed_documents(tmp_path, default_encoder):
     )
     assert report.removed == 0 and report.kept_sources == ["flaky.txt"]
     assert sorted(Store.open(index_dir).doc_ids().values()) == ["flaky.txt", "keep.txt"]
+
+
+def test_html_streams_through_its_visible_text(tmp_path):
+    """For passages an HTML page is parsed piece by piece: the same title and text as the page
+    read whole, whatever a piece boundary cuts (a tag, an entity, a script), and only the
+    head is held however long the page is."""
+    import tracemalloc
+
+    block = (
+        "<div class='post'><p>Pumps need <b>weekly</b> checks &amp; fresh oil.</p>"
+        "<script>var a = '<p>not text</p>';</script><style>p {color: red}</style>"
+        "<noscript>hidden</noscript><p>Valves&nbsp;open slowly.</p></div>\n"
+    )
+    page = tmp_path / "corpus" / "manual.html"
+    page.parent.mkdir()
+    with page.open("w") as out:
+        out.write("<html><head><title>Pump manual</title><style>b {}</style></head><body>")
+        for _ in range(40_000):  # ~9 MB of markup
+            out.write(block)
+        out.write("<p>The last line.</p></body></html>")
+    size = page.stat().st_size
+
+    whole = list(read_corpus(page.parent, max_tokens=10**7))[0]  # the head: one string
+    tracemalloc.start()
+    try:
+        (streamed,) = list(read_corpus(page.parent, max_tokens=10**7, whole=True))
+        assert streamed.title == whole.title == "Pump manual"
+        assert len(streamed.text) < 2**17  # only the head is held
+        length = words = 0
+        first = last = ""
+        for piece in streamed.stream():
+            first = first or piece
+            length += len(piece)
+            words += len(piece.split())
+            last = piece
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    expected = "Pumps need weekly checks & fresh oil. Valves open slowly."  # &nbsp; is a space
+    assert first.startswith(expected + " " + expected)
+    assert "not text" not in first and "hidden" not in first and "color" not in first
+    assert last.endswith("The last line.")
+    assert words == 40_000 * len(expected.split()) + 3
+    assert "".join(streamed.stream()) == whole.text  # parsed whole or in pieces: the same
+    assert peak < size / 4, f"{peak / 2**20:.1f} MiB held for a {size / 2**20:.0f} MiB page"
