@@ -270,21 +270,37 @@ def retrieve_rankings(
         label: to_run(query_ids, scores, ids, doc_ids, k, exclude_own_id)
         for label, (scores, ids) in results.items()
     }
+    timing = search_timing(
+        spec, len(query_ids), encoded - started, search_seconds, round(built, 3), nprobe, ef_search
+    )
+    return runs, timing
+
+
+def search_timing(
+    spec: IndexSpec,
+    queries: int,
+    encode_seconds: float,
+    search_seconds: dict[str, float],
+    index_load_seconds: float | None = None,
+    nprobe: int | None = None,
+    ef_search: int | None = None,
+) -> dict[str, Any]:
+    """The timing block of a result: encoding the queries once, then one search per ranking."""
     searched = sum(search_seconds.values())
     timing = {
         "index_type": spec.describe(),
-        "index_load_seconds": round(built, 3),
+        "index_load_seconds": index_load_seconds,
         "nprobe": nprobe,
         "ef_search": ef_search,
-        "query_encode_seconds": round(encoded - started, 3),
+        "query_encode_seconds": round(encode_seconds, 3),
         "search_seconds": round(searched, 3),
         "queries_per_second": round(
-            len(query_ids) * len(rankings) / max(encoded - started + searched, 1e-9), 2
+            queries * len(search_seconds) / max(encode_seconds + searched, 1e-9), 2
         ),
     }
-    if len(rankings) > 1:
+    if len(search_seconds) > 1:
         timing["search_seconds_by_ranking"] = search_seconds
-    return runs, timing
+    return timing
 
 
 def to_run(
@@ -361,21 +377,7 @@ def _retrieve_documents_by_passage(
         }
         for label, ranked_hits in found.items()
     }
-    searched = sum(search_seconds.values())
-    timing = {
-        "index_type": spec.describe(),
-        "index_load_seconds": None,
-        "nprobe": None,
-        "ef_search": None,
-        "query_encode_seconds": round(encoded - started, 3),
-        "search_seconds": round(searched, 3),
-        "queries_per_second": round(
-            len(query_ids) * len(rankings) / max(encoded - started + searched, 1e-9), 2
-        ),
-    }
-    if len(rankings) > 1:
-        timing["search_seconds_by_ranking"] = search_seconds
-    return runs, timing
+    return runs, search_timing(spec, len(query_ids), encoded - started, search_seconds)
 
 
 def evaluate_dataset(
