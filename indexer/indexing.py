@@ -26,7 +26,7 @@ from indexer.documents import CorpusScan, Document
 from indexer.folder import reporting_damage
 from indexer.passages import PassageSpec, split_passages
 from indexer.schema import new_index_settings
-from indexer.store import Writer, read_index_settings
+from indexer.store import Writer, metadata_digest, read_index_settings
 
 
 def _positive_int_env(name: str, default: int) -> int:
@@ -54,6 +54,7 @@ class IndexReport:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    metadata_updated: int = 0  # unchanged text, new metadata (not re-encoded)
     duplicates: int = 0
     encoded_tokens: int = 0
     passages: int = 0  # passages encoded (an index of passages)
@@ -73,6 +74,7 @@ class IndexReport:
             "updated": self.updated,
             "removed": self.removed,
             "unchanged": self.unchanged,
+            "metadata_updated": self.metadata_updated,
             "duplicates": self.duplicates,
             "encoded": self.encoded,
             "encoded_tokens": self.encoded_tokens,
@@ -168,9 +170,10 @@ def update_index(
         store.load_faiss()
         existing = store.existing()
         seen: set[tuple[str, str]] = set()
+        new_metadata: list[tuple[int, str]] = []
         desc = f"indexing on {world} ranks" if world > 1 else "indexing"
         with RunProgress(documents, desc, enabled=progress) as bar:
-            pending = _pending(documents, existing, seen, report, bar)
+            pending = _pending(documents, existing, seen, report, bar, new_metadata)
             if passages is not None:
                 split = _passage_chunks(encoder, pending, passages, checkpoint_documents * world)
                 if world > 1:
@@ -196,6 +199,8 @@ def update_index(
         ]
         report.kept_sources = sorted({k[0] for k in existing if k not in seen and k[0] in kept})
         store.commit(remove=removed)
+        store.update_metadata(new_metadata)
+        report.metadata_updated = len(new_metadata)
         report.removed = len(removed)
         report.total = store.count()
         store.refresh_index()  # publish would: the spec the snapshot is built as
@@ -207,14 +212,21 @@ def update_index(
 Pending = list[tuple[Document, int | None]]  # documents to encode, with their stored id
 
 
+def metadata_json(doc: Document) -> str:
+    """A document's metadata as stored (and compared with what is stored)."""
+    return json.dumps(doc.metadata)
+
+
 def _pending(
     documents: Iterable[Document],
     existing: dict,
     seen: set[tuple[str, str]],
     report: IndexReport,
     bar: RunProgress,
+    new_metadata: list[tuple[int, str]],
 ) -> Iterator[tuple[Document, int | None]]:
-    """New and changed documents, with their stored id (None: new); unchanged ones are counted."""
+    """New and changed documents, with their stored id (None: new); unchanged ones are
+    counted, and those whose metadata changed alone go to ``new_metadata``."""
     for doc in documents:
         key = (doc.source, doc.doc_id)
         if key in seen:
@@ -224,6 +236,9 @@ def _pending(
         seen.add(key)
         stored = existing.get(key)
         if stored is not None and stored.content_hash == doc.content_hash:
+            metadata = metadata_json(doc)
+            if metadata_digest(metadata) != stored.metadata_digest:
+                new_metadata.append((stored.id, metadata))
             report.unchanged += 1
             bar.read(pending=False)
             continue
@@ -268,7 +283,7 @@ def _commit(store, chunk: Pending, ids, positions, vectors, report: IndexReport)
             "text": split[0][0].text if split else doc.text,
             "content_hash": doc.content_hash,
             "token_count": tokens,
-            "metadata": json.dumps(doc.metadata),
+            "metadata": metadata_json(doc),
         }
         if split:
             row["passages"] = [{**p.offsets(), "text": p.text} for p in split[0]]

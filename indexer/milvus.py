@@ -312,8 +312,8 @@ def export_index(
                         _replace_index(client, collection, index_type, store.vector_count())
                     )
                 report.index_type = stored["index_type"]
-                remote = _remote_manifest(client, collection)
                 metadata = _has_metadata(client, collection)
+                remote = _remote_manifest(client, collection, metadata=metadata)
             else:
                 count = store.vector_count()
                 chosen = _auto_index_type(count) if index_type == "auto" else index_type
@@ -323,7 +323,10 @@ def export_index(
                 }
                 report.index_type, report.created, remote = chosen, True, {}
                 metadata = True
-            local = {i: _fit_all(key) for i, key in store.vector_keys().items()}
+            local = {
+                i: (*_fit_all(key[:3]), _metadata_key(key[3]) if metadata else None)
+                for i, key in store.vector_keys().items()
+            }
             changed = sorted(i for i, key in local.items() if remote.get(i) != key)
             gone = sorted(set(remote) - set(local))
             bar = progress_bar(len(changed), "exporting", enabled=progress)
@@ -430,19 +433,32 @@ def _replace_index(client, collection: str, index_type: str, documents: int) -> 
     return chosen
 
 
-def _remote_manifest(client, collection: str) -> dict[int, tuple[str, str, str]]:
-    """id -> (doc id, source, content hash) of every entity in the collection."""
+def _remote_manifest(
+    client, collection: str, *, metadata: bool
+) -> dict[int, tuple[str, str, str, str | None]]:
+    """id -> (doc id, source, content hash, metadata key or None) of every entity in the
+    collection: an entity whose document's metadata alone changed is exported again."""
     manifest = {}
-    iterator = client.query_iterator(
-        collection, batch_size=4096, output_fields=["doc_id", "source", "content_hash"]
-    )
+    fields = ["doc_id", "source", "content_hash", *([METADATA_FIELD] if metadata else [])]
+    iterator = client.query_iterator(collection, batch_size=4096, output_fields=fields)
     try:
         while batch := iterator.next():
             for row in batch:
-                manifest[int(row["id"])] = (row["doc_id"], row["source"], row["content_hash"])
+                manifest[int(row["id"])] = (
+                    row["doc_id"],
+                    row["source"],
+                    row["content_hash"],
+                    _metadata_key(row.get(METADATA_FIELD)) if metadata else None,
+                )
     finally:
         iterator.close()
     return manifest
+
+
+def _metadata_key(metadata: str | dict | None) -> str:
+    """Metadata (stored JSON text, or the dict Milvus gives back) in one canonical form."""
+    value = json.loads(metadata) if isinstance(metadata, str) else metadata
+    return json.dumps(value or {}, sort_keys=True)
 
 
 def _has_metadata(client, collection: str) -> bool:

@@ -17,6 +17,7 @@ together, in the transaction that changes the document.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import uuid
 from collections.abc import Iterable, Sequence
@@ -69,6 +70,12 @@ PASSAGE_FIELDS = ("position", "token_start", "token_end", "char_start", "char_en
 class StoredDocument:
     id: int
     content_hash: str
+    metadata_digest: bytes = b""  # of the metadata JSON: a change needs no re-encoding
+
+
+def metadata_digest(metadata_json: str | None) -> bytes:
+    """A short digest of a document's stored metadata JSON, to see it changed."""
+    return hashlib.blake2b((metadata_json or "").encode(), digest_size=8).digest()
 
 
 class Store:
@@ -238,20 +245,36 @@ class Store:
         return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
     def existing(self) -> dict[tuple[str, str], StoredDocument]:
-        """(source, doc id) -> stored id and content hash, for the incremental diff."""
-        rows = self.db.execute("SELECT source, doc_id, id, content_hash FROM documents")
-        return {(s, d): StoredDocument(i, h) for s, d, i, h in rows}
+        """(source, doc id) -> stored id, content hash and metadata digest, for the
+        incremental diff."""
+        rows = self.db.execute("SELECT source, doc_id, id, content_hash, metadata FROM documents")
+        return {(s, d): StoredDocument(i, h, metadata_digest(m)) for s, d, i, h, m in rows}
 
-    def vector_keys(self) -> dict[int, tuple[str, str, str]]:
-        """FAISS id -> (doc id, source, content hash) of its document (or its passage's)."""
+    def update_metadata(self, changes: Sequence[tuple[int, str]]) -> None:
+        """New metadata JSON for documents whose text is unchanged (a touched file, a
+        record's other fields), in one transaction; ``metadata_values`` follows by trigger."""
+        if not changes:
+            return
+        now = utc_now()
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "UPDATE documents SET metadata = ?, updated = ? WHERE id = ?",
+                [(metadata, now, int(i)) for i, metadata in changes],
+            )
+
+    def vector_keys(self) -> dict[int, tuple[str, str, str, str]]:
+        """FAISS id -> (doc id, source, content hash, metadata JSON) of its document (or
+        its passage's)."""
         if self.has_passages:
             rows = self.db.execute(
-                "SELECT p.id, d.doc_id, d.source, d.content_hash FROM passages p "
+                "SELECT p.id, d.doc_id, d.source, d.content_hash, d.metadata FROM passages p "
                 "JOIN documents d ON d.id = p.document"
             )
         else:
-            rows = self.db.execute("SELECT id, doc_id, source, content_hash FROM documents")
-        return {i: (doc_id, source, content_hash) for i, doc_id, source, content_hash in rows}
+            rows = self.db.execute(
+                "SELECT id, doc_id, source, content_hash, metadata FROM documents"
+            )
+        return {int(row[0]): tuple(row[1:]) for row in rows}
 
     def doc_ids(self) -> dict[int, str]:
         return dict(self.db.execute("SELECT id, doc_id FROM documents").fetchall())

@@ -7,6 +7,7 @@ import random
 import re
 import socket
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,38 @@ def test_cli_where_on_the_milvus_backend(tmp_path, index_dir):
     refused = runner.invoke(cli, ["search", "x", "--backend", uri, "--source", "[ab]*"])
     assert refused.exit_code == 1 and "[...]" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_new_metadata_alone_reaches_filters_locally_and_in_milvus(
+    tmp_path, index_dir, default_encoder
+):
+    """A document whose text is unchanged but whose metadata changed (a record's other
+    fields, a touched file) is not re-encoded, yet filters see the new value: in the local
+    index and, after the next export, in the Milvus collection."""
+    from indexer.filters import parse
+    from indexer.search import hits_for
+
+    uri = str(tmp_path / "vectors.db")
+    with closing(Store.open(index_dir)) as store:
+        export_index(store, uri, progress=False)
+    documents = [
+        replace(d, metadata={"year": 2024}) if d.doc_id in ("doc-3", "doc-5") else d
+        for d in corpus()
+    ]
+    report = update_index(index_dir, default_encoder, documents, progress=False)
+    assert (report.encoded, report.unchanged, report.metadata_updated) == (0, 40, 2)
+    again = update_index(index_dir, default_encoder, documents, progress=False)
+    assert again.metadata_updated == 0  # stored as given: nothing changes twice
+    condition = parse("year = 2024")
+    queries = default_encoder.encode_queries(["bees"])
+    with closing(Store.open(index_dir)) as store:
+        local = {h.doc_id for h in hits_for(store, queries, 10, where=condition)[0]}
+        assert local == {"doc-3", "doc-5"}
+        exported = export_index(store, uri, progress=False)
+    assert (exported.upserted, exported.removed, exported.unchanged) == (2, 0, 38)
+    milvus = MilvusIndex.open(uri)
+    try:
+        remote = {h.doc_id for h in hits_for(milvus, queries, 10, where=condition)[0]}
+    finally:
+        milvus.close()
+    assert remote == {"doc-3", "doc-5"}

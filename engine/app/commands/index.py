@@ -126,7 +126,9 @@ def index_command(
     click.echo(
         f"Indexed {corpus} into {index_dir} with {done.model} (max {done.max_length} tokens): "
         f"{report.added} added, {report.updated} updated, {report.removed} removed, "
-        f"{report.unchanged} unchanged; {report.total} documents; index {report.index_type}."
+        f"{report.unchanged} unchanged"
+        + (f" ({report.metadata_updated} with new metadata)" if report.metadata_updated else "")
+        + f"; {report.total} documents; index {report.index_type}."
     )
     if report.encoded:
         split = f" in {report.passages:,} passages" if done.passage_setting else ""
