@@ -583,6 +583,14 @@ class _VisibleText(HTMLParser):
     def handle_comment(self, data: str) -> None:
         self._end_run()
 
+    def parse_marked_section(self, i: int, report: int = 1) -> int:
+        """``<![...`` that is no known marked section (``_markupbase`` raises AssertionError,
+        which would stop a whole indexing run mid-stream) is skipped like a bogus comment."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            return self.parse_bogus_comment(i)
+
     def handle_data(self, data: str) -> None:
         self._run += data
         if len(self._run) > STREAM_BYTES:  # a long run: keep only its last, open word

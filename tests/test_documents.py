@@ -252,3 +252,20 @@ def test_html_streams_through_its_visible_text(tmp_path):
     assert words == 40_000 * len(expected.split()) + 3
     assert "".join(streamed.stream()) == whole.text  # parsed whole or in pieces: the same
     assert peak < size / 4, f"{peak / 2**20:.1f} MiB held for a {size / 2**20:.0f} MiB page"
+
+
+def test_html_with_broken_marked_sections_is_read_not_fatal(tmp_path):
+    """``<![`` constructs the parser does not know (Word's ``<![if ...]>``, a stray ``<![ x``)
+    are skipped, read whole or streamed: never an exception in the middle of a run."""
+    page = tmp_path / "corpus" / "word.html"
+    page.parent.mkdir()
+    page.write_text(
+        "<html><body><p>Before.</p><![if !supportLists]>1.<![endif]> Kept <![ x > "
+        + "<p>filler words here</p>" * 5000
+        + "<p>After.</p></body></html>"
+    )
+    (whole,) = list(read_corpus(page.parent, max_tokens=10**6))
+    (streamed,) = list(read_corpus(page.parent, max_tokens=10**6, whole=True))
+    text = "".join(streamed.stream())
+    assert text == whole.text
+    assert text.startswith("Before. 1. Kept filler words here") and text.endswith("After.")
