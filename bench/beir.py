@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -240,29 +241,19 @@ def retrieve_rankings(
             else:
                 store.load_faiss()
         built = time.perf_counter() - built
-        query_ids = list(queries)
-        texts = [queries[q] for q in query_ids]
-        started = time.perf_counter()
-        vectors = None
-        if modes != {"lexical"}:
-            vectors = encoder.encode_queries(texts, instruction, progress=progress)
-        encoded = time.perf_counter()
         knobs = SearchKnobs(nprobe=nprobe, ef_search=ef_search)
-        results = {}
-        search_seconds = {}
-        for label, (mode, fusion) in rankings.items():
-            began = time.perf_counter()
+        query_ids, results, encode_seconds, search_seconds = _rank_each(
+            encoder,
+            queries,
+            instruction,
+            rankings,
+            progress,
             # One extra hit, so dropping a query's own id still leaves k.
-            results[label] = ranked(
-                searched_index,
-                vectors,
-                texts,
-                k + int(exclude_own_id),
-                knobs,
-                mode=mode,
-                fusion=fusion,
-            )
-            search_seconds[label] = round(time.perf_counter() - began, 3)
+            lambda vectors, texts, mode, fusion: ranked(
+                searched_index, vectors, texts, k + int(exclude_own_id), knobs,
+                mode=mode, fusion=fusion,
+            ),
+        )  # fmt: skip
         doc_ids = store.doc_ids()
     finally:
         store.close()
@@ -271,7 +262,7 @@ def retrieve_rankings(
         for label, (scores, ids) in results.items()
     }
     timing = search_timing(
-        spec, len(query_ids), encoded - started, search_seconds, round(built, 3), nprobe, ef_search
+        spec, len(query_ids), encode_seconds, search_seconds, round(built, 3), nprobe, ef_search
     )
     return runs, timing
 
@@ -342,26 +333,20 @@ def _retrieve_documents_by_passage(
     from indexer.search import passage_hits
     from indexer.store import Store
 
-    modes = {mode for mode, _ in rankings.values()}
     store = Store.open(index_dir)
     try:
         store.load_faiss()
         spec = store.spec
-        query_ids = list(queries)
-        texts = [queries[q] for q in query_ids]
-        started = time.perf_counter()
-        vectors = None
-        if modes != {"lexical"}:
-            vectors = encoder.encode_queries(texts, instruction, progress=progress)
-        encoded = time.perf_counter()
-        found = {}
-        search_seconds = {}
-        for label, (mode, fusion) in rankings.items():
-            began = time.perf_counter()
-            found[label] = passage_hits(
+        query_ids, found, encode_seconds, search_seconds = _rank_each(
+            encoder,
+            queries,
+            instruction,
+            rankings,
+            progress,
+            lambda vectors, texts, mode, fusion: passage_hits(
                 store, vectors, k + int(exclude_own_id), queries=texts, mode=mode, fusion=fusion
-            )
-            search_seconds[label] = round(time.perf_counter() - began, 3)
+            ),
+        )
     finally:
         store.close()
     runs = {
@@ -377,7 +362,32 @@ def _retrieve_documents_by_passage(
         }
         for label, ranked_hits in found.items()
     }
-    return runs, search_timing(spec, len(query_ids), encoded - started, search_seconds)
+    return runs, search_timing(spec, len(query_ids), encode_seconds, search_seconds)
+
+
+def _rank_each(
+    encoder: Encoder,
+    queries: dict[str, str],
+    instruction: str | None,
+    rankings: dict[str, tuple[str, Fusion]],
+    progress: bool,
+    rank: Callable[[Any, list[str], str, Fusion], Any],
+) -> tuple[list[str], dict[str, Any], float, dict[str, float]]:
+    """Encode the queries once (not at all for lexical rankings only), then ``rank`` them for
+    each ranking, timed: query ids, results per label, encoding and search seconds."""
+    query_ids = list(queries)
+    texts = [queries[q] for q in query_ids]
+    started = time.perf_counter()
+    vectors = None
+    if {mode for mode, _ in rankings.values()} != {"lexical"}:
+        vectors = encoder.encode_queries(texts, instruction, progress=progress)
+    encode_seconds = time.perf_counter() - started
+    results, search_seconds = {}, {}
+    for label, (mode, fusion) in rankings.items():
+        began = time.perf_counter()
+        results[label] = rank(vectors, texts, mode, fusion)
+        search_seconds[label] = round(time.perf_counter() - began, 3)
+    return query_ids, results, encode_seconds, search_seconds
 
 
 def evaluate_dataset(
