@@ -262,7 +262,7 @@ class Encoder:
         self.runtime = resolve_runtime(
             runtime, self.device.type, precision_choice(precision), self.precision
         )
-        if self.runtime == OPENVINO:
+        if self.runtime == OPENVINO and self.precision != INT8:
             self.precision = FP32  # OpenVINO is told to compute in f32 on every CPU
         # A disk cache key for converted copies: the weights' fingerprint as loaded, used
         # only while the weights are still those (None: in-memory models, never cached).
@@ -690,8 +690,8 @@ class Encoder:
         return contextlib.nullcontext()
 
     def inference_network(self):
-        """The network inference runs: the model, for int8 its quantized copy, for the
-        openvino runtime its OpenVINO copy (called the same way).
+        """The network inference runs: the model, for int8 on torch its quantized copy, for
+        the openvino runtime its OpenVINO copy (fp32 or int8; called the same way).
 
         A copy is made on first use and again whenever the model's weights changed
         in place since (training steps, ``load_state_dict``), so it never goes stale.
@@ -704,13 +704,13 @@ class Encoder:
         return self._converted_network[1]
 
     def _convert_network(self, version: tuple[int, ...]):
-        if self.precision == INT8:
+        if self.precision == INT8 and self.runtime != OPENVINO:
             return quantize_linear_layers(self.model)
         # A padded example: traced without padding, the attention mask could be dropped.
         example = self.pad([[self.pad_id] * 2, [self.pad_id] * 6])
         as_loaded = self._cache_key if version == self._loaded_weights else None
         try:
-            return openvino_network(self.model, example, as_loaded)
+            return openvino_network(self.model, example, as_loaded, int8=self.precision == INT8)
         except Exception as exc:  # the converter's own errors: one line, not its traceback
             raise EngineError(
                 f"runtime openvino cannot run {self.name}: {type(exc).__name__}: "

@@ -8,11 +8,13 @@
 * ``bf16``: on CPU, ``torch.autocast("cpu", dtype=torch.bfloat16)`` (2-3x as
   fast as fp32; vectors within about 2e-3, so SciFact nDCG@10 moves by up to
   0.003); on CUDA, bf16 weights.
-* ``int8`` (CPU only): the linear layers of a copy of the model quantized to int8
-  (torch's dynamic quantization: int8 weights per output channel, activations
-  quantized per batch), built on first use. Faster than fp32 on CPUs without bf16,
-  but vectors move by up to ~5e-2, so it is opt-in (bench/results/README.md, "CPUs
-  without bf16").
+* ``int8`` (CPU only, opt-in: vectors move well beyond what keeps BEIR top-10 sets):
+  int8 weights, activations quantized at run time. On a CPU with int8 dot products
+  (AVX512-VNNI or AMX) and the ``openvino`` extra installed it runs on OpenVINO
+  (engine/runtime.py: weights per output channel, activations per token in groups of
+  32; vectors within ~1.3e-3 in cosine of fp32); elsewhere on torch's dynamic
+  quantization of a copy's linear layers (activations per batch: vectors move by up to
+  ~5e-2). Figures: bench/results/README.md, "CPUs without bf16".
 * ``auto``: bf16 on CUDA; ``mixed`` on a CPU with native bf16 (AVX512-BF16 or
   AMX), fp32 on other CPUs, which would only emulate bf16 (there run by OpenVINO when
   it is installed: engine/runtime.py). A oneDNN ISA cap
@@ -42,6 +44,28 @@ ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
 ISA_CAPS_WITHOUT_BF16 = frozenset(
     {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 )
+
+
+# The ISA caps (oneDNN's and OpenVINO's variables) that leave no AVX512-VNNI or AMX int8
+# dot products. AVX2_VNNI counts as none: OpenVINO's int8 path was not measured there.
+OPENVINO_ISA_ENV = "OV_CPU_MAX_ISA"
+ISA_CAPS_WITHOUT_INT8_DOT = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE"}
+)
+
+
+def cpu_has_int8_dot_products() -> bool:
+    """Whether this CPU has AVX512-VNNI or AMX int8 dot products and neither oneDNN nor
+    OpenVINO is capped below them: what makes OpenVINO's int8 faster than its fp32 (on
+    AVX2 alone it was slower: bench/results/cpu-without-bf16-trials.txt)."""
+    for variable in (ONEDNN_ISA_ENV, OPENVINO_ISA_ENV):
+        if os.environ.get(variable, "").strip().upper() in ISA_CAPS_WITHOUT_INT8_DOT:
+            return False
+    import torch
+
+    cpu = torch.cpu
+    checks = ("_is_vnni_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
 
 
 def cpu_has_native_bf16() -> bool:
