@@ -81,8 +81,10 @@ def precision_option() -> Decorator:
         help="Encoding precision. auto (default): bf16 on CUDA; on a CPU with native bf16 "
         "(AVX512-BF16/AMX) mixed: fp32 tensors, bf16 matrix products in oneDNN, fp32-level "
         "vectors, ~1.5x as fast; fp32 on other CPUs. bf16: autocast, 2-3x as fast on such "
-        "a CPU, nDCG@10 may move by ~0.003. int8 (CPU): linear layers quantized to int8, "
-        "vectors move by up to ~5e-2, opt-in.",
+        "a CPU, nDCG@10 may move by ~0.003. int8 (CPU, opt-in): int8 weights and "
+        "activations; on OpenVINO where the CPU has AVX512-VNNI/AMX (~1.6x "
+        "sentence-transformers, cosine to fp32 >= 0.998), else torch's (vectors move by "
+        "up to ~5e-2); top-10 lists change for a quarter or more of queries.",
     )
 
 
@@ -94,10 +96,11 @@ def runtime_option() -> Decorator:
         envvar=RUNTIME_ENV,
         show_envvar=True,
         help="What runs the model when encoding. auto (default): openvino where precision "
-        "auto is fp32 (a CPU without bf16) and the openvino package is installed, else "
-        "torch. openvino (CPU, fp32): an OpenVINO copy of the model, vectors within 2e-7 "
-        "of torch fp32, 1.1-1.6x sentence-transformers' speed on CPUs without bf16; "
-        "converted once and cached.",
+        "auto is fp32 (a CPU without bf16), or int8 on a CPU with AVX512-VNNI/AMX, and the "
+        "openvino extra is installed; else torch. openvino (CPU, fp32 or int8): an "
+        "OpenVINO copy of the model; in fp32 vectors within 2e-7 of torch fp32, "
+        "1.1-1.6x sentence-transformers' speed on CPUs without bf16; converted once and "
+        "cached.",
     )
 
 
