@@ -45,7 +45,6 @@ ISA_CAPS_WITHOUT_BF16 = frozenset(
     {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 )
 
-
 # The ISA caps (oneDNN's and OpenVINO's variables) that leave no AVX512-VNNI or AMX int8
 # dot products. AVX2_VNNI counts as none: OpenVINO's int8 path was not measured there.
 OPENVINO_ISA_ENV = "OV_CPU_MAX_ISA"
@@ -58,26 +57,32 @@ def cpu_has_int8_dot_products() -> bool:
     """Whether this CPU has AVX512-VNNI or AMX int8 dot products and neither oneDNN nor
     OpenVINO is capped below them: what makes OpenVINO's int8 faster than its fp32 (on
     AVX2 alone it was slower: bench/results/cpu-without-bf16-trials.txt)."""
-    for variable in (ONEDNN_ISA_ENV, OPENVINO_ISA_ENV):
-        if os.environ.get(variable, "").strip().upper() in ISA_CAPS_WITHOUT_INT8_DOT:
-            return False
-    import torch
-
-    cpu = torch.cpu
-    checks = ("_is_vnni_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
+    return _cpu_offers(
+        ("_is_vnni_supported", "_is_amx_tile_supported"),
+        (ONEDNN_ISA_ENV, OPENVINO_ISA_ENV),
+        ISA_CAPS_WITHOUT_INT8_DOT,
+    )
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 dot products in hardware (AVX512-BF16 or AMX tiles)
     and oneDNN may use them (no ``ONEDNN_MAX_CPU_ISA`` cap below bf16)."""
-    if os.environ.get(ONEDNN_ISA_ENV, "").strip().upper() in ISA_CAPS_WITHOUT_BF16:
-        return False
+    return _cpu_offers(
+        ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+        (ONEDNN_ISA_ENV,),
+        ISA_CAPS_WITHOUT_BF16,
+    )
+
+
+def _cpu_offers(checks: tuple[str, ...], cap_variables: tuple[str, ...], caps_without) -> bool:
+    """Any of torch's CPU feature ``checks`` true, unless one of ``cap_variables`` holds an
+    ISA cap in ``caps_without`` (an emulated older CPU)."""
+    for variable in cap_variables:
+        if os.environ.get(variable, "").strip().upper() in caps_without:
+            return False
     import torch
 
-    cpu = torch.cpu
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
+    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)
 
 
 def precision_choice(requested: str | None) -> str:
